@@ -1,0 +1,7 @@
+"""remarket: self-hosted, privacy-first remarketing and marketing automation."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+
+__version__ = "0.1.0"

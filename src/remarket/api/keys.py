@@ -1,0 +1,107 @@
+"""API keys for the read and admin API: roles, scopes, and hashed storage."""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Final
+
+from sqlalchemy import Engine, select
+
+from remarket.clock import Clock, SystemClock
+from remarket.collect.sources import hash_secret
+from remarket.storage.state import api_keys
+
+__all__ = ["ROLES", "SCOPES", "ApiKey", "ApiKeyStore"]
+
+SCOPES: Final[tuple[str, ...]] = (
+    "profiles:read",
+    "sources:read",
+    "sources:write",
+    "quarantine:read",
+    "quarantine:write",
+    "metrics:read",
+)
+
+ROLES: Final[dict[str, frozenset[str]]] = {
+    "admin": frozenset(SCOPES),
+    "marketer": frozenset({"profiles:read", "sources:read", "metrics:read"}),
+    "analyst": frozenset({"profiles:read", "sources:read", "quarantine:read", "metrics:read"}),
+    "viewer": frozenset({"sources:read", "metrics:read"}),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    role: str
+    key_prefix: str
+    created_at: datetime
+
+    @property
+    def scopes(self) -> frozenset[str]:
+        return ROLES[self.role]
+
+
+class ApiKeyStore:
+    """Creates and checks API keys; only a SHA-256 of each key is stored.
+
+    >>> from remarket.storage.state import connect_state, upgrade_state
+    >>> engine = connect_state("sqlite://"); upgrade_state(engine)
+    >>> store = ApiKeyStore(engine)
+    >>> key, secret = store.create("ops", "admin")
+    >>> store.authenticate(secret) == key, store.authenticate("rk_wrong")
+    (True, None)
+    """
+
+    def __init__(
+        self, engine: Engine, *, clock: Clock | None = None, cache_ttl: float = 30.0
+    ) -> None:
+        self._engine = engine
+        self._clock = clock or SystemClock()
+        self._ttl = cache_ttl
+        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+
+    def create(self, name: str, role: str) -> tuple[ApiKey, str]:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
+        secret = f"rk_{secrets.token_urlsafe(32)}"
+        key = ApiKey(uuid.uuid4().hex, name, role, secret[:10], self._clock.now())
+        with self._engine.begin() as conn:
+            conn.execute(
+                api_keys.insert().values(
+                    id=key.id,
+                    name=name,
+                    role=role,
+                    key_hash=hash_secret(secret),
+                    key_prefix=key.key_prefix,
+                    created_at=key.created_at,
+                )
+            )
+        return key, secret
+
+    def authenticate(self, secret: str) -> ApiKey | None:
+        digest = hash_secret(secret)
+        now = time.monotonic()
+        hit = self._cache.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(api_keys).where(
+                    api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
+                )
+            ).one_or_none()
+        found = (
+            ApiKey(row.id, row.name, row.role, row.key_prefix, row.created_at)
+            if row is not None
+            else None
+        )
+        if len(self._cache) > 10_000:
+            self._cache.clear()
+        self._cache[digest] = (now + self._ttl, found)
+        return found

@@ -1,0 +1,76 @@
+"""Everything a running server holds: stores, log, collector and workers."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from remarket.api.keys import ApiKeyStore
+from remarket.clock import Clock, SystemClock
+from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.config import Settings
+from remarket.profiles import ProfileStore
+from remarket.storage.log import EventLog, open_log
+from remarket.storage.state import connect_state, upgrade_state
+from remarket.storage.warehouse import Warehouse, open_warehouse
+from remarket.workers import WorkerThread
+
+__all__ = ["Runtime"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Runtime:
+    """The server's long-lived objects, built on start-up and closed on shutdown."""
+
+    settings: Settings
+    clock: Clock
+    engine: Engine
+    log: EventLog
+    warehouse: Warehouse
+    collector: Collector
+    sources: SourceRegistry
+    keys: ApiKeyStore
+    quarantine: QuarantineStore
+    profiles: ProfileStore
+    workers: WorkerThread | None
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, *, clock: Clock | None = None, workers: bool = True
+    ) -> Runtime:
+        clock = clock or SystemClock()
+        engine = connect_state(settings.resolved_database_url())
+        upgrade_state(engine)
+        log = await open_log(settings)
+        warehouse = open_warehouse(settings)
+        quarantine = QuarantineStore(engine)
+        collector = Collector(settings, log, quarantine, clock)
+        warmed = await collector.warm_up(settings.dedupe_capacity)
+        _log.info("remembered %d recent messageIds from the log", warmed)
+        thread = WorkerThread(settings, engine, warehouse) if workers else None
+        if thread is not None:
+            thread.start()
+        return cls(
+            settings=settings,
+            clock=clock,
+            engine=engine,
+            log=log,
+            warehouse=warehouse,
+            collector=collector,
+            sources=SourceRegistry(engine, clock=clock),
+            keys=ApiKeyStore(engine, clock=clock),
+            quarantine=quarantine,
+            profiles=ProfileStore(engine),
+            workers=thread,
+        )
+
+    async def stop(self) -> None:
+        if self.workers is not None:
+            self.workers.stop()
+        await self.log.close()
+        self.warehouse.close()
+        self.engine.dispose()

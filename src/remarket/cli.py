@@ -1,0 +1,248 @@
+"""The `remarket` command: serve, worker, demo and the admin chores (Typer + Rich)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import threading
+import time
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.table import Table
+
+from remarket.api import ROLES, ApiKeyStore, Runtime, create_app
+from remarket.collect import SourceRegistry, replay_quarantined
+from remarket.config import Settings, load_settings
+from remarket.storage.state import connect_state, upgrade_state
+from remarket.storage.warehouse import open_warehouse
+from remarket.workers import build_runner
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="remarket: self-hosted, privacy-first remarketing.", no_args_is_help=True)
+db_app = typer.Typer(help="The state store.", no_args_is_help=True)
+config_app = typer.Typer(help="Settings.", no_args_is_help=True)
+sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys for the read and admin API.", no_args_is_help=True)
+quarantine_app = typer.Typer(help="Events rejected at collection.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(config_app, name="config")
+app.add_typer(sources_app, name="sources")
+app.add_typer(keys_app, name="keys")
+app.add_typer(quarantine_app, name="quarantine")
+
+console = Console()
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ValueError as exc:
+        err.print(f"[red]invalid settings:[/] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _engine(settings: Settings) -> Any:
+    engine = connect_state(settings.resolved_database_url())
+    upgrade_state(engine)
+    return engine
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply schema migrations to the state store (the server also does this on start)."""
+    settings = _settings()
+    _engine(settings).dispose()
+    console.print(f"state store at head: {settings.model_dump()['database_url'] or 'embedded'}")
+
+
+@config_app.command("show")
+def config_show() -> None:
+    """Print the effective settings, secrets masked."""
+    settings = _settings()
+    table = Table("setting", "value", "environment variable")
+    for name, value in settings.model_dump().items():
+        shown = "**********" if value is not None and "url" in name else value
+        table.add_row(name, json.dumps(shown, default=str), f"REMARKET_{name.upper()}")
+    console.print(table)
+
+
+@sources_app.command("create")
+def sources_create(name: str) -> None:
+    """Create a source and print its write key (shown only this once)."""
+    settings = _settings()
+    engine = _engine(settings)
+    try:
+        source, key = SourceRegistry(engine).create(name)
+    except Exception as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"source {source.name} ({source.id})")
+    console.print(key)
+
+
+@sources_app.command("list")
+def sources_list() -> None:
+    """List sources (write keys by prefix)."""
+    table = Table("id", "name", "write key", "enabled", "created")
+    for s in SourceRegistry(_engine(_settings())).list():
+        table.add_row(s.id, s.name, f"{s.write_key_prefix}…", str(s.enabled), str(s.created_at))
+    console.print(table)
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help=f"One of {', '.join(ROLES)}.")] = "admin",
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "cli",
+) -> None:
+    """Create an API key and print it (shown only this once; only its hash is kept)."""
+    if role not in ROLES:
+        err.print(f"[red]--role must be one of {', '.join(ROLES)}[/]")
+        raise typer.Exit(2)
+    _, secret = ApiKeyStore(_engine(_settings())).create(name, role)
+    console.print(secret)
+
+
+@quarantine_app.command("list")
+def quarantine_list(
+    limit: int = 50, include_replayed: Annotated[bool, typer.Option()] = False
+) -> None:
+    """List quarantined events with their reasons."""
+    from remarket.collect import QuarantineStore
+
+    entries = QuarantineStore(_engine(_settings())).list(
+        pending_only=not include_replayed, limit=limit
+    )
+    table = Table("id", "received", "reason", "field", "detail")
+    for e in entries:
+        table.add_row(str(e.id), str(e.received_at), e.reason, e.field or "", e.detail)
+    console.print(table)
+
+
+@quarantine_app.command("replay")
+def quarantine_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="Entry ids; none means all.")] = None,
+) -> None:
+    """Send quarantined events through the pipeline again."""
+    settings = _settings()
+
+    async def replay() -> tuple[list[int], int]:
+        runtime = await Runtime.start(settings, workers=False)
+        try:
+            pending = runtime.quarantine.list(limit=1_000_000)
+            if ids:
+                pending = [e for e in pending if e.id in set(ids)]
+            result = await replay_quarantined(
+                runtime.collector,
+                runtime.quarantine,
+                runtime.sources,
+                pending,
+                runtime.clock.now(),
+            )
+            return result.replayed, len(result.still_invalid)
+        finally:
+            await runtime.stop()
+
+    done, still = asyncio.run(replay())
+    console.print(f"replayed {len(done)}; still invalid {still}")
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
+    workers: Annotated[bool, typer.Option(help="Run the workers in this process.")] = True,
+) -> None:
+    """Run the API and (by default) the workers in one process."""
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings, workers=workers),
+        host=host or settings.host,
+        port=port if port is not None else settings.port,
+        log_level="info",
+        access_log=False,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run only the workers (scale-out: the API runs elsewhere)."""
+    settings = _settings()
+    engine = _engine(settings)
+    warehouse = open_warehouse(settings)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    async def run() -> None:
+        runner, log = await build_runner(settings, engine, warehouse)
+        try:
+            await runner.run(stop)
+        finally:
+            await log.close()
+
+    console.print("workers running; Ctrl+C to stop")
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        warehouse.close()
+
+
+def _free_port(host: str, wanted: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind((host, wanted))
+        except OSError:
+            s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@app.command()
+def demo(
+    visitors: Annotated[int, typer.Option(min=1, help="Synthetic visitors to send.")] = 3000,
+    seed: Annotated[int | None, typer.Option(help="Same seed, same traffic.")] = None,
+    serve_after: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="Keep the server running afterwards.")
+    ] = True,
+) -> None:
+    """Start the server, send a synthetic shop's traffic through the HTTP API, show it."""
+    from remarket.sim import run_demo
+
+    settings = _settings()
+    _, api_key = ApiKeyStore(_engine(settings)).create("demo", "admin")
+    port = _free_port(settings.host, settings.port)
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host=settings.host, port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, name="remarket-demo-server", daemon=True)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            err.print("[red]the server did not start[/]")
+            raise typer.Exit(1)
+        time.sleep(0.05)
+    url = f"http://{settings.host}:{port}"
+    console.print(f"remarket is up at [bold]{url}[/] (data in {settings.data_dir}/)")
+    try:
+        run_demo(url, api_key, visitors=visitors, seed=seed, console=console)
+        if serve_after:
+            console.print(f"\nAPI docs: {url}/docs   admin API key: {api_key}")
+            console.print("Serving; Ctrl+C to stop.")
+            while thread.is_alive():
+                thread.join(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def main() -> None:
+    app()

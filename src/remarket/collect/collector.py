@@ -1,0 +1,204 @@
+"""The ingest pipeline's front door: from a request's bytes to events durably in the log."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+
+from remarket.clock import Clock
+from remarket.collect.dedupe import Deduper
+from remarket.collect.quarantine import Quarantined, QuarantineStore, Rejection
+from remarket.collect.sources import Source, SourceRegistry
+from remarket.collect.stages import (
+    Dedupe,
+    Enrich,
+    InFlight,
+    Stage,
+    Validate,
+    error_field,
+    partition_of,
+)
+from remarket.config import Settings
+from remarket.errors import InvalidInput, PayloadTooLarge
+from remarket.metrics import EVENTS_ACCEPTED, EVENTS_DUPLICATE, EVENTS_REJECTED
+from remarket.schema.events import Batch, as_utc, encode_message
+from remarket.storage.log import EventLog, LogEntry
+
+__all__ = ["Collector", "IngestResult", "ReplayResult", "parse_batch", "replay_quarantined"]
+
+_BATCH: Final = msgspec.json.Decoder(Batch)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What happened to a request's events; every event is in exactly one count."""
+
+    accepted: int
+    duplicates: int
+    rejected: list[Rejection] = field(default_factory=list)
+
+
+def _malformed(exc: msgspec.DecodeError, body: bytes) -> InvalidInput:
+    text = str(exc)
+    if "truncated" in text:
+        text = f"JSON is malformed: input ends early (byte {len(body)})"
+    return InvalidInput(text, field="body")
+
+
+def parse_batch(body: bytes) -> Batch:
+    """Decode a batch body; a malformed or mistyped envelope is one InvalidInput."""
+    try:
+        return _BATCH.decode(body)
+    except msgspec.ValidationError as exc:
+        path, rule = error_field(exc)
+        raise InvalidInput(rule, field=path or "body") from exc
+    except msgspec.DecodeError as exc:
+        raise _malformed(exc, body) from exc
+
+
+class Collector:
+    """Runs a request's events through the stages and appends the survivors to the log.
+
+    The request is acknowledged only after ``ingest`` returns, i.e. after the events are
+    durable in the log and the rejected ones are in the quarantine table.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        log: EventLog,
+        quarantine: QuarantineStore,
+        clock: Clock,
+        *,
+        extra_stages: Sequence[Stage] = (),
+    ) -> None:
+        self._log = log
+        self._quarantine = quarantine
+        self._clock = clock
+        self._partitions = settings.log_partitions
+        self._max_event = settings.max_event_bytes
+        self.deduper = Deduper(settings.dedupe_capacity)
+        self._stages: list[Stage] = [
+            Validate(settings.max_event_bytes),
+            Dedupe(self.deduper),
+            Enrich(),
+            *extra_stages,
+        ]
+
+    async def warm_up(self, capacity: int) -> int:
+        """Remember the messageIds of the newest events in the log (after a restart)."""
+        keys = await self._log.recent_dedupe_keys(capacity)
+        self.deduper.warm(keys)
+        return len(keys)
+
+    async def ingest_single(self, source: Source, body: bytes, event_type: str) -> IngestResult:
+        """One event from ``/v1/<type>``: an invalid event is refused, not quarantined."""
+        if len(body) > self._max_event:
+            raise PayloadTooLarge(
+                f"event is {len(body)} bytes; max_event_bytes is {self._max_event}",
+                field="max_event_bytes",
+            )
+        try:
+            msgspec.json.decode(body)
+        except msgspec.DecodeError as exc:
+            raise _malformed(exc, body) from exc
+        batch = InFlight(source, self._clock.now(), [body], endpoint_type=event_type)
+        result = await self._run(batch, quarantine=False)
+        if result.rejected:
+            first = result.rejected[0]
+            raise InvalidInput(first.detail, field=first.field)
+        return result
+
+    async def ingest_batch(
+        self, source: Source, batch: Batch, *, quarantine: bool = True
+    ) -> IngestResult:
+        """Events of ``/v1/batch`` or ``/v1/import``: invalid ones go to the quarantine."""
+        raws = [bytes(raw) for raw in batch.batch]
+        if batch.context is not None:
+            raws = [_with_batch_context(raw, batch.context) for raw in raws]
+        sent_at = as_utc(batch.sent_at) if batch.sent_at is not None else None
+        flight = InFlight(source, self._clock.now(), raws, sent_at=sent_at)
+        return await self._run(flight, quarantine=quarantine)
+
+    async def _run(self, batch: InFlight, *, quarantine: bool) -> IngestResult:
+        for stage in self._stages:
+            stage(batch)
+        entries = [
+            LogEntry(encode_message(e.message), partition_of(e.message, self._partitions), e.key)
+            for e in batch.events
+        ]
+        try:
+            if batch.rejected and quarantine:
+                await asyncio.to_thread(
+                    self._quarantine.add, batch.source.id, batch.received_at, batch.rejected
+                )
+            offsets = await self._log.append(entries)
+        except BaseException:
+            self.deduper.release(batch.claimed)
+            raise
+        # A backend that de-duplicates itself (JetStream) reports a replay as offset 0.
+        replays = sum(1 for o in offsets if o == 0)
+        accepted = len(entries) - replays
+        duplicates = batch.duplicates + replays
+        EVENTS_ACCEPTED.labels(batch.source.name).inc(accepted)
+        if duplicates:
+            EVENTS_DUPLICATE.labels(batch.source.name).inc(duplicates)
+        for rejection in batch.rejected:
+            EVENTS_REJECTED.labels(rejection.reason).inc()
+        return IngestResult(accepted, duplicates, batch.rejected)
+
+
+_OBJECT: Final = msgspec.json.Decoder(dict[str, object])
+
+
+def _with_batch_context(raw: bytes, shared: dict[str, Any]) -> bytes:
+    """Segment merges a batch-level context into each event's (the event's wins)."""
+    try:
+        event = _OBJECT.decode(raw)
+    except msgspec.MsgspecError:
+        return raw  # left for validation to reject with its own reason
+    own = event.get("context")
+    event["context"] = {**shared, **own} if isinstance(own, dict) else shared
+    return msgspec.json.encode(event)
+
+
+async def replay_quarantined(
+    collector: Collector,
+    store: QuarantineStore,
+    sources: SourceRegistry,
+    entries: Sequence[Quarantined],
+    now: datetime,
+) -> ReplayResult:
+    """Send quarantined events through the pipeline again (after a fix upstream).
+
+    Entries that now pass are appended and marked replayed; the rest stay, unchanged.
+    """
+    by_id = {s.id: s for s in sources.list()}
+    done: list[int] = []
+    still: list[Rejection] = []
+    for entry in entries:
+        source = by_id.get(entry.source_id)
+        if source is None:
+            still.append(Rejection(entry.id, "unknown_source", "source_id", entry.source_id, b""))
+            continue
+        result = await collector.ingest_batch(
+            source, Batch(batch=[msgspec.Raw(entry.payload)]), quarantine=False
+        )
+        if result.rejected:
+            first = result.rejected[0]
+            still.append(Rejection(entry.id, first.reason, first.field, first.detail, b""))
+        else:
+            done.append(entry.id)
+    await asyncio.to_thread(store.mark_replayed, done, now)
+    return ReplayResult(replayed=done, still_invalid=still)
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayResult:
+    replayed: list[int]
+    still_invalid: list[Rejection]

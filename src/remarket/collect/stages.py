@@ -1,0 +1,245 @@
+"""The stages of the ingest pipeline: each takes a batch in flight and narrows or enriches it.
+
+Order: validate → dedupe → enrich → (guard, consent: added by the privacy layer) → the
+collector appends what is left. A stage never drops an event silently: it moves it to
+``batch.rejected`` with a reason, or counts it as a duplicate.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Final, Protocol
+
+import msgspec
+
+from remarket.collect.dedupe import Deduper, dedupe_key
+from remarket.collect.quarantine import Rejection
+from remarket.collect.sources import Source
+from remarket.schema.events import (
+    Alias,
+    Group,
+    Identify,
+    Message,
+    Page,
+    Screen,
+    Track,
+    as_utc,
+    raw_object,
+)
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "Dedupe",
+    "Enrich",
+    "Event",
+    "InFlight",
+    "Stage",
+    "Validate",
+    "error_field",
+    "partition_of",
+]
+
+MAX_ID_LENGTH: Final = 512
+
+_DECODERS: Final[dict[str | None, msgspec.json.Decoder[Message]]] = {
+    None: msgspec.json.Decoder(Message),
+    "track": msgspec.json.Decoder(Track),
+    "identify": msgspec.json.Decoder(Identify),
+    "page": msgspec.json.Decoder(Page),
+    "screen": msgspec.json.Decoder(Screen),
+    "group": msgspec.json.Decoder(Group),
+    "alias": msgspec.json.Decoder(Alias),
+}
+_AT_PATH: Final = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
+_MISSING: Final = re.compile(r"missing required field `(?P<name>[^`]+)`")
+# JSON may escape a NUL, which PostgreSQL cannot store in text or JSONB. (Unpaired
+# UTF-16 surrogates never get this far: the JSON parser refuses them.)
+_NUL_ESCAPE: Final = b"\\u0000"
+
+
+def error_field(exc: msgspec.MsgspecError) -> tuple[str | None, str]:
+    """Split a msgspec error into the field path it names and the rule broken.
+
+    >>> error_field(msgspec.ValidationError("Expected `str`, got `int` - at `$.event`"))
+    ('event', 'Expected `str`, got `int`')
+    >>> error_field(msgspec.ValidationError("Object missing required field `event`"))
+    ('event', 'Object missing required field `event`')
+    """
+    message = str(exc)
+    match = _AT_PATH.search(message)
+    path, rule = (
+        (None, message) if match is None else (match.group("path"), message[: match.start()])
+    )
+    missing = _MISSING.search(rule)
+    if missing is not None:
+        path = f"{path}.{missing['name']}" if path else missing["name"]
+    return path or None, rule
+
+
+@dataclass(slots=True)
+class Event:
+    """One valid event of the request: its position, raw bytes, message and dedupe key."""
+
+    index: int
+    raw: bytes
+    message: Message
+    key: bytes = b""
+
+
+@dataclass(slots=True)
+class InFlight:
+    """A request's events on their way through the stages.
+
+    ``raw`` holds the request's events as sent; validation fills ``events`` with the
+    valid ones, and later stages narrow that list.
+    """
+
+    source: Source
+    received_at: datetime
+    raw: list[bytes]
+    endpoint_type: str | None = None
+    sent_at: datetime | None = None
+    events: list[Event] = field(default_factory=list)
+    rejected: list[Rejection] = field(default_factory=list)
+    duplicates: int = 0
+    claimed: list[bytes] = field(default_factory=list)
+
+    def reject(self, index: int, reason: str, field_: str | None, detail: str) -> None:
+        self.rejected.append(Rejection(index, reason, field_, detail, self.raw[index]))
+
+
+class Stage(Protocol):
+    """A step of the pipeline; it narrows or edits ``batch.events`` in place."""
+
+    def __call__(self, batch: InFlight) -> None: ...
+
+
+class Validate:
+    """Decode each event into its typed message and check the Segment spec's rules."""
+
+    def __init__(self, max_event_bytes: int) -> None:
+        self._max = max_event_bytes
+
+    def __call__(self, batch: InFlight) -> None:
+        decoder = _DECODERS[batch.endpoint_type]
+        for index, raw in enumerate(batch.raw):
+            if len(raw) > self._max:
+                batch.reject(
+                    index,
+                    "event_too_large",
+                    None,
+                    f"event is {len(raw)} bytes; max_event_bytes is {self._max}",
+                )
+                continue
+            if _NUL_ESCAPE in raw:
+                batch.reject(
+                    index, "invalid_event", None, "text holds \\u0000, which cannot be stored"
+                )
+                continue
+            try:
+                message = decoder.decode(raw)
+            except msgspec.MsgspecError as exc:
+                path, rule = error_field(exc)
+                batch.reject(index, "invalid_event", path, rule)
+                continue
+            problem = _check(message)
+            if problem is not None:
+                batch.reject(index, "invalid_event", problem[0], problem[1])
+                continue
+            batch.events.append(Event(index, raw, message))
+
+
+def _check(message: Message) -> tuple[str, str] | None:
+    """The rules that types alone do not state; returns (field, rule) when one is broken."""
+    for name in ("anonymous_id", "user_id"):
+        value = getattr(message, name)
+        if value is not None:
+            text = str(value)
+            if not text or len(text) > MAX_ID_LENGTH:
+                return _camel(name), f"must be 1 to {MAX_ID_LENGTH} characters"
+            setattr(message, name, text)
+    if isinstance(message, Alias):
+        if message.user_id is None:
+            return "userId", "alias needs userId"
+        message.previous_id = str(message.previous_id)
+        if not message.previous_id or len(message.previous_id) > MAX_ID_LENGTH:
+            return "previousId", f"must be 1 to {MAX_ID_LENGTH} characters"
+    elif message.user_id is None and message.anonymous_id is None:
+        return "userId", "either userId or anonymousId is required"
+    if isinstance(message, Track) and not message.event.strip():
+        return "event", "must be a non-empty event name"
+    if isinstance(message, Group):
+        message.group_id = str(message.group_id)
+    for name in ("properties", "traits", "context", "integrations"):
+        raw = getattr(message, name, None)
+        if raw is not None and not raw_object(raw):
+            return name, "must be a JSON object"
+    return None
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+class Dedupe:
+    """Drop events whose messageId this source sent before (Segment's replay rule)."""
+
+    def __init__(self, deduper: Deduper) -> None:
+        self._deduper = deduper
+
+    def __call__(self, batch: InFlight) -> None:
+        with_id = [e for e in batch.events if e.message.message_id]
+        for event in with_id:
+            event.key = dedupe_key(batch.source.id, event.message.message_id or "")
+        fresh = iter(self._deduper.claim([e.key for e in with_id]))
+        kept: list[Event] = []
+        for event in batch.events:
+            if not event.key:
+                kept.append(event)
+            elif next(fresh):
+                batch.claimed.append(event.key)
+                kept.append(event)
+            else:
+                batch.duplicates += 1
+        batch.events = kept
+
+
+class Enrich:
+    """Stamp what the server knows: receivedAt, source, messageId, corrected timestamp."""
+
+    def __init__(self, new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+        self._new_id = new_id
+
+    def __call__(self, batch: InFlight) -> None:
+        received = batch.received_at
+        for event in batch.events:
+            m = event.message
+            m.received_at = received
+            m.source_id = batch.source.id
+            if not m.message_id:
+                m.message_id = self._new_id()
+                event.key = dedupe_key(batch.source.id, m.message_id)
+            original = m.timestamp or m.original_timestamp
+            sent = m.sent_at or batch.sent_at
+            if original is None:
+                m.timestamp = received
+            else:
+                original = as_utc(original)
+                m.original_timestamp = original
+                # Segment's clock-skew rule: the device clock may be wrong, but the
+                # interval between the event and its sending is right.
+                m.timestamp = received - (as_utc(sent) - original) if sent else original
+            if sent is not None:
+                m.sent_at = as_utc(sent)
+
+
+def partition_of(message: Message, partitions: int) -> int:
+    """The log partition of an event: by device (anonymousId), else by userId."""
+    key = message.anonymous_id if message.anonymous_id is not None else message.user_id
+    return zlib.crc32(str(key).encode()) % partitions

@@ -1,0 +1,73 @@
+"""One error hierarchy; the API layer maps it to RFC 9457 problem+json."""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "ConflictError",
+    "ForbiddenError",
+    "InvalidInput",
+    "NotFound",
+    "PayloadTooLarge",
+    "RemarketError",
+    "StorageError",
+]
+
+
+class RemarketError(Exception):
+    """Root of every error remarket raises on purpose.
+
+    ``code`` is stable (clients may switch on it); ``status`` is the HTTP status the
+    API answers with; ``field`` names the input at fault, where there is one.
+    """
+
+    code = "remarket_error"
+    status = 500
+    title = "Internal error"
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class InvalidInput(RemarketError):
+    code = "invalid_input"
+    status = 400
+    title = "Invalid input"
+
+
+class PayloadTooLarge(RemarketError):
+    code = "payload_too_large"
+    status = 413
+    title = "Payload too large"
+
+
+class AuthError(RemarketError):
+    code = "unauthorized"
+    status = 401
+    title = "Unauthorized"
+
+
+class ForbiddenError(RemarketError):
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(RemarketError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class ConflictError(RemarketError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class StorageError(RemarketError):
+    code = "storage_error"
+    status = 503
+    title = "Storage unavailable"

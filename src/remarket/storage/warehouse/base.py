@@ -1,0 +1,92 @@
+"""The warehouse interface: where events live as columns for analytics and SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Protocol
+
+from remarket.schema.events import Message
+
+__all__ = ["EventPage", "IdentityRow", "Warehouse"]
+
+IdentityRow = tuple[str, str, str]
+"""``(kind, value, profile_id)``: the identity table that SQL joins events to profiles by."""
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    """Events of one profile, newest first, and the cursor for the next page (or None)."""
+
+    events: list[dict[str, Any]]
+    next_cursor: str | None
+
+
+class Warehouse(Protocol):
+    """Event store for analytics. Implementations: DuckDB (default), PostgreSQL.
+
+    Writes are transactional with the consumer offset they advance, so a worker that
+    crashes mid-batch re-applies the batch exactly once.
+    """
+
+    dialect: str
+    """The sqlglot dialect name of this warehouse's SQL."""
+
+    def committed(self, consumer: str) -> int:
+        """The last log offset whose events ``consumer`` has written (0 if none)."""
+        ...
+
+    def write_events(
+        self, consumer: str, rows: Sequence[tuple[int, Message]], through: int
+    ) -> None:
+        """Insert ``(offset, message)`` rows and advance ``consumer`` to ``through``.
+
+        ``through`` may pass the last row's offset (records that were not events).
+        """
+        ...
+
+    def upsert_identities(self, rows: Sequence[IdentityRow]) -> None:
+        """Insert or repoint identity mappings (after profile merges)."""
+        ...
+
+    def profile_events(
+        self,
+        anonymous_ids: Sequence[str],
+        user_ids: Sequence[str],
+        *,
+        limit: int,
+        cursor: str | None = None,
+    ) -> EventPage:
+        """Events carrying any of these ids, newest first (by timestamp, then offset)."""
+        ...
+
+    def count_events(self) -> int: ...
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run read-only SQL in this warehouse's dialect."""
+        ...
+
+    def close(self) -> None: ...
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND: Final = timedelta(microseconds=1)
+_CURSOR: Final = re.compile(r"(-?[0-9]{1,18})\.([0-9]{1,19})")
+
+
+def encode_cursor(timestamp: datetime, offset: int) -> str:
+    # Integer microseconds: float seconds put many instants a microsecond off, and a
+    # cursor off by one repeats or skips the rows that tie on the timestamp.
+    return f"{(timestamp - _EPOCH) // _MICROSECOND}.{offset}"
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    match = _CURSOR.fullmatch(cursor)
+    try:
+        if match is not None and int(match[2]) < 2**63:
+            return _EPOCH + timedelta(microseconds=int(match[1])), int(match[2])
+    except OverflowError:
+        pass
+    raise ValueError(f"cursor {cursor!r} is not one this API issued")

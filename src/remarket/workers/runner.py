@@ -1,0 +1,101 @@
+"""Move records from the event log into sinks, each exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from remarket.metrics import LOG_LAG, WORKER_EVENTS
+from remarket.schema.events import Message, decode_log_message
+from remarket.storage.log import EventLog, LogRecord
+from remarket.workers.sinks import Sink
+
+__all__ = ["Runner"]
+
+_log = logging.getLogger(__name__)
+
+PoisonHandler = Callable[[LogRecord, str], None]
+
+
+class Runner:
+    """Reads the log once for several sinks; each sink keeps its own offset.
+
+    Records are decoded once per batch and handed to every sink that has not applied
+    them yet. A record that cannot be decoded goes to ``on_poison`` (the quarantine)
+    instead of stopping the pipeline.
+    """
+
+    def __init__(
+        self,
+        log: EventLog,
+        sinks: Sequence[Sink],
+        *,
+        on_poison: PoisonHandler,
+        batch_size: int = 10_000,
+        poll_interval: float = 0.05,
+    ) -> None:
+        if not sinks:
+            raise ValueError("a runner needs at least one sink")
+        self._log = log
+        self._sinks = list(sinks)
+        self._on_poison = on_poison
+        self._batch = batch_size
+        self._poll = poll_interval
+        self._offsets = {s.name: s.committed() for s in self._sinks}
+
+    @property
+    def offsets(self) -> dict[str, int]:
+        return dict(self._offsets)
+
+    async def step(self, wait: float = 0.0) -> int:
+        """Apply one batch to every sink; return how many records were read."""
+        start = min(self._offsets.values())
+        records = await self._log.read(start, self._batch, wait=wait)
+        if not records:
+            return 0
+        decoded = self._decode(records)
+        through = records[-1].offset
+        for sink in self._sinks:
+            done = self._offsets[sink.name]
+            if done >= through:
+                continue
+            rows = decoded if done <= start else [r for r in decoded if r[0] > done]
+            await asyncio.to_thread(sink.apply, rows, through)
+            self._offsets[sink.name] = through
+            await self._log.commit(sink.name, through)
+            WORKER_EVENTS.labels(sink.name).inc(len(rows))
+        end = await self._log.end_offset()
+        for name, offset in self._offsets.items():
+            LOG_LAG.labels(name).set(max(end - offset, 0))
+        return len(records)
+
+    def _decode(self, records: Sequence[LogRecord]) -> list[tuple[int, Message]]:
+        rows: list[tuple[int, Message]] = []
+        for record in records:
+            try:
+                rows.append((record.offset, decode_log_message(record.payload)))
+            except msgspec.MsgspecError as exc:
+                _log.error("log record %d cannot be decoded: %s", record.offset, exc)
+                self._on_poison(record, str(exc))
+        return rows
+
+    async def drain(self) -> int:
+        """Apply everything in the log up to now; return the records read."""
+        total = 0
+        end = await self._log.end_offset()
+        while min(self._offsets.values()) < end:
+            total += await self.step()
+        return total
+
+    async def run(self, stop: threading.Event) -> None:
+        """Apply batches until ``stop`` is set; errors are logged and retried."""
+        while not stop.is_set():
+            try:
+                await self.step(wait=self._poll)
+            except Exception:
+                _log.exception("worker batch failed; retrying in 1 s")
+                await asyncio.sleep(1.0)

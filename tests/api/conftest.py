@@ -1,0 +1,27 @@
+"""An in-process server (TestClient) with a source, write key and API keys ready."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from remarket.api import Runtime, create_app
+from remarket.config import Settings
+from tests.api.harness import Server
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path / "var", log_fsync="normal", worker_poll_interval_s=0.01)
+
+
+@pytest.fixture
+def server(settings: Settings) -> Iterator[Server]:
+    with TestClient(create_app(settings)) as client:
+        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        _, write_key = runtime.sources.create("web")
+        _, admin_key = runtime.keys.create("tests", "admin")
+        yield Server(client, runtime, write_key, admin_key)

@@ -1,0 +1,79 @@
+"""The `remarket` command: settings, sources, keys, quarantine and the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from remarket.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)
+    return {"REMARKET_DATA_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+
+
+def test_config_show_masks_secrets(env: dict[str, str]) -> None:
+    env["REMARKET_DATABASE_URL"] = "postgresql+psycopg://app:hunter2@db/remarket"
+    result = runner.invoke(app, ["config", "show"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "hunter2" not in result.output
+    assert "REMARKET_DATABASE_URL" in result.output
+    assert "**********" in result.output
+
+
+def test_config_reads_remarket_toml(env: dict[str, str], tmp_path: Path) -> None:
+    (tmp_path / "remarket.toml").write_text("port = 9123\n")
+    result = runner.invoke(app, ["config", "show"], env=env)
+    assert "9123" in result.output
+
+
+def test_invalid_setting_is_a_clear_error(env: dict[str, str]) -> None:
+    env["REMARKET_LOG_FSYNC"] = "sometimes"
+    result = runner.invoke(app, ["config", "show"], env=env)
+    assert result.exit_code == 2
+    assert "log_fsync" in result.output
+
+
+def test_sources_create_prints_a_write_key_once(env: dict[str, str]) -> None:
+    created = runner.invoke(app, ["sources", "create", "web"], env=env)
+    assert created.exit_code == 0, created.output
+    key = created.output.strip().splitlines()[-1]
+    assert key.startswith("wk_")
+    listed = runner.invoke(app, ["sources", "list"], env=env)
+    assert "web" in listed.output and key not in listed.output
+    again = runner.invoke(app, ["sources", "create", "web"], env=env)
+    assert again.exit_code == 1 and "exists already" in again.output
+
+
+def test_keys_create_checks_the_role(env: dict[str, str]) -> None:
+    assert runner.invoke(app, ["keys", "create", "--role", "admin"], env=env).output.startswith(
+        "rk_"
+    )
+    bad = runner.invoke(app, ["keys", "create", "--role", "root"], env=env)
+    assert bad.exit_code == 2
+
+
+def test_db_upgrade_is_idempotent(env: dict[str, str]) -> None:
+    assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0
+    assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0
+    assert (Path(env["REMARKET_DATA_DIR"]) / "state.db").is_file()
+
+
+def test_quarantine_list_on_an_empty_store(env: dict[str, str]) -> None:
+    result = runner.invoke(app, ["quarantine", "list"], env=env)
+    assert result.exit_code == 0 and "reason" in result.output
+    replay = runner.invoke(app, ["quarantine", "replay"], env=env)
+    assert "replayed 0" in replay.output
+
+
+def test_demo_sends_traffic_and_exits_with_no_serve(env: dict[str, str]) -> None:
+    result = runner.invoke(app, ["demo", "--no-serve", "--visitors", "40", "--seed", "3"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "What landed" in result.output
+    assert "devices merged on sign-in" in result.output
