@@ -48,6 +48,12 @@ class Settings(BaseSettings):
         description="Analytic event store. Default: DuckDB file under data_dir. "
         "Alternative: postgresql://user:pass@host/db",
     )
+    warehouse_schema: str = Field(
+        "remarket_warehouse",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+        description="PostgreSQL warehouse: the schema its tables live in (so it can share "
+        "a database with the state store).",
+    )
     log_fsync: Literal["full", "normal", "off"] = Field(
         "full",
         description="Embedded log durability: 'full' fsyncs every group commit (survives "

@@ -23,12 +23,17 @@ SOURCE = Source("s1", "web", "wk_", True, NOW)
 
 
 class FailingLog(SQLiteLog):
-    """A real log whose disk 'fails' on demand."""
+    """A real log whose disk 'fails' on demand, and whose appends can be held."""
 
     fail = False
+    fail_next = 0
+    gate: asyncio.Event | None = None
 
     async def append(self, entries: Sequence[LogEntry]) -> list[int]:
-        if self.fail:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail or self.fail_next:
+            self.fail_next = max(self.fail_next - 1, 0)
             raise StorageError("disk full")
         return await super().append(entries)
 
@@ -97,3 +102,33 @@ def test_batch_context_is_merged_under_the_event_context(tmp_path: Path) -> None
     (record,) = asyncio.run(log.read(0, 10))
     context = msgspec.json.decode(decode_log_message(record.payload).context)
     assert context == {"ip": "1.2.3.4", "locale": "de-DE"}
+
+
+@pytest.mark.parametrize(
+    "original_fails", [False, True], ids=["original-durable", "original-fails"]
+)
+def test_a_replay_is_not_acknowledged_before_the_original_is_durable(
+    tmp_path: Path, original_fails: bool
+) -> None:
+    collector, log = make(tmp_path)
+
+    async def scenario() -> tuple[object, object]:
+        log.gate = asyncio.Event()
+        log.fail_next = 1 if original_fails else 0
+        first = asyncio.create_task(collector.ingest_batch(SOURCE, parse_batch(body("a", "b"))))
+        await asyncio.sleep(0.01)  # the original now holds its claims and waits on the log
+        replay = asyncio.create_task(collector.ingest_batch(SOURCE, parse_batch(body("a", "b"))))
+        await asyncio.sleep(0.01)
+        assert not replay.done(), "a replay must wait while the original is in flight"
+        log.gate.set()
+        outcome = await asyncio.gather(first, replay, return_exceptions=True)
+        return outcome[0], outcome[1]
+
+    first, replay = asyncio.run(scenario())
+    stored = [decode_log_message(r.payload).message_id for r in asyncio.run(log.read(0, 10))]
+    assert sorted(stored) == ["a", "b"]
+    if original_fails:
+        assert isinstance(first, StorageError)
+        assert (replay.accepted, replay.duplicates) == (2, 0)  # type: ignore[union-attr]
+    else:
+        assert (first.accepted, replay.duplicates) == (2, 2)  # type: ignore[union-attr]

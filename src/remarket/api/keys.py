@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 
 from remarket.clock import Clock, SystemClock
 from remarket.collect.sources import hash_secret
+from remarket.schema.events import as_utc
 from remarket.storage.state import api_keys
 
 __all__ = ["ROLES", "SCOPES", "ApiKey", "ApiKeyStore"]
@@ -97,7 +98,7 @@ class ApiKeyStore:
                 )
             ).one_or_none()
         found = (
-            ApiKey(row.id, row.name, row.role, row.key_prefix, row.created_at)
+            ApiKey(row.id, row.name, row.role, row.key_prefix, as_utc(row.created_at))
             if row is not None
             else None
         )

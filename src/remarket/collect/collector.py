@@ -83,12 +83,8 @@ class Collector:
         self._partitions = settings.log_partitions
         self._max_event = settings.max_event_bytes
         self.deduper = Deduper(settings.dedupe_capacity)
-        self._stages: list[Stage] = [
-            Validate(settings.max_event_bytes),
-            Dedupe(self.deduper),
-            Enrich(),
-            *extra_stages,
-        ]
+        self._validate = Validate(settings.max_event_bytes)
+        self._stages: list[Stage] = [Dedupe(self.deduper), Enrich(), *extra_stages]
 
     async def warm_up(self, capacity: int) -> int:
         """Remember the messageIds of the newest events in the log (after a restart)."""
@@ -126,31 +122,51 @@ class Collector:
         return await self._run(flight, quarantine=quarantine)
 
     async def _run(self, batch: InFlight, *, quarantine: bool) -> IngestResult:
-        for stage in self._stages:
-            stage(batch)
-        entries = [
-            LogEntry(encode_message(e.message), partition_of(e.message, self._partitions), e.key)
-            for e in batch.events
-        ]
-        try:
-            if batch.rejected and quarantine:
-                await asyncio.to_thread(
-                    self._quarantine.add, batch.source.id, batch.received_at, batch.rejected
-                )
-            offsets = await self._log.append(entries)
-        except BaseException:
-            self.deduper.release(batch.claimed)
-            raise
-        # A backend that de-duplicates itself (JetStream) reports a replay as offset 0.
-        replays = sum(1 for o in offsets if o == 0)
-        accepted = len(entries) - replays
-        duplicates = batch.duplicates + replays
+        self._validate(batch)
+        if batch.rejected and quarantine:
+            await asyncio.to_thread(
+                self._quarantine.add, batch.source.id, batch.received_at, batch.rejected
+            )
+        accepted, duplicates = await self._append(batch)
         EVENTS_ACCEPTED.labels(batch.source.name).inc(accepted)
         if duplicates:
             EVENTS_DUPLICATE.labels(batch.source.name).inc(duplicates)
         for rejection in batch.rejected:
             EVENTS_REJECTED.labels(rejection.reason).inc()
         return IngestResult(accepted, duplicates, batch.rejected)
+
+    async def _append(self, batch: InFlight) -> tuple[int, int]:
+        """Run the stages after validation and append; return (accepted, duplicates)."""
+        for stage in self._stages:
+            stage(batch)
+        entries = [
+            LogEntry(encode_message(e.message), partition_of(e.message, self._partitions), e.key)
+            for e in batch.events
+        ]
+        owner = batch.owner
+        try:
+            offsets = await self._log.append(entries)
+        except BaseException:
+            if owner is not None:
+                self.deduper.settle(batch.claimed, owner, durable=False)
+            raise
+        if owner is not None:
+            self.deduper.settle(batch.claimed, owner, durable=True)
+        # A backend that de-duplicates itself (JetStream) reports a replay as offset 0.
+        replays = sum(1 for o in offsets if o == 0)
+        accepted, duplicates = len(entries) - replays, batch.duplicates + replays
+        retry = []
+        for event, original in batch.waiting:
+            if await original:
+                duplicates += 1
+            else:
+                retry.append(event)
+        if retry:
+            # The original append failed: these events are ours to append after all.
+            again = InFlight(batch.source, batch.received_at, batch.raw, events=retry)
+            more_accepted, more_duplicates = await self._append(again)
+            accepted, duplicates = accepted + more_accepted, duplicates + more_duplicates
+        return accepted, duplicates
 
 
 _OBJECT: Final = msgspec.json.Decoder(dict[str, object])

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 
 from remarket.clock import Clock, SystemClock
 from remarket.errors import ConflictError
+from remarket.schema.events import as_utc
 from remarket.storage.state import sources
 
 __all__ = ["Source", "SourceRegistry", "hash_secret"]
@@ -78,7 +79,9 @@ class SourceRegistry:
     def list(self) -> list[Source]:
         with self._engine.connect() as conn:
             rows = conn.execute(select(sources).order_by(sources.c.created_at)).all()
-        return [Source(r.id, r.name, r.write_key_prefix, r.enabled, r.created_at) for r in rows]
+        return [
+            Source(r.id, r.name, r.write_key_prefix, r.enabled, as_utc(r.created_at)) for r in rows
+        ]
 
     def authenticate(self, write_key: str) -> Source | None:
         """The enabled source owning ``write_key``, or None."""
@@ -92,7 +95,7 @@ class SourceRegistry:
                 select(sources).where(sources.c.write_key_hash == digest, sources.c.enabled)
             ).one_or_none()
         found = (
-            Source(row.id, row.name, row.write_key_prefix, row.enabled, row.created_at)
+            Source(row.id, row.name, row.write_key_prefix, row.enabled, as_utc(row.created_at))
             if row is not None
             else None
         )

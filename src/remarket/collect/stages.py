@@ -7,13 +7,14 @@ collector appends what is left. A stage never drops an event silently: it moves 
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
@@ -21,6 +22,7 @@ from remarket.collect.dedupe import Deduper, dedupe_key
 from remarket.collect.quarantine import Rejection
 from remarket.collect.sources import Source
 from remarket.schema.events import (
+    EMPTY_OBJECT,
     Alias,
     Group,
     Identify,
@@ -108,6 +110,8 @@ class InFlight:
     rejected: list[Rejection] = field(default_factory=list)
     duplicates: int = 0
     claimed: list[bytes] = field(default_factory=list)
+    waiting: list[tuple[Event, asyncio.Future[bool]]] = field(default_factory=list)
+    owner: asyncio.Future[bool] | None = None
 
     def reject(self, index: int, reason: str, field_: str | None, detail: str) -> None:
         self.rejected.append(Rejection(index, reason, field_, detail, self.raw[index]))
@@ -188,7 +192,12 @@ def _camel(name: str) -> str:
 
 
 class Dedupe:
-    """Drop events whose messageId this source sent before (Segment's replay rule)."""
+    """Drop events whose messageId this source sent before (Segment's replay rule).
+
+    A replay of an event still being appended by another request is set aside in
+    ``batch.waiting`` with that request's future: the collector decides once it is known
+    whether the original became durable.
+    """
 
     def __init__(self, deduper: Deduper) -> None:
         self._deduper = deduper
@@ -197,16 +206,22 @@ class Dedupe:
         with_id = [e for e in batch.events if e.message.message_id]
         for event in with_id:
             event.key = dedupe_key(batch.source.id, event.message.message_id or "")
-        fresh = iter(self._deduper.claim([e.key for e in with_id]))
+        if batch.owner is None:
+            batch.owner = asyncio.get_running_loop().create_future()
+        verdicts = iter(self._deduper.claim([e.key for e in with_id], batch.owner))
         kept: list[Event] = []
         for event in batch.events:
             if not event.key:
                 kept.append(event)
-            elif next(fresh):
+                continue
+            verdict = next(verdicts)
+            if verdict is True:
                 batch.claimed.append(event.key)
                 kept.append(event)
-            else:
+            elif verdict is False:
                 batch.duplicates += 1
+            else:
+                batch.waiting.append((event, verdict))
         batch.events = kept
 
 
@@ -237,6 +252,19 @@ class Enrich:
                 m.timestamp = received - (as_utc(sent) - original) if sent else original
             if sent is not None:
                 m.sent_at = as_utc(sent)
+            if isinstance(m, Identify) and bytes(m.traits).strip() == b"{}":
+                m.traits = _context_traits(m.context)
+
+
+_CONTEXT: Final = msgspec.json.Decoder(dict[str, Any])
+
+
+def _context_traits(context: msgspec.Raw) -> msgspec.Raw:
+    """RudderStack's SDKs send identify traits in ``context.traits`` only."""
+    if b'"traits"' not in bytes(context):
+        return EMPTY_OBJECT
+    traits = _CONTEXT.decode(context).get("traits")
+    return msgspec.Raw(msgspec.json.encode(traits)) if isinstance(traits, dict) else EMPTY_OBJECT
 
 
 def partition_of(message: Message, partitions: int) -> int:

@@ -14,6 +14,7 @@ from typing import Any, Final, Literal
 import msgspec
 
 __all__ = [
+    "EMPTY_OBJECT",
     "EVENT_TYPES",
     "Alias",
     "Batch",

@@ -68,10 +68,24 @@ class Runner:
             self._offsets[sink.name] = through
             await self._log.commit(sink.name, through)
             WORKER_EVENTS.labels(sink.name).inc(len(rows))
+        await self._report_lag()
+        return len(records)
+
+    async def publish_offsets(self) -> None:
+        """Tell the log how far each sink is, from the sinks' own records.
+
+        The log's copy can lag behind after a crash between a sink's commit and the
+        log's; without this, health and metrics would report that lag until new events
+        arrived.
+        """
+        for name, offset in self._offsets.items():
+            await self._log.commit(name, offset)
+        await self._report_lag()
+
+    async def _report_lag(self) -> None:
         end = await self._log.end_offset()
         for name, offset in self._offsets.items():
             LOG_LAG.labels(name).set(max(end - offset, 0))
-        return len(records)
 
     def _decode(self, records: Sequence[LogRecord]) -> list[tuple[int, Message]]:
         rows: list[tuple[int, Message]] = []
@@ -86,6 +100,7 @@ class Runner:
     async def drain(self) -> int:
         """Apply everything in the log up to now; return the records read."""
         total = 0
+        await self.publish_offsets()
         end = await self._log.end_offset()
         while min(self._offsets.values()) < end:
             total += await self.step()
@@ -93,6 +108,7 @@ class Runner:
 
     async def run(self, stop: threading.Event) -> None:
         """Apply batches until ``stop`` is set; errors are logged and retried."""
+        await self.publish_offsets()
         while not stop.is_set():
             try:
                 await self.step(wait=self._poll)

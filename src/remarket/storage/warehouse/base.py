@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-import re
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, Protocol
 

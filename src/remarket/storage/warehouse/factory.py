@@ -19,5 +19,8 @@ def open_warehouse(settings: Settings) -> Warehouse:
     if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         from remarket.storage.warehouse.postgres import PostgresWarehouse
 
-        return PostgresWarehouse(url.replace("postgresql+psycopg://", "postgresql://", 1))
+        return PostgresWarehouse(
+            url.replace("postgresql+psycopg://", "postgresql://", 1),
+            schema=settings.warehouse_schema,
+        )
     raise ValueError(f"warehouse URL must be duckdb:///PATH or postgresql://..., got {url!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -9,7 +10,7 @@ from typing import Any, Final
 
 import msgspec
 import psycopg
-from psycopg import postgres
+from psycopg import postgres, sql
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.string import TextLoader
@@ -65,6 +66,7 @@ _DDL: Final = (
 
 # Two processes starting at once would race on CREATE ... IF NOT EXISTS (it is not atomic
 # in PostgreSQL), so schema creation takes a transaction-scoped advisory lock.
+_SCHEMA_NAME: Final = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 _DDL_LOCK: Final = "SELECT pg_advisory_xact_lock(hashtext('remarket.warehouse.ddl'))"
 
 
@@ -129,10 +131,13 @@ def _copy_row(offset: int, m: Message) -> tuple[object, ...]:
     )
 
 
-def _connect(url: str) -> psycopg.Connection[tuple[Any, ...]]:
+def _connect(url: str, schema: str) -> psycopg.Connection[tuple[Any, ...]]:
     conn = psycopg.connect(url, autocommit=True)
     # Aware UTC datetimes come back, as from DuckDB with TimeZone = 'UTC'.
     conn.execute("SET TIME ZONE 'UTC'")
+    # Its own schema, so the warehouse can share a database with the state store (both
+    # have an `identities` table) and generated SQL can name tables unqualified.
+    conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
     conn.adapters.register_dumper(msgspec.Raw, _RawJsonbDumper)
     # JSON columns read as text, the form DuckDB returns them in.
     for type_name in ("json", "jsonb"):
@@ -156,17 +161,23 @@ class PostgresWarehouse:
 
     dialect = "postgres"
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, schema: str = "remarket_warehouse") -> None:
+        if not _SCHEMA_NAME.fullmatch(schema):
+            raise ValueError(f"warehouse schema must match {_SCHEMA_NAME.pattern}, got {schema!r}")
         self._url = url
+        self._schema = schema
         self._write_lock = threading.Lock()
         self._read_lock = threading.Lock()
-        write = _connect(url)
+        write = _connect(url, schema)
         try:
             with write.transaction():
                 write.execute(_DDL_LOCK)
+                write.execute(
+                    sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema))
+                )
                 for statement in _DDL:
                     write.execute(statement)
-            read = _connect(url)
+            read = _connect(url, schema)
         except BaseException:
             write.close()
             raise
@@ -175,13 +186,13 @@ class PostgresWarehouse:
     def _writer(self) -> psycopg.Connection[tuple[Any, ...]]:
         """The write connection; the caller holds the write lock."""
         if self._write.broken:
-            self._write = _connect(self._url)
+            self._write = _connect(self._url, self._schema)
         return self._write
 
     def _reader(self) -> psycopg.Connection[tuple[Any, ...]]:
         with self._read_lock:
             if self._read.broken:
-                self._read = _connect(self._url)
+                self._read = _connect(self._url, self._schema)
             return self._read
 
     def committed(self, consumer: str) -> int:
