@@ -158,37 +158,56 @@ class Validate:
             batch.events.append(Event(index, raw, message))
 
 
+def _id_text(value: str | int) -> str | None:
+    """The id as text, or None if it breaks the length rule."""
+    text = value if type(value) is str else str(value)
+    return text if 0 < len(text) <= MAX_ID_LENGTH else None
+
+
+_ID_RULE: Final = f"must be 1 to {MAX_ID_LENGTH} characters"
+
+
 def _check(message: Message) -> tuple[str, str] | None:
-    """The rules that types alone do not state; returns (field, rule) when one is broken."""
-    for name in ("anonymous_id", "user_id"):
-        value = getattr(message, name)
-        if value is not None:
-            text = str(value)
-            if not text or len(text) > MAX_ID_LENGTH:
-                return _camel(name), f"must be 1 to {MAX_ID_LENGTH} characters"
-            setattr(message, name, text)
+    """The rules that types alone do not state; returns (field, rule) when one is broken.
+
+    Written out field by field: it runs for every event on the ingest hot path.
+    """
+    if message.anonymous_id is not None:
+        anonymous_id = _id_text(message.anonymous_id)
+        if anonymous_id is None:
+            return "anonymousId", _ID_RULE
+        message.anonymous_id = anonymous_id
+    if message.user_id is not None:
+        user_id = _id_text(message.user_id)
+        if user_id is None:
+            return "userId", _ID_RULE
+        message.user_id = user_id
+    elif message.anonymous_id is None and not isinstance(message, Alias):
+        return "userId", "either userId or anonymousId is required"
+    if isinstance(message, Track):
+        if not message.event.strip():
+            return "event", "must be a non-empty event name"
+        return _objects(message, ("properties", message.properties))
     if isinstance(message, Alias):
         if message.user_id is None:
             return "userId", "alias needs userId"
-        message.previous_id = str(message.previous_id)
-        if not message.previous_id or len(message.previous_id) > MAX_ID_LENGTH:
-            return "previousId", f"must be 1 to {MAX_ID_LENGTH} characters"
-    elif message.user_id is None and message.anonymous_id is None:
-        return "userId", "either userId or anonymousId is required"
-    if isinstance(message, Track) and not message.event.strip():
-        return "event", "must be a non-empty event name"
+        previous_id = _id_text(message.previous_id)
+        if previous_id is None:
+            return "previousId", _ID_RULE
+        message.previous_id = previous_id
+        return _objects(message)
+    if isinstance(message, Page | Screen):
+        return _objects(message, ("properties", message.properties))
     if isinstance(message, Group):
         message.group_id = str(message.group_id)
-    for name in ("properties", "traits", "context", "integrations"):
-        raw = getattr(message, name, None)
-        if raw is not None and not raw_object(raw):
+    return _objects(message, ("traits", message.traits))  # identify, group
+
+
+def _objects(message: Message, *more: tuple[str, msgspec.Raw]) -> tuple[str, str] | None:
+    for name, raw in (("context", message.context), ("integrations", message.integrations), *more):
+        if raw is not EMPTY_OBJECT and not raw_object(raw):
             return name, "must be a JSON object"
     return None
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
 
 
 class Dedupe:

@@ -109,6 +109,7 @@ class Batch(msgspec.Struct, kw_only=True, rename="camel"):
     write_key: str | None = None
 
 
+_OPEN_BRACE: Final = ord("{")
 _LOG_DECODER: Final[msgspec.json.Decoder[Message]] = msgspec.json.Decoder(Message)
 _ENCODER: Final = msgspec.json.Encoder()
 
@@ -125,8 +126,10 @@ def encode_message(message: Message) -> bytes:
 
 def raw_object(raw: msgspec.Raw) -> bool:
     """Whether raw JSON is an object (properties, traits and context must be)."""
-    data = bytes(raw).lstrip()
-    return data.startswith(b"{")
+    view = memoryview(raw)
+    if len(view) and view[0] == _OPEN_BRACE:
+        return True
+    return bytes(view).lstrip().startswith(b"{")
 
 
 def as_utc(value: datetime) -> datetime:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 __all__ = ["EventLog", "LogEntry", "LogRecord"]
 
 
-@dataclass(frozen=True, slots=True)
-class LogEntry:
-    """An event to append: its canonical JSON, its partition and its de-duplication key."""
+class LogEntry(NamedTuple):
+    """An event to append: its canonical JSON, its partition and its de-duplication key.
+
+    A named tuple, not a dataclass: one is built per event on the ingest hot path.
+    """
 
     payload: bytes
     partition: int

@@ -154,9 +154,10 @@ class PostgresWarehouse:
     connection the server dropped (restart, failover) fails the call in flight and is
     replaced on the next one, so a worker's retry goes through.
 
-    >>> wh = PostgresWarehouse("postgresql://postgres@127.0.0.1:5432/postgres")  # doctest: +SKIP
-    >>> wh.committed("warehouse")  # doctest: +SKIP
-    0
+    Example (needs a server)::
+
+        wh = PostgresWarehouse("postgresql://postgres@127.0.0.1:5432/postgres")
+        wh.committed("warehouse")  # 0 on a new database
     """
 
     dialect = "postgres"
