@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 .PHONY: demo test bench lint format install services
 
@@ -10,11 +11,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The demo needs only the package; tests, lint and benchmarks also need the dev and
+# spark extras (pytest, hypothesis, SDKs, ruff, mypy, pyspark).
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
+	touch $(DEV_STAMP)
+
+install: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/remarket demo $(DEMO_ARGS)
@@ -22,21 +29,21 @@ demo: $(STAMP)
 services:
 	bash scripts/ensure-services.sh
 
-test: $(STAMP) services
+test: $(DEV_STAMP) services
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-bench: $(STAMP)
+bench: $(DEV_STAMP)
 	bash scripts/ensure-bench-tools.sh
 	$(BIN)/python benchmarks/run_all.py $(BENCH_ARGS)
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/mypy
 
-format: $(STAMP)
+format: $(DEV_STAMP)
 	$(BIN)/ruff format src tests $(wildcard benchmarks)
 	$(BIN)/ruff check --fix src tests $(wildcard benchmarks)

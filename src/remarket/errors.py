@@ -8,6 +8,7 @@ __all__ = [
     "ForbiddenError",
     "InvalidInput",
     "NotFound",
+    "OffsetConflict",
     "PayloadTooLarge",
     "RemarketError",
     "StorageError",
@@ -65,6 +66,12 @@ class ConflictError(RemarketError):
     code = "conflict"
     status = 409
     title = "Conflict"
+
+
+class OffsetConflict(ConflictError):
+    """Another worker advanced a consumer's offset first; re-read it and go on."""
+
+    code = "offset_conflict"
 
 
 class StorageError(RemarketError):

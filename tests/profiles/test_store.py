@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import Engine, delete, select
 
+from remarket.errors import OffsetConflict
 from remarket.profiles import IdentityGraph, ProfileStore, identifiers_of
 from remarket.schema.events import Alias, Identify, Message, Track
 from remarket.storage.state import (
@@ -86,7 +87,7 @@ def apply_in_batches(engine: Engine, rows: list[Message], seed: int) -> ProfileS
         size = rng.randint(1, 6)
         chunk = [(offset + i + 1, m) for i, m in enumerate(rows[offset : offset + size])]
         offset += len(chunk)
-        store.apply("profiles", chunk, offset)
+        store.apply("profiles", chunk, offset, expected=offset - len(chunk))
     return store
 
 
@@ -177,7 +178,10 @@ def test_profiles_match_the_reference_identity_graph(
 def test_applying_advances_the_offset_atomically(engine: Engine) -> None:
     store = ProfileStore(engine)
     store.apply(
-        "profiles", [(1, Track(event="A", anonymous_id="a", message_id="m1", timestamp=T0))], 5
+        "profiles",
+        [(1, Track(event="A", anonymous_id="a", message_id="m1", timestamp=T0))],
+        5,
+        expected=0,
     )
     assert store.committed("profiles") == 5
     with engine.connect() as conn:
@@ -189,27 +193,39 @@ def test_a_failed_batch_changes_nothing(engine: Engine) -> None:
     good = Track(event="A", anonymous_id="a", message_id="m1", timestamp=T0)
     bad = Track(event="B", anonymous_id="b", message_id="m2", timestamp=None)  # no timestamp
     with pytest.raises(ValueError, match="no timestamp"):
-        store.apply("profiles", [(1, good), (2, bad)], 2)
+        store.apply("profiles", [(1, good), (2, bad)], 2, expected=0)
     assert store.committed("profiles") == 0
     assert store.count() == 0
-    store.apply("profiles", [(1, good)], 1)
+    store.apply("profiles", [(1, good)], 1, expected=0)
     assert store.count() == 1
 
 
 def test_a_merged_profile_id_resolves_to_the_survivor(engine: Engine) -> None:
     store = ProfileStore(engine)
-    store.apply("p", [(1, Track(event="A", anonymous_id="a1", message_id="m1", timestamp=T0))], 1)
+    store.apply(
+        "p",
+        [(1, Track(event="A", anonymous_id="a1", message_id="m1", timestamp=T0))],
+        1,
+        expected=0,
+    )
     early = store.find(("anonymous_id", "a1"))
-    store.apply("p", [(2, Track(event="A", anonymous_id="a2", message_id="m2", timestamp=T0))], 2)
+    store.apply(
+        "p",
+        [(2, Track(event="A", anonymous_id="a2", message_id="m2", timestamp=T0))],
+        2,
+        expected=1,
+    )
     store.apply(
         "p",
         [(3, Identify(anonymous_id="a1", user_id="u", message_id="m3", timestamp=T0))],
         3,
+        expected=2,
     )
     store.apply(
         "p",
         [(4, Identify(anonymous_id="a2", user_id="u", message_id="m4", timestamp=T0))],
         4,
+        expected=3,
     )
     assert early is not None
     survivor = store.find(("user_id", "u"))
@@ -217,3 +233,13 @@ def test_a_merged_profile_id_resolves_to_the_survivor(engine: Engine) -> None:
     view = store.get(survivor or "")
     assert view is not None and view.event_count == 4
     assert store.count() == 1
+
+
+def test_two_workers_on_one_consumer_never_apply_a_batch_twice(engine: Engine) -> None:
+    first, second = ProfileStore(engine), ProfileStore(engine)
+    batch = [(1, Track(event="A", anonymous_id="a", message_id="m1", timestamp=T0))]
+    first.apply("profiles", batch, 1, expected=0)
+    with pytest.raises(OffsetConflict):
+        second.apply("profiles", batch, 1, expected=0)
+    view = first.get(first.find(("anonymous_id", "a")) or "")
+    assert view is not None and view.event_count == 1

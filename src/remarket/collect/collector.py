@@ -87,7 +87,12 @@ class Collector:
         self._stages: list[Stage] = [Dedupe(self.deduper), Enrich(), *extra_stages]
 
     async def warm_up(self, capacity: int) -> int:
-        """Remember the messageIds of the newest events in the log (after a restart)."""
+        """Remember the messageIds of the newest events in the log (after a restart).
+
+        Skipped for a log that de-duplicates itself: JetStream keeps its own window.
+        """
+        if self._log.dedupes_itself:
+            return 0
         keys = await self._log.recent_dedupe_keys(capacity)
         self.deduper.warm(keys)
         return len(keys)

@@ -11,7 +11,9 @@ from typing import Any, Final
 import msgspec
 from sqlalchemy import Connection, Engine, and_, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 
+from remarket.errors import OffsetConflict
 from remarket.profiles.identity import Identifier, identifiers_of, profile_id_of
 from remarket.schema.events import Identify, Message
 from remarket.storage.state import consumer_offsets, identities, profile_traits, profiles
@@ -127,22 +129,27 @@ class ProfileStore:
         rows: Sequence[tuple[int, Message]],
         through: int,
         *,
+        expected: int,
         mirror: Callable[[list[tuple[str, str, str]]], None] | None = None,
     ) -> None:
         """Apply ``(offset, message)`` rows and advance ``consumer`` to ``through``.
 
-        ``mirror`` receives every identity row written (new or repointed) before the
-        transaction commits, so a copy elsewhere (the warehouse) is never behind.
+        Only if ``consumer`` is still at ``expected``; else nothing changes and
+        :class:`~remarket.errors.OffsetConflict` is raised. ``mirror`` receives every
+        identity row written (new or repointed) before the transaction commits, so a
+        copy elsewhere (the warehouse) is never behind.
         """
         try:
             with self._engine.begin() as conn:
+                # First: it takes the write lock, so a concurrent worker waits, then fails.
+                self._claim_offset(conn, consumer, through, expected)
                 batch = self._plan(conn, rows)
                 changed = self._write(conn, batch)
                 if mirror is not None and changed:
                     mirror(changed)
-                self._set_offset(conn, consumer, through)
         except BaseException:
-            # The cache may hold mappings of the rolled-back transaction.
+            # The cache may hold mappings of the rolled-back transaction, or (after a
+            # conflict) miss merges that another worker made.
             self._cache.clear()
             self._merged.clear()
             raise
@@ -329,14 +336,24 @@ class ProfileStore:
         )
 
     @staticmethod
-    def _set_offset(conn: Connection, consumer: str, offset: int) -> None:
+    def _claim_offset(conn: Connection, consumer: str, through: int, expected: int) -> None:
         updated = conn.execute(
             update(consumer_offsets)
-            .where(consumer_offsets.c.consumer == consumer)
-            .values(offset=offset)
+            .where(consumer_offsets.c.consumer == consumer, consumer_offsets.c.offset == expected)
+            .values(offset=through)
         )
-        if updated.rowcount == 0:
-            conn.execute(consumer_offsets.insert().values(consumer=consumer, offset=offset))
+        if updated.rowcount == 1:
+            return
+        conflict = OffsetConflict(
+            f"consumer {consumer!r} is no longer at offset {expected}", field="expected"
+        )
+        if expected != 0:
+            raise conflict
+        try:
+            with conn.begin_nested():
+                conn.execute(consumer_offsets.insert().values(consumer=consumer, offset=through))
+        except IntegrityError as exc:
+            raise conflict from exc
 
     # -- reading ---------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
+from remarket.errors import OffsetConflict
 from remarket.metrics import LOG_LAG, WORKER_EVENTS
 from remarket.schema.events import Message, decode_log_message
 from remarket.storage.log import EventLog, LogRecord
@@ -64,7 +65,17 @@ class Runner:
             if done >= through:
                 continue
             rows = decoded if done <= start else [r for r in decoded if r[0] > done]
-            await asyncio.to_thread(sink.apply, rows, through)
+            try:
+                await asyncio.to_thread(sink.apply, rows, through, done)
+            except OffsetConflict:
+                # Another worker applied this batch first; carry on from where it is.
+                self._offsets[sink.name] = await asyncio.to_thread(sink.committed)
+                _log.info(
+                    "%s: another worker is ahead; resuming at %d",
+                    sink.name,
+                    self._offsets[sink.name],
+                )
+                continue
             self._offsets[sink.name] = through
             await self._log.commit(sink.name, through)
             WORKER_EVENTS.labels(sink.name).inc(len(rows))

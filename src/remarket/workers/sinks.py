@@ -23,7 +23,10 @@ class Sink(Protocol):
 
     def committed(self) -> int: ...
 
-    def apply(self, rows: Sequence[tuple[int, Message]], through: int) -> None: ...
+    def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
+        """Apply rows and move from offset ``expected`` to ``through``, or raise
+        :class:`~remarket.errors.OffsetConflict` if another worker moved it first."""
+        ...
 
 
 class WarehouseSink:
@@ -36,8 +39,8 @@ class WarehouseSink:
     def committed(self) -> int:
         return self._warehouse.committed(self.name)
 
-    def apply(self, rows: Sequence[tuple[int, Message]], through: int) -> None:
-        self._warehouse.write_events(self.name, rows, through)
+    def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
+        self._warehouse.write_events(self.name, rows, through, expected=expected)
 
 
 class ProfilesSink:
@@ -53,6 +56,6 @@ class ProfilesSink:
     def committed(self) -> int:
         return self._store.committed(self.name)
 
-    def apply(self, rows: Sequence[tuple[int, Message]], through: int) -> None:
+    def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
         mirror = self._warehouse.upsert_identities if self._warehouse is not None else None
-        self._store.apply(self.name, rows, through, mirror=mirror)
+        self._store.apply(self.name, rows, through, expected=expected, mirror=mirror)

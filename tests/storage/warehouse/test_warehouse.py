@@ -19,6 +19,7 @@ import sqlglot
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from remarket.errors import OffsetConflict
 from remarket.schema.events import Alias, Group, Identify, Message, Page, Screen, Track
 from remarket.storage.warehouse import EVENT_COLUMNS, DuckDBWarehouse, Warehouse
 from remarket.storage.warehouse.base import decode_cursor, encode_cursor
@@ -82,14 +83,14 @@ def offsets_of(events: list[dict[str, Any]]) -> list[int]:
 def test_write_events_then_count(warehouse: Warehouse) -> None:
     assert warehouse.count_events() == 0
     assert warehouse.committed("warehouse") == 0
-    warehouse.write_events("warehouse", [(1, track()), (2, track()), (3, track())], 3)
+    warehouse.write_events("warehouse", [(1, track()), (2, track()), (3, track())], 3, expected=0)
     assert warehouse.count_events() == 3
     assert warehouse.committed("warehouse") == 3
 
 
 def test_offset_may_pass_the_last_event_and_is_per_consumer(warehouse: Warehouse) -> None:
-    warehouse.write_events("one", [(4, track())], 9)
-    warehouse.write_events("two", [], 12)
+    warehouse.write_events("one", [(4, track())], 9, expected=0)
+    warehouse.write_events("two", [], 12, expected=0)
     assert (warehouse.committed("one"), warehouse.committed("two")) == (9, 12)
     assert warehouse.count_events() == 1
 
@@ -97,19 +98,19 @@ def test_offset_may_pass_the_last_event_and_is_per_consumer(warehouse: Warehouse
 def test_failed_batch_changes_neither_rows_nor_offset(
     warehouse: Warehouse, backend: Backend
 ) -> None:
-    warehouse.write_events("warehouse", [(1, track()), (2, track())], 2)
+    warehouse.write_events("warehouse", [(1, track()), (2, track())], 2, expected=0)
     bad = [(3, track()), (4, track(at=None)), (5, track())]
     with pytest.raises(backend.not_null_error):
-        warehouse.write_events("warehouse", bad, 5)
+        warehouse.write_events("warehouse", bad, 5, expected=2)
     assert (warehouse.count_events(), warehouse.committed("warehouse")) == (2, 2)
     # The same warehouse object takes the corrected batch: the failure left nothing open.
-    warehouse.write_events("warehouse", [(3, track()), (4, track()), (5, track())], 5)
+    warehouse.write_events("warehouse", [(3, track()), (4, track()), (5, track())], 5, expected=2)
     assert (warehouse.count_events(), warehouse.committed("warehouse")) == (5, 5)
 
 
 def test_reopening_keeps_events_and_offsets(backend: Backend) -> None:
     wh = backend.open()
-    wh.write_events("warehouse", [(1, track()), (2, track(user_id="u1"))], 2)
+    wh.write_events("warehouse", [(1, track()), (2, track(user_id="u1"))], 2, expected=0)
     wh.upsert_identities([("anonymous_id", "a1", "p1")])
     wh.close()
     wh = backend.open()
@@ -125,6 +126,7 @@ def test_profile_events_by_anonymous_id(warehouse: Warehouse) -> None:
         "w",
         [(1, track("a1")), (2, track("a2")), (3, track("a1", "u1")), (4, track(None, "u1"))],
         4,
+        expected=0,
     )
     page = warehouse.profile_events(["a1"], [], limit=10)
     assert offsets_of(page.events) == [3, 1]
@@ -137,6 +139,7 @@ def test_profile_events_by_user_id(warehouse: Warehouse) -> None:
         "w",
         [(1, track("a1")), (2, track("a2", "u1")), (3, track(None, "u1")), (4, track(None, "u2"))],
         4,
+        expected=0,
     )
     assert offsets_of(warehouse.profile_events([], ["u1"], limit=10).events) == [3, 2]
     # An event carrying both of a person's ids comes once.
@@ -145,21 +148,23 @@ def test_profile_events_by_user_id(warehouse: Warehouse) -> None:
 
 
 def test_profile_events_with_no_ids_is_empty(warehouse: Warehouse) -> None:
-    warehouse.write_events("w", [(1, track("a1"))], 1)
+    warehouse.write_events("w", [(1, track("a1"))], 1, expected=0)
     page = warehouse.profile_events([], [], limit=10)
     assert (page.events, page.next_cursor) == ([], None)
 
 
 def test_profile_events_newest_first_by_timestamp_then_offset(warehouse: Warehouse) -> None:
     at = [T0, T0 + timedelta(hours=1), T0 - timedelta(days=3), T0 + timedelta(hours=1), T0]
-    warehouse.write_events("w", [(i + 1, track(at=t)) for i, t in enumerate(at)], 5)
+    warehouse.write_events("w", [(i + 1, track(at=t)) for i, t in enumerate(at)], 5, expected=0)
     events = warehouse.profile_events(["a1"], [], limit=10).events
     assert offsets_of(events) == [4, 2, 5, 1, 3]
     assert [e["timestamp"] for e in events] == sorted(at, reverse=True)
 
 
 def test_profile_events_columns_and_types(warehouse: Warehouse) -> None:
-    warehouse.write_events("w", [(1, track(properties=b'{"price": 9.5, "tags": ["a"]}'))], 1)
+    warehouse.write_events(
+        "w", [(1, track(properties=b'{"price": 9.5, "tags": ["a"]}'))], 1, expected=0
+    )
     (event,) = warehouse.profile_events(["a1"], [], limit=1).events
     assert tuple(event) == EVENT_COLUMNS
     assert event["offset"] == 1 and event["type"] == "track" and event["traits"] is None
@@ -199,7 +204,7 @@ def test_page_cut_inside_a_timestamp_tie(warehouse: Warehouse, at: datetime) -> 
         (2, track(at=at)),
         (3, track(at=at - timedelta(days=1))),
     ]
-    warehouse.write_events("w", rows, 3)
+    warehouse.write_events("w", rows, 3, expected=0)
     first = warehouse.profile_events(["a1"], [], limit=1)
     rest = warehouse.profile_events(["a1"], [], limit=5, cursor=first.next_cursor)
     assert offsets_of(first.events + rest.events) == [2, 1, 3]
@@ -242,7 +247,7 @@ def test_cursor_paging_has_no_gaps_or_repeats(
     for n, (moment, owner) in enumerate(picks, start=start + 1):
         # Few distinct moments for many events: plenty of timestamp ties.
         rows.append((n, track(*ids[owner], at=moments[moment % len(moments)])))
-    warehouse.write_events("paging", rows, start + len(rows))
+    warehouse.write_events("paging", rows, start + len(rows), expected=start)
     mine = ((m.timestamp, off) for off, m in rows if m.anonymous_id != stranger)
     expected = [off for _, off in sorted(mine, reverse=True)]
 
@@ -272,7 +277,7 @@ def test_upsert_identities_inserts_and_repoints(warehouse: Warehouse) -> None:
 
 
 def test_query_binds_params_in_its_dialect(warehouse: Warehouse) -> None:
-    warehouse.write_events("w", [(1, track(event="Order Completed")), (2, track())], 2)
+    warehouse.write_events("w", [(1, track(event="Order Completed")), (2, track())], 2, expected=0)
     # Written once with ? placeholders and transpiled, as generated SQL is.
     sql = sqlglot.transpile(
         'SELECT "offset" FROM events WHERE event = ? AND type LIKE ?',
@@ -301,7 +306,7 @@ def test_concurrent_reads_while_writing(warehouse: Warehouse) -> None:
         r.start()
     for batch in range(20):
         rows = [(batch * 50 + i + 1, track()) for i in range(50)]
-        warehouse.write_events("w", rows, rows[-1][0])
+        warehouse.write_events("w", rows, rows[-1][0], expected=batch * 50)
     done.set()
     for r in readers:
         r.join()
@@ -362,7 +367,7 @@ def test_duckdb_and_postgres_return_the_same(pg_database: str, tmp_path: Path) -
     results: list[tuple[Any, ...]] = []
     for wh in (DuckDBWarehouse(tmp_path / "w.duckdb"), PostgresWarehouse(pg_database)):
         try:
-            wh.write_events("w", rows, 110)
+            wh.write_events("w", rows, 110, expected=0)
             wh.upsert_identities(identities)
             events = wh.profile_events(["a1"], ["u1"], limit=4).events
             cursor = wh.profile_events(["a1"], ["u1"], limit=4).next_cursor
@@ -387,7 +392,7 @@ def test_duckdb_and_postgres_return_the_same(pg_database: str, tmp_path: Path) -
 def test_numeric_ids_are_stored_as_strings(warehouse: Warehouse) -> None:
     # Segment lets ids arrive as numbers; events.py keeps them, the warehouse stores text.
     message = Track(event="e", anonymous_id=7, user_id=8, timestamp=T0, received_at=T0)
-    warehouse.write_events("w", [(1, message)], 1)
+    warehouse.write_events("w", [(1, message)], 1, expected=0)
     (event,) = warehouse.profile_events(["7"], [], limit=1).events
     assert (event["anonymous_id"], event["user_id"]) == ("7", "8")
 
@@ -396,7 +401,7 @@ def test_numeric_ids_are_stored_as_strings(warehouse: Warehouse) -> None:
 def test_postgres_reconnects_after_the_server_drops_it(pg_database: str) -> None:
     wh = PostgresWarehouse(pg_database)
     try:
-        wh.write_events("w", [(1, track())], 1)
+        wh.write_events("w", [(1, track())], 1, expected=0)
         with psycopg.connect(pg_database, autocommit=True) as admin:
             admin.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
@@ -406,8 +411,20 @@ def test_postgres_reconnects_after_the_server_drops_it(pg_database: str) -> None
         with pytest.raises(psycopg.OperationalError):
             wh.count_events()
         with pytest.raises(psycopg.OperationalError):
-            wh.write_events("w", [(2, track())], 2)
-        wh.write_events("w", [(2, track())], 2)
+            wh.write_events("w", [(2, track())], 2, expected=1)
+        wh.write_events("w", [(2, track())], 2, expected=1)
         assert (wh.count_events(), wh.committed("w")) == (2, 2)
     finally:
         wh.close()
+
+
+def test_a_stale_writer_is_refused_and_changes_nothing(warehouse: Warehouse) -> None:
+    warehouse.write_events("w", [(1, track()), (2, track())], 2, expected=0)
+    # A second worker that still believes the consumer is at 0 must not apply 1..2 again.
+    with pytest.raises(OffsetConflict):
+        warehouse.write_events("w", [(1, track()), (2, track())], 2, expected=0)
+    with pytest.raises(OffsetConflict):
+        warehouse.write_events("w", [(3, track())], 3, expected=1)
+    assert (warehouse.count_events(), warehouse.committed("w")) == (2, 2)
+    warehouse.write_events("w", [(3, track())], 3, expected=2)
+    assert (warehouse.count_events(), warehouse.committed("w")) == (3, 3)

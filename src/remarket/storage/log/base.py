@@ -38,6 +38,10 @@ class EventLog(Protocol):
     (NATS JetStream).
     """
 
+    dedupes_itself: bool
+    """Whether the backend drops a replayed dedupe key itself (across processes and
+    restarts, within its window), so the collector need not warm its memory from it."""
+
     async def append(self, entries: Sequence[LogEntry]) -> list[int]:
         """Durably append entries in order; return their offsets.
 

@@ -141,6 +141,8 @@ class NatsLog:
 
     _offsets: KeyValue  # set by connect
 
+    dedupes_itself = True
+
     def __init__(
         self, nc: Client, *, stream: str, subject_prefix: str, partitions: int, timeout: float
     ) -> None:

@@ -71,6 +71,8 @@ class SQLiteLog:
     ([1], [1])
     """
 
+    dedupes_itself = False
+
     def __init__(
         self,
         path: Path,

@@ -39,11 +39,14 @@ class Warehouse(Protocol):
         ...
 
     def write_events(
-        self, consumer: str, rows: Sequence[tuple[int, Message]], through: int
+        self, consumer: str, rows: Sequence[tuple[int, Message]], through: int, *, expected: int
     ) -> None:
         """Insert ``(offset, message)`` rows and advance ``consumer`` to ``through``.
 
-        ``through`` may pass the last row's offset (records that were not events).
+        ``through`` may pass the last row's offset (records that were not events). The
+        write happens only if the stored offset is still ``expected``, else nothing is
+        written and :class:`~remarket.errors.OffsetConflict` is raised: so two workers on
+        one consumer can never apply a batch twice.
         """
         ...
 

@@ -9,6 +9,7 @@ from typing import Any, Final
 
 import duckdb
 
+from remarket.errors import OffsetConflict
 from remarket.schema.events import Message
 from remarket.storage.warehouse.base import (
     EventPage,
@@ -67,12 +68,20 @@ class DuckDBWarehouse:
         return int(row[0]) if row else 0
 
     def write_events(
-        self, consumer: str, rows: Sequence[tuple[int, Message]], through: int
+        self, consumer: str, rows: Sequence[tuple[int, Message]], through: int, *, expected: int
     ) -> None:
         with self._write_lock:
             cur = self._cursor()
             cur.execute("BEGIN")
             try:
+                stored = cur.execute(
+                    'SELECT "offset" FROM consumer_offsets WHERE consumer = ?', [consumer]
+                ).fetchall()
+                current = int(stored[0][0]) if stored else 0
+                if current != expected:
+                    raise OffsetConflict(
+                        f"consumer {consumer!r} is at {current}, not {expected}", field="expected"
+                    )
                 if rows:
                     cur.register("_batch", event_table(rows))
                     cur.execute(f"INSERT INTO events SELECT {_SELECT_COLUMNS} FROM _batch")

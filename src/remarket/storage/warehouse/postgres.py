@@ -15,6 +15,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from psycopg.types.string import TextLoader
 
+from remarket.errors import OffsetConflict
 from remarket.schema.events import Group, Identify, Message, Page, Screen, Track
 from remarket.storage.warehouse.base import EventPage, IdentityRow, decode_cursor, encode_cursor
 from remarket.storage.warehouse.columns import EVENT_COLUMNS
@@ -205,23 +206,45 @@ class PostgresWarehouse:
         return int(row[0]) if row else 0
 
     def write_events(
-        self, consumer: str, rows: Sequence[tuple[int, Message]], through: int
+        self, consumer: str, rows: Sequence[tuple[int, Message]], through: int, *, expected: int
     ) -> None:
         with self._write_lock:
             conn = self._writer()
             with conn.transaction():
                 cur = conn.cursor()
+                # First, so the row lock orders concurrent writers of one consumer: the
+                # second sees the first's offset once it commits, and stops.
+                cur.execute(
+                    'UPDATE consumer_offsets SET "offset" = %s '
+                    'WHERE consumer = %s AND "offset" = %s',
+                    [through, consumer, expected],
+                )
+                if cur.rowcount == 0:
+                    self._first_offset(cur, consumer, through, expected)
                 if rows:
                     copy_sql = f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT binary)"
                     with cur.copy(copy_sql) as copy:
                         copy.set_types(_COPY_TYPES)
                         for offset, message in rows:
                             copy.write_row(_copy_row(offset, message))
+
+    @staticmethod
+    def _first_offset(
+        cur: psycopg.Cursor[tuple[Any, ...]], consumer: str, through: int, expected: int
+    ) -> None:
+        conflict = OffsetConflict(
+            f"consumer {consumer!r} is no longer at offset {expected}", field="expected"
+        )
+        if expected != 0:
+            raise conflict
+        try:
+            with cur.connection.transaction():
                 cur.execute(
-                    'INSERT INTO consumer_offsets (consumer, "offset") VALUES (%s, %s) '
-                    'ON CONFLICT (consumer) DO UPDATE SET "offset" = excluded."offset"',
+                    'INSERT INTO consumer_offsets (consumer, "offset") VALUES (%s, %s)',
                     [consumer, through],
                 )
+        except psycopg.errors.UniqueViolation as exc:
+            raise conflict from exc
 
     def upsert_identities(self, rows: Sequence[IdentityRow]) -> None:
         if not rows:
