@@ -8,19 +8,27 @@ import signal
 import socket
 import threading
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import uvicorn
+import yaml
 from rich.console import Console
 from rich.table import Table
 
 from remarket.api import ROLES, ApiKeyStore, Runtime, create_app
+from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
+from remarket.errors import ConflictError, RemarketError
+from remarket.schema.segment import DefinitionError
+from remarket.segments.backfill import sql_members
+from remarket.segments.catalog import SegmentCatalog
+from remarket.segments.membership import MembershipReader
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import open_warehouse
-from remarket.workers import build_runner
+from remarket.workers import build_workers
 
 __all__ = ["app", "main"]
 
@@ -30,11 +38,15 @@ config_app = typer.Typer(help="Settings.", no_args_is_help=True)
 sources_app = typer.Typer(help="Sources and their write keys.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys for the read and admin API.", no_args_is_help=True)
 quarantine_app = typer.Typer(help="Events rejected at collection.", no_args_is_help=True)
+segments_app = typer.Typer(
+    help="Segment definitions (as code, in YAML or JSON).", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
 app.add_typer(keys_app, name="keys")
 app.add_typer(quarantine_app, name="quarantine")
+app.add_typer(segments_app, name="segments")
 
 console = Console()
 err = Console(stderr=True)
@@ -153,6 +165,88 @@ def quarantine_replay(
     console.print(f"replayed {len(done)}; still invalid {still}")
 
 
+def _definitions(path: Path) -> list[Any]:
+    """The definitions in a YAML or JSON file: one, a list, or ``{segments: [...]}``."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        err.print(f"[red]cannot read {path}:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if isinstance(data, dict) and isinstance(data.get("segments"), list):
+        data = data["segments"]
+    return data if isinstance(data, list) else [data]
+
+
+def _invalid(where: str, exc: RemarketError) -> typer.Exit:
+    if isinstance(exc, DefinitionError):
+        for path, message in exc.errors:
+            err.print(f"[red]{where}: {path or '(root)'}:[/] {message}")
+    else:
+        err.print(f"[red]{where}:[/] {exc.detail}")
+    return typer.Exit(1)
+
+
+@segments_app.command("apply")
+def segments_apply(
+    file: Annotated[Path, typer.Argument(help="segments.yaml: definitions as code.")],
+) -> None:
+    """Create or update the segments in FILE; unchanged ones make no new version."""
+    catalog = SegmentCatalog(_engine(_settings()))
+    table = Table("segment", "version", "result")
+    for index, data in enumerate(_definitions(file)):
+        name = data.get("name") if isinstance(data, dict) else None
+        try:
+            info, changed = catalog.save(data)
+        except (DefinitionError, ConflictError) as exc:
+            raise _invalid(f"{file}[{index}] {name or ''}".strip(), exc) from exc
+        table.add_row(info.name, str(info.version), "new version" if changed else "unchanged")
+    console.print(table)
+
+
+@segments_app.command("preview")
+def segments_preview(
+    file: Annotated[Path, typer.Argument(help="A file with one segment definition.")],
+) -> None:
+    """Size and 20 sample members of the definition in FILE, by SQL now; nothing saved.
+
+    Reads the warehouse directly: an embedded DuckDB warehouse is locked while the
+    server runs (use POST /v1/segments/preview then).
+    """
+    settings = _settings()
+    catalog = SegmentCatalog(_engine(settings))
+    definitions = _definitions(file)
+    try:
+        core = catalog.compile(catalog.parse(definitions[0]))
+    except DefinitionError as exc:
+        raise _invalid(str(file), exc) from exc
+    warehouse = open_warehouse(settings)
+    try:
+        members = sorted(sql_members(warehouse, core, SystemClock().now()))
+    finally:
+        warehouse.close()
+    console.print(f"{core.name}: {len(members)} members")
+    for profile_id in members[:20]:
+        console.print(f"  {profile_id}")
+
+
+@segments_app.command("list")
+def segments_list() -> None:
+    """Segments with their version, status and size."""
+    engine = _engine(_settings())
+    reader = MembershipReader(engine)
+    table = Table("segment", "version", "live version", "status", "size", "updated")
+    for info in SegmentCatalog(engine).all():
+        table.add_row(
+            info.name,
+            str(info.version),
+            str(info.live_version or ""),
+            info.status,
+            str(reader.size(info.name)),
+            str(info.updated_at),
+        )
+    console.print(table)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
@@ -180,11 +274,11 @@ def worker() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     async def run() -> None:
-        runner, log = await build_runner(settings, engine, warehouse)
+        workers = await build_workers(settings, engine, warehouse)
         try:
-            await runner.run(stop)
+            await workers.run(stop)
         finally:
-            await log.close()
+            await workers.log.close()
 
     console.print("workers running; Ctrl+C to stop")
     try:

@@ -163,7 +163,11 @@ def test_healthz_reports_log_and_lag(server: Server) -> None:
     server.send("/v1/track", {"userId": "u", "event": "E"})
     server.drain()
     health = server.client.get("/healthz").json()
-    assert health == {"status": "ok", "log_end_offset": 1, "lag": {"warehouse": 0, "profiles": 0}}
+    assert health == {
+        "status": "ok",
+        "log_end_offset": 1,
+        "lag": {"warehouse": 0, "profiles": 0, "segments": 0},
+    }
 
 
 def test_metrics_count_events_and_latency(server: Server) -> None:

@@ -25,13 +25,19 @@ SCOPES: Final[tuple[str, ...]] = (
     "quarantine:read",
     "quarantine:write",
     "metrics:read",
+    "segments:read",
+    "segments:write",
 )
 
 ROLES: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset(SCOPES),
-    "marketer": frozenset({"profiles:read", "sources:read", "metrics:read"}),
-    "analyst": frozenset({"profiles:read", "sources:read", "quarantine:read", "metrics:read"}),
-    "viewer": frozenset({"sources:read", "metrics:read"}),
+    "marketer": frozenset(
+        {"profiles:read", "sources:read", "metrics:read", "segments:read", "segments:write"}
+    ),
+    "analyst": frozenset(
+        {"profiles:read", "sources:read", "quarantine:read", "metrics:read", "segments:read"}
+    ),
+    "viewer": frozenset({"sources:read", "metrics:read", "segments:read"}),
 }
 
 

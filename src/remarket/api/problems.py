@@ -11,6 +11,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from remarket.errors import RemarketError
+from remarket.schema.segment import DefinitionError
 
 __all__ = ["PROBLEM_JSON", "install_problem_handlers", "problem"]
 
@@ -49,6 +50,10 @@ def problem(
 def _remarket_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RemarketError)
     headers = {"WWW-Authenticate": 'Basic realm="remarket"'} if exc.status == 401 else None
+    extra: dict[str, Any] = {}
+    if isinstance(exc, DefinitionError):
+        # Every rule broken, each with the path of the node at fault.
+        extra["errors"] = [{"field": path, "detail": message} for path, message in exc.errors]
     return problem(
         exc.status,
         exc.title,
@@ -57,6 +62,7 @@ def _remarket_error(request: Request, exc: Exception) -> Response:
         instance=request.url.path,
         field=exc.field,
         headers=headers,
+        **extra,
     )
 
 

@@ -51,7 +51,7 @@ class Runtime:
         collector = Collector(settings, log, quarantine, clock)
         warmed = await collector.warm_up(settings.dedupe_capacity)
         _log.info("remembered %d recent messageIds from the log", warmed)
-        thread = WorkerThread(settings, engine, warehouse) if workers else None
+        thread = WorkerThread(settings, engine, warehouse, clock) if workers else None
         if thread is not None:
             thread.start()
         return cls(

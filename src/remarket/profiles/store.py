@@ -14,8 +14,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 
 from remarket.errors import OffsetConflict
-from remarket.profiles.identity import Identifier, identifiers_of, profile_id_of
-from remarket.schema.events import Identify, Message
+from remarket.profiles.identity import (
+    ANONYMOUS_ID,
+    USER_ID,
+    Identifier,
+    identifiers_of,
+    profile_id_of,
+)
+from remarket.schema.events import Alias, Identify, Message
 from remarket.storage.state import consumer_offsets, identities, profile_traits, profiles
 
 __all__ = ["ProfileStore", "ProfileView"]
@@ -50,6 +56,13 @@ class _Tally:
         if self.last is None or ts > self.last:
             self.last = ts
 
+    def absorb(self, other: _Tally) -> None:
+        self.count += other.count
+        if other.first is not None and (self.first is None or other.first < self.first):
+            self.first = other.first
+        if other.last is not None and (self.last is None or other.last > self.last):
+            self.last = other.last
+
 
 @dataclass(slots=True)
 class _Trait:
@@ -69,6 +82,16 @@ class _Batch:
     traits: dict[tuple[str, str], _Trait] = field(default_factory=dict)
     new_identities: dict[Identifier, str] = field(default_factory=dict)
     merges: dict[str, str] = field(default_factory=dict)
+
+
+def _pair_identifiers(pair: tuple[str | int | None, str | int | None]) -> list[Identifier]:
+    anonymous_id, user_id = pair
+    found: list[Identifier] = []
+    if anonymous_id is not None:
+        found.append((ANONYMOUS_ID, str(anonymous_id)))
+    if user_id is not None:
+        found.append((USER_ID, str(user_id)))
+    return found
 
 
 def _utc(value: datetime | None) -> datetime | None:
@@ -175,13 +198,35 @@ class ProfileStore:
                 self._cache[(kind, value)] = pid
 
     def _plan(self, conn: Connection, rows: Sequence[tuple[int, Message]]) -> _Batch:
-        linked = [(m, identifiers_of(m)) for _, m in rows]
-        self._load(conn, {i for _, ids in linked for i in ids})
+        # Most events carry ids their batch has seen already: tally them per distinct
+        # (anonymousId, userId) pair and resolve identities once per pair, not per event.
+        groups: dict[tuple[str | int | None, str | int | None], _Tally] = {}
+        special: list[Identify | Alias] = []
+        for _, message in rows:
+            ts = message.timestamp
+            if ts is None:
+                raise ValueError(f"message {message.message_id} has no timestamp; collect sets one")
+            key = (message.anonymous_id, message.user_id)
+            tally = groups.get(key)
+            # Inlined _Tally.add: this loop runs for every event of every batch.
+            if tally is None:
+                groups[key] = _Tally(1, ts, ts)
+            else:
+                tally.count += 1
+                if ts < tally.first:  # type: ignore[operator]
+                    tally.first = ts
+                elif ts > tally.last:  # type: ignore[operator]
+                    tally.last = ts
+            if isinstance(message, Identify | Alias):
+                special.append(message)
+        links = [_pair_identifiers(key) for key in groups]
+        links += [identifiers_of(m) for m in special]
+        self._load(conn, {i for ids in links for i in ids})
         # Nodes are existing profile ids, or "#kind\x1fvalue" for identifiers seen first here.
         uf = _UnionFind()
         node_pid: dict[str, str] = {}
-        event_nodes: list[str] = []
-        for _, ids in linked:
+        first_nodes: list[str] = []
+        for ids in links:
             nodes = []
             for ident in ids:
                 pid = self._cache.get(ident)
@@ -193,7 +238,7 @@ class ProfileStore:
                     node_pid.setdefault(node, profile_id_of(ident))
                 nodes.append(node)
             uf.union(nodes)
-            event_nodes.append(nodes[0])
+            first_nodes.append(nodes[0])
         target: dict[str, str] = {}
         for node, pid in node_pid.items():
             root = uf.find(node)
@@ -206,14 +251,12 @@ class ProfileStore:
                 batch.new_identities[(kind, value)] = target[uf.find(node)]
             elif target[uf.find(node)] != node:
                 batch.merges[node] = target[uf.find(node)]
-        for (message, _), node in zip(linked, event_nodes, strict=True):
-            pid = target[uf.find(node)]
-            ts = message.timestamp
-            if ts is None:
-                raise ValueError(f"message {message.message_id} has no timestamp; collect sets one")
-            batch.tallies[pid].add(ts)
+        for tally, node in zip(groups.values(), first_nodes, strict=False):
+            batch.tallies[target[uf.find(node)]].absorb(tally)
+        for message, node in zip(special, first_nodes[len(groups) :], strict=True):
             if isinstance(message, Identify):
-                self._collect_traits(batch, pid, message, ts)
+                assert message.timestamp is not None  # checked above
+                self._collect_traits(batch, target[uf.find(node)], message, message.timestamp)
         return batch
 
     @staticmethod

@@ -3,7 +3,16 @@
 from __future__ import annotations
 
 from remarket.workers.runner import Runner
-from remarket.workers.service import WorkerThread, build_runner
+from remarket.workers.service import Workers, WorkerThread, build_runner, build_workers
 from remarket.workers.sinks import ProfilesSink, Sink, WarehouseSink
 
-__all__ = ["ProfilesSink", "Runner", "Sink", "WarehouseSink", "WorkerThread", "build_runner"]
+__all__ = [
+    "ProfilesSink",
+    "Runner",
+    "Sink",
+    "WarehouseSink",
+    "WorkerThread",
+    "Workers",
+    "build_runner",
+    "build_workers",
+]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
@@ -12,20 +13,42 @@ from remarket.clock import Clock, SystemClock
 from remarket.collect.quarantine import QuarantineStore, Rejection
 from remarket.config import Settings
 from remarket.profiles.store import ProfileStore
+from remarket.segments.live import LiveSegments
+from remarket.segments.sink import SegmentLoop, SegmentPublisher, SegmentsSink
 from remarket.storage.log import EventLog, LogRecord, open_log
 from remarket.storage.warehouse import Warehouse
 from remarket.workers.runner import Runner
 from remarket.workers.sinks import ProfilesSink, Sink, WarehouseSink
 
-__all__ = ["WorkerThread", "build_runner"]
+__all__ = ["WorkerThread", "Workers", "build_runner", "build_workers"]
 
 _log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Workers:
+    """The log runner and the segment worker's loop (backfills, timers, publishing)."""
+
+    runner: Runner
+    log: EventLog
+    segments: SegmentLoop
+
+    async def run(self, stop: threading.Event) -> None:
+        await asyncio.gather(self.runner.run(stop), self.segments.run(stop))
 
 
 async def build_runner(
     settings: Settings, engine: Engine, warehouse: Warehouse, clock: Clock | None = None
 ) -> tuple[Runner, EventLog]:
-    """A runner over the configured log with the warehouse and profile sinks."""
+    """A runner over the configured log with the warehouse, profile and segment sinks."""
+    workers = await build_workers(settings, engine, warehouse, clock)
+    return workers.runner, workers.log
+
+
+async def build_workers(
+    settings: Settings, engine: Engine, warehouse: Warehouse, clock: Clock | None = None
+) -> Workers:
+    """The runner (sinks in order: warehouse, profiles, segments) and the segment loop."""
     log = await open_log(settings)
     quarantine = QuarantineStore(engine)
     now = (clock or SystemClock()).now
@@ -40,9 +63,12 @@ async def build_runner(
         )
         quarantine.add("log", now(), [rejection])
 
+    live = LiveSegments(engine, warehouse, clock)
     sinks: list[Sink] = [
         WarehouseSink(warehouse),
         ProfilesSink(ProfileStore(engine), warehouse),
+        # After profiles: events are resolved to profiles through the identities it wrote.
+        SegmentsSink(live),
     ]
     runner = Runner(
         log,
@@ -51,14 +77,26 @@ async def build_runner(
         batch_size=settings.worker_batch_size,
         poll_interval=settings.worker_poll_interval_s,
     )
-    return runner, log
+    loop = SegmentLoop(
+        live,
+        SegmentPublisher(engine, log, settings),
+        poll_interval=settings.worker_poll_interval_s,
+    )
+    return Workers(runner, log, loop)
 
 
 class WorkerThread:
     """The workers of ``remarket serve``: started with the API, stopped with it."""
 
-    def __init__(self, settings: Settings, engine: Engine, warehouse: Warehouse) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        warehouse: Warehouse,
+        clock: Clock | None = None,
+    ) -> None:
         self._settings = settings
+        self._clock = clock
         self._engine = engine
         self._warehouse = warehouse
         self._stop = threading.Event()
@@ -75,8 +113,8 @@ class WorkerThread:
         asyncio.run(self._run())
 
     async def _run(self) -> None:
-        runner, log = await build_runner(self._settings, self._engine, self._warehouse)
+        workers = await build_workers(self._settings, self._engine, self._warehouse, self._clock)
         try:
-            await runner.run(self._stop)
+            await workers.run(self._stop)
         finally:
-            await log.close()
+            await workers.log.close()

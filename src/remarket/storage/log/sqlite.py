@@ -143,17 +143,20 @@ class SQLiteLog:
     def _commit_group(self, conn: sqlite3.Connection, group: list[_Pending], start: int) -> int:
         rows: list[tuple[int, int, bytes, bytes]] = []
         offsets_per_call: list[list[int]] = []
-        offset = start
-        for pending in group:
-            offsets = list(range(offset, offset + len(pending.entries)))
-            offsets_per_call.append(offsets)
-            rows.extend(
-                (o, e.partition, e.dedupe_key, e.payload)
-                for o, e in zip(offsets, pending.entries, strict=True)
-            )
-            offset += len(pending.entries)
         try:
             conn.execute("BEGIN IMMEDIATE")
+            # Another SQLiteLog on the same file (the workers publish segment transitions
+            # through their own) may have appended since: continue after its last offset.
+            (last,) = conn.execute("SELECT coalesce(max(offset), 0) FROM log").fetchone()
+            offset = max(start, int(last) + 1)
+            for pending in group:
+                offsets = list(range(offset, offset + len(pending.entries)))
+                offsets_per_call.append(offsets)
+                rows.extend(
+                    (o, e.partition, e.dedupe_key, e.payload)
+                    for o, e in zip(offsets, pending.entries, strict=True)
+                )
+                offset += len(pending.entries)
             conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?)", rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:

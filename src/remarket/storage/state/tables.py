@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 __all__ = [
@@ -28,6 +29,14 @@ __all__ = [
     "profile_traits",
     "profiles",
     "quarantine",
+    "segment_errors",
+    "segment_history",
+    "segment_members",
+    "segment_outbox",
+    "segment_states",
+    "segment_timers",
+    "segment_versions",
+    "segments",
     "sources",
 ]
 
@@ -115,3 +124,109 @@ consumer_offsets = Table(
     Column("consumer", String(64), primary_key=True),
     Column("offset", BigInteger, nullable=False),
 )
+
+# -- segments ------------------------------------------------------------------
+# Erasure of a person deletes their rows (by profile_id, including the ids merged into
+# theirs) from segment_states, segment_members, segment_history, segment_timers,
+# segment_outbox and segment_errors; segments and segment_versions hold no personal data.
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    # The newest version; live_version is the one whose states and members are stored
+    # (None before the first backfill). pending: a backfill is due (new version, or a
+    # segment it uses changed); generation counts backfills.
+    Column("version", Integer, nullable=False),
+    Column("live_version", Integer, nullable=True),
+    Column("pending", Boolean, nullable=False, default=True),
+    Column("generation", Integer, nullable=False, default=0),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+    Column("deleted_at", _TS, nullable=True),
+)
+"""A segment by name (unique); deleting it keeps the row, so versions keep counting."""
+
+segment_versions = Table(
+    "segment_versions",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("definition", JSON, nullable=False),
+    # Names of the segments its in_segment nodes inline (transitively).
+    Column("uses", JSON, nullable=False),
+    Column("created_at", _TS, nullable=False),
+)
+"""Every version of every definition, as submitted (no personal data)."""
+
+segment_states = Table(
+    "segment_states",
+    metadata,
+    Column("segment", String(200), primary_key=True),
+    Column("profile_id", String(40), primary_key=True, index=True),
+    Column("state", LargeBinary, nullable=False),
+    # The latest time the state was evaluated at: evaluation time never goes back.
+    Column("evaluated_at", _TS, nullable=False),
+)
+"""Real-time evaluator state per (segment, profile). Personal: erase by profile_id."""
+
+segment_members = Table(
+    "segment_members",
+    metadata,
+    Column("segment", String(200), primary_key=True),
+    Column("profile_id", String(40), primary_key=True, index=True),
+    Column("version", Integer, nullable=False),
+    Column("since", _TS, nullable=False),
+)
+"""Current members. Personal: erase by profile_id."""
+
+segment_history = Table(
+    "segment_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("segment", String(200), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("profile_id", String(40), nullable=False, index=True),
+    Column("kind", String(8), nullable=False),
+    Column("at", _TS, nullable=False),
+    # Transitions of one (segment, profile) are numbered 1, 2, ...: the messageId of the
+    # published event derives from it, so a transition is published once.
+    Column("seq", Integer, nullable=False),
+    UniqueConstraint("segment", "profile_id", "seq"),
+    Index("ix_segment_history_segment_at", "segment", "at"),
+)
+"""Every entered / exited transition. Personal: erase by profile_id."""
+
+segment_timers = Table(
+    "segment_timers",
+    metadata,
+    Column("segment", String(200), primary_key=True),
+    Column("profile_id", String(40), primary_key=True, index=True),
+    Column("due_at", _TS, nullable=False, index=True),
+)
+"""When to re-check a profile with no new event (a window edge). Erase by profile_id."""
+
+segment_outbox = Table(
+    "segment_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(64), nullable=False, unique=True),
+    Column("profile_id", String(40), nullable=False, index=True),
+    Column("payload", LargeBinary, nullable=False),
+    Column("created_at", _TS, nullable=False),
+)
+"""Segment Entered / Exited events committed but not yet in the log. The payload holds
+the profile's user or anonymous id: erase by profile_id."""
+
+segment_errors = Table(
+    "segment_errors",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("segment", String(200), nullable=False, index=True),
+    Column("version", Integer, nullable=False),
+    Column("profile_id", String(40), nullable=False, index=True),
+    Column("detail", Text, nullable=False),
+    Column("at", _TS, nullable=False),
+)
+"""A segment that failed to evaluate for one profile (the others went on). Erase by
+profile_id."""

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import duckdb
+import msgspec
+import pyarrow as pa
 
 from remarket.errors import OffsetConflict
 from remarket.schema.events import Message
@@ -17,7 +20,7 @@ from remarket.storage.warehouse.base import (
     decode_cursor,
     encode_cursor,
 )
-from remarket.storage.warehouse.columns import EVENT_COLUMNS, event_table
+from remarket.storage.warehouse.columns import EVENT_COLUMNS
 
 __all__ = ["DuckDBWarehouse"]
 
@@ -35,6 +38,34 @@ DDL: Final = (
         consumer VARCHAR PRIMARY KEY, "offset" BIGINT NOT NULL)""",
 )
 _SELECT_COLUMNS: Final = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
+# Column ← (key in the canonical message JSON, DuckDB type). DuckDB parses each message
+# once, in C++, which is several times faster than building the columns in Python.
+_FROM_MESSAGE: Final = {
+    "message_id": ("messageId", "VARCHAR"),
+    "source_id": ("sourceId", "VARCHAR"),
+    "type": ("type", "VARCHAR"),
+    "event": ("event", "VARCHAR"),
+    "name": ("name", "VARCHAR"),
+    "category": ("category", "VARCHAR"),
+    "anonymous_id": ("anonymousId", "VARCHAR"),
+    "user_id": ("userId", "VARCHAR"),
+    "group_id": ("groupId", "VARCHAR"),
+    "previous_id": ("previousId", "VARCHAR"),
+    "timestamp": ("timestamp", "TIMESTAMPTZ"),
+    "original_timestamp": ("originalTimestamp", "TIMESTAMPTZ"),
+    "sent_at": ("sentAt", "TIMESTAMPTZ"),
+    "received_at": ("receivedAt", "TIMESTAMPTZ"),
+    "properties": ("properties", "JSON"),
+    "traits": ("traits", "JSON"),
+    "context": ("context", "JSON"),
+}
+assert tuple(_FROM_MESSAGE) == EVENT_COLUMNS[1:], "every warehouse column, in order"
+_STRUCTURE: Final = json.dumps({key: kind for key, kind in _FROM_MESSAGE.values()})
+_INSERT: Final = (
+    f"INSERT INTO events SELECT o, {', '.join(f'm.{key}' for key, _ in _FROM_MESSAGE.values())} "
+    f"FROM (SELECT \"offset\" AS o, from_json(decode(payload), '{_STRUCTURE}') AS m FROM _batch)"
+)
+_ENCODER: Final = msgspec.json.Encoder()
 
 
 class DuckDBWarehouse:
@@ -83,8 +114,14 @@ class DuckDBWarehouse:
                         f"consumer {consumer!r} is at {current}, not {expected}", field="expected"
                     )
                 if rows:
-                    cur.register("_batch", event_table(rows))
-                    cur.execute(f"INSERT INTO events SELECT {_SELECT_COLUMNS} FROM _batch")
+                    batch = pa.table(
+                        {
+                            "offset": pa.array([offset for offset, _ in rows], pa.int64()),
+                            "payload": pa.array([_ENCODER.encode(m) for _, m in rows], pa.binary()),
+                        }
+                    )
+                    cur.register("_batch", batch)
+                    cur.execute(_INSERT)
                     cur.unregister("_batch")
                 cur.execute(
                     "INSERT OR REPLACE INTO consumer_offsets VALUES (?, ?)", [consumer, through]
@@ -97,10 +134,20 @@ class DuckDBWarehouse:
     def upsert_identities(self, rows: Sequence[IdentityRow]) -> None:
         if not rows:
             return
+        # The last mapping of an identity wins, as it would row by row.
+        latest = {(kind, value): profile for kind, value, profile in rows}
+        kinds = [kind for kind, _ in latest]
+        values = [value for _, value in latest]
+        profiles = list(latest.values())
+        # One set-based statement from Arrow: executemany runs a statement per row.
+        batch = pa.table({"kind": kinds, "value": values, "profile_id": profiles})
         with self._write_lock:
-            self._cursor().executemany(
-                "INSERT OR REPLACE INTO identities VALUES (?, ?, ?)", list(rows)
+            cur = self._cursor()
+            cur.register("_identities", batch)
+            cur.execute(
+                "INSERT OR REPLACE INTO identities SELECT kind, value, profile_id FROM _identities"
             )
+            cur.unregister("_identities")
 
     def profile_events(
         self,

@@ -1,0 +1,319 @@
+"""Worker throughput: the runner of `remarket serve` moving an embedded SQLite log into the
+DuckDB warehouse and the SQLite profile store, against reading and decoding the same log
+records (what any consumer pays before doing anything), in the same run.
+
+The log is filled first through `remarket.collect.Collector` (validate, dedupe, enrich,
+append; fsync off since filling is not measured) with a synthetic shop's traffic
+(`remarket.sim.Shop`: many anonymous visitors, about a third identify, some on two
+devices so profiles merge). Then each consumer set drains the whole log into empty stores:
+
+  read          `SQLiteLog.read_sync` in batches of `worker_batch_size`
+  read+decode   the same plus `decode_log_message` per record (the baseline)
+  both sinks    `build_runner` (warehouse + profiles), as the server runs it (the target)
+  warehouse     the warehouse sink alone
+  profiles      the profile sink alone (it mirrors identity changes into the warehouse)
+  profiles (no mirror)   the profile store alone, to split the mirror's cost out
+
+    .venv/bin/python benchmarks/workers.py [--quick] [--events N] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import msgspec
+from pydantic import SecretStr
+
+import common
+from remarket.clock import SystemClock
+from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.config import Settings
+from remarket.profiles import ProfileStore
+from remarket.schema.events import Batch, decode_log_message
+from remarket.sim import Shop
+from remarket.storage.log import EventLog, LogRecord, SQLiteLog
+from remarket.storage.state import connect_state, upgrade_state
+from remarket.storage.warehouse import open_warehouse
+from remarket.workers import ProfilesSink, Runner, Sink, WarehouseSink, build_runner
+
+TARGETS: Final[dict[str, float]] = {"both_sinks_events_per_s": 100_000}
+_REQUEST: Final = 100
+
+
+@dataclass
+class Phase:
+    key: str
+    label: str
+    events: int
+    seconds: float
+    complete: bool = True
+
+    @property
+    def rate(self) -> float:
+        return self.events / self.seconds if self.seconds else 0.0
+
+
+# -- filling the log -------------------------------------------------------------
+
+
+async def fill(log_dir: Path, events: int, seed: int) -> int:
+    """Append ``events`` shop events to ``log_dir/log.db`` through the collector."""
+    settings = Settings(data_dir=log_dir, log_fsync="off")
+    engine = connect_state(settings.resolved_database_url())
+    upgrade_state(engine)
+    log = SQLiteLog(log_dir / "log.db", fsync="off")
+    try:
+        collector = Collector(settings, log, QuarantineStore(engine), SystemClock())
+        source, _ = SourceRegistry(engine).create("bench")
+        shop = Shop(visitors=max(events // 4, 10), end=datetime(2026, 1, 1, tzinfo=UTC), seed=seed)
+        stream = (msgspec.json.encode(e) for e in itertools.islice(shop.events(), events))
+        appended = 0
+        last = time.monotonic()
+        while True:
+            raws = [msgspec.Raw(b) for b in itertools.islice(stream, _REQUEST)]
+            if not raws:
+                break
+            result = await collector.ingest_batch(source, Batch(batch=raws))
+            if result.rejected or result.duplicates:
+                raise RuntimeError(f"the shop's events were refused: {result}")
+            appended += result.accepted
+            if time.monotonic() - last > 5:
+                common.progress(f"filling the log: {appended:,} / {events:,}")
+                last = time.monotonic()
+        return appended
+    finally:
+        await log.close()
+        engine.dispose()
+
+
+# -- the phases ------------------------------------------------------------------
+
+
+def _read_all(log: SQLiteLog, batch: int) -> Iterator[list[LogRecord]]:
+    after = 0
+    while records := log.read_sync(after, batch):
+        yield records
+        after = records[-1].offset
+
+
+def time_read(log: SQLiteLog, batch: int, *, decode: bool) -> tuple[int, float]:
+    start = time.perf_counter()
+    count = 0
+    for records in _read_all(log, batch):
+        if decode:
+            for record in records:
+                decode_log_message(record.payload)
+        count += len(records)
+    return count, time.perf_counter() - start
+
+
+async def drain(
+    runner: Runner, log: EventLog, label: str, timeout: float
+) -> tuple[int, float, bool]:
+    """Step the runner until every sink has the whole log (as `Runner.drain`, with
+    progress); gives up after ``timeout`` seconds and reports what it applied."""
+    end = await log.end_offset()
+    start = time.perf_counter()
+    last = start
+    while min(runner.offsets.values()) < end:
+        await runner.step()
+        now = time.perf_counter()
+        if now - last > 5:
+            done = min(runner.offsets.values())
+            common.progress(f"{label}: {done:,} / {end:,} ({done / (now - start):,.0f} events/s)")
+            last = now
+        if now - start > timeout:
+            common.progress(f"{label}: stopped after {timeout:.0f} s")
+            return min(runner.offsets.values()), now - start, False
+    return end, time.perf_counter() - start, True
+
+
+def _poison(record: LogRecord, reason: str) -> None:
+    raise RuntimeError(f"log record {record.offset} is undecodable: {reason}")
+
+
+@contextlib.contextmanager
+def _stores(root: Path, name: str) -> Iterator[Settings]:
+    phase_dir = root / name
+    phase_dir.mkdir()
+    yield Settings(data_dir=phase_dir, log_url=SecretStr(f"sqlite:///{root / 'log' / 'log.db'}"))
+
+
+SinkFactory = Callable[[Settings, Any, Any], list[Sink]]
+
+
+async def run_sinks(
+    root: Path,
+    key: str,
+    label: str,
+    make: SinkFactory | None,
+    args: argparse.Namespace,
+    profile: Path | None = None,
+) -> tuple[Phase, dict[str, int]]:
+    """Drain the log into fresh stores with the sinks ``make`` builds (None: build_runner)."""
+    with _stores(root, key) as settings:
+        engine = connect_state(settings.resolved_database_url())
+        upgrade_state(engine)
+        warehouse = open_warehouse(settings)
+        log: EventLog
+        if make is None:
+            runner, log = await build_runner(settings, engine, warehouse)
+        else:
+            log = SQLiteLog(root / "log" / "log.db", fsync="off")
+            sinks = make(settings, engine, warehouse)
+            runner = Runner(log, sinks, on_poison=_poison, batch_size=settings.worker_batch_size)
+        try:
+            common.progress(f"{label}: draining")
+            cm = common.py_spy(os.getpid(), profile) if profile else contextlib.nullcontext()
+            with cm:
+                events, seconds, complete = await drain(runner, log, label, args.phase_timeout)
+            counts = {
+                "warehouse_events": warehouse.count_events(),
+                "profiles": ProfileStore(engine).count(),
+            }
+        finally:
+            await log.close()
+            warehouse.close()
+            engine.dispose()
+    phase = Phase(key, label, events, seconds, complete)
+    common.progress(f"{label}: {phase.rate:,.0f} events/s")
+    return phase, counts
+
+
+def _warehouse_only(settings: Settings, engine: Any, warehouse: Any) -> list[Sink]:
+    return [WarehouseSink(warehouse)]
+
+
+def _profiles_only(settings: Settings, engine: Any, warehouse: Any) -> list[Sink]:
+    return [ProfilesSink(ProfileStore(engine), warehouse)]
+
+
+def _profiles_no_mirror(settings: Settings, engine: Any, warehouse: Any) -> list[Sink]:
+    return [ProfilesSink(ProfileStore(engine), None)]
+
+
+async def measure(args: argparse.Namespace, root: Path) -> tuple[list[Phase], dict[str, Any]]:
+    (root / "log").mkdir()
+    common.progress(f"filling the log with {args.events:,} shop events")
+    start = time.perf_counter()
+    total = await fill(root / "log", args.events, args.seed)
+    common.progress(f"filled: {total:,} events in {time.perf_counter() - start:.1f} s")
+
+    log = SQLiteLog(root / "log" / "log.db", fsync="off")
+    batch = Settings().worker_batch_size
+    phases: list[Phase] = []
+    try:
+        time_read(log, batch, decode=False)  # warm the page cache: every phase reads warm
+        for decode, key, label in ((False, "read", "read"), (True, "decode", "read+decode")):
+            count, seconds = time_read(log, batch, decode=decode)
+            phases.append(Phase(key, label, count, seconds))
+            common.progress(f"{label}: {count / seconds:,.0f} events/s")
+    finally:
+        await log.close()
+
+    profile_dir = common.BENCH_DIR / "out" / "workers-profile" if args.profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(parents=True, exist_ok=True)
+    factories: list[tuple[str, str, SinkFactory | None]] = [
+        ("both_sinks", "both sinks (build_runner)", None),
+        ("warehouse", "warehouse only", _warehouse_only),
+        ("profiles", "profiles only", _profiles_only),
+        ("profiles_no_mirror", "profiles, no warehouse mirror", _profiles_no_mirror),
+    ]
+    facts: dict[str, Any] = {"events": total}
+    for key, label, make in factories:
+        profile = profile_dir / f"{key}.collapsed" if profile_dir else None
+        phase, counts = await run_sinks(root, key, label, make, args, profile)
+        phases.append(phase)
+        if key == "both_sinks":
+            facts["both_sinks_warehouse_events"] = counts["warehouse_events"]
+            facts["both_sinks_profiles"] = counts["profiles"]
+    return phases, facts
+
+
+def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    by_key = {p.key: p for p in phases}
+    baseline = by_key["decode"]
+    rows = [
+        [
+            p.label,
+            p.events,
+            p.seconds,
+            p.rate,
+            p.rate / baseline.rate,
+            "yes" if p.complete else "NO (timeout)",
+        ]
+        for p in phases
+    ]
+    print(
+        f"\nWorkers: {facts['events']:,} shop events, SQLite log -> DuckDB warehouse + "
+        "SQLite profiles, empty stores\n"
+    )
+    print(
+        common.table(
+            ["consumer", "events", "seconds", "events/s", "vs read+decode", "complete"], rows
+        )
+    )
+    if args.profile:
+        print("\n(profiled with py-spy: figures above are disturbed by the sampler)")
+        for p in phases[2:]:
+            own, _ = common.top_frames(
+                common.BENCH_DIR / "out" / "workers-profile" / f"{p.key}.collapsed", 12
+            )
+            print(f"\n{p.label}: top self time (all threads)")
+            for frame, share in own:
+                print(f"  {share:6.1%}  {frame}")
+    print()
+    figures: dict[str, Any] = {"events": facts["events"]}
+    for p in phases:
+        figures[f"{p.key}_events_per_s"] = round(p.rate)
+        figures[f"{p.key}_seconds"] = round(p.seconds, 2)
+    both = by_key["both_sinks"]
+    figures["both_sinks_ratio_to_decode"] = round(both.rate / baseline.rate, 3)
+    figures["both_sinks_complete"] = all(p.complete for p in phases)
+    figures["both_sinks_warehouse_events"] = facts["both_sinks_warehouse_events"]
+    figures["both_sinks_profiles"] = facts["both_sinks_profiles"]
+    return figures
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="50k events instead of 500k")
+    parser.add_argument("--events", type=int, help="events to put in the log")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--phase-timeout", type=float, default=120.0, help="stop a consumer after this"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="py-spy each sink phase (benchmarks/out/)"
+    )
+    args = parser.parse_args()
+    args.events = args.events or (50_000 if args.quick else 500_000)
+    if args.quick:
+        args.phase_timeout = min(args.phase_timeout, 20.0)
+
+    with common.tmp_dir("workers") as root:
+        phases, facts = asyncio.run(measure(args, root))
+    figures = report(phases, facts, args)
+    met = (
+        figures["both_sinks_events_per_s"] >= TARGETS["both_sinks_events_per_s"]
+        and figures["both_sinks_complete"]
+        and figures["both_sinks_warehouse_events"] == figures["events"]
+    )
+    common.final_line("workers", figures, TARGETS, met)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

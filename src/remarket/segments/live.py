@@ -1,0 +1,507 @@
+"""Real-time segment membership: events, timers and backfills, each in one transaction.
+
+:class:`LiveSegments` keeps, for every live segment and profile, the real-time state
+(``segment_states``), the membership (``segment_members``) and a timer for the next
+instant the membership may change with no new event (``segment_timers``). Three things
+move it, always under one lock and inside a state-store transaction that holds the
+sink's offset row, so they never interleave (in this process or across processes):
+
+- :meth:`apply`, the log sink: each batch's events by profile → states → transitions,
+  committed with the fenced offset;
+- :meth:`run_timers`: profiles whose timer is due are re-checked at now;
+- :meth:`backfill_pending`: a new or edited segment is computed from the warehouse
+  (members by SQL, states by replay) and goes live.
+
+Events published for transitions (``Segment Entered`` / ``Segment Exited``) come back
+through the log; they only reach segments that read events of those names. When a
+profile has been merged into another, the states of both are combined under the
+survivor and the merged-away profile leaves its segments. A segment that fails for one
+profile is recorded in ``segment_errors``; the other profiles go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final
+
+from prometheus_client import Counter
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from remarket.clock import Clock, SystemClock
+from remarket.errors import OffsetConflict
+from remarket.profiles.identity import Identifier, identifiers_of
+from remarket.schema.events import Identify, Message, Track, as_utc
+from remarket.segments.backfill import Reads, reads_of, replay_states, sql_members
+from remarket.segments.catalog import SegmentCatalog
+from remarket.segments.membership import (
+    CONSUMER,
+    PUBLISHER_SOURCE,
+    Transition,
+    chunks,
+    claim_offset,
+    hold_offset,
+    write_transitions,
+)
+from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment, view_of
+from remarket.segments.values import to_datetime
+from remarket.storage.state import (
+    consumer_offsets,
+    identities,
+    profiles,
+    segment_errors,
+    segment_members,
+    segment_states,
+    segment_timers,
+    segments,
+)
+from remarket.storage.warehouse import Warehouse
+
+__all__ = ["SEGMENT_ERRORS", "SEGMENT_TRANSITIONS", "LiveSegments"]
+
+_log = logging.getLogger(__name__)
+
+SEGMENT_TRANSITIONS: Final = Counter(
+    "remarket_segment_transitions", "Profiles entering or exiting segments.", ["kind"]
+)
+SEGMENT_ERRORS: Final = Counter(
+    "remarket_segment_errors", "Segment evaluations that failed for one profile.", ["segment"]
+)
+
+
+@dataclass(slots=True)
+class _Segment:
+    name: str
+    version: int
+    evaluator: RealtimeSegment
+    reads: Reads
+
+
+@dataclass(slots=True)
+class _Work:
+    """What one transaction changes, gathered before it is written."""
+
+    states: dict[tuple[str, str], tuple[bytes, datetime]] = field(default_factory=dict)
+    timers: dict[tuple[str, str], datetime | None] = field(default_factory=dict)
+    transitions: list[Transition] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+
+
+class LiveSegments:
+    """Maintains the memberships of live segments; the segments sink of the workers.
+
+    Not tied to the log: :meth:`apply` takes decoded ``(offset, message)`` rows.
+    """
+
+    name = CONSUMER
+
+    def __init__(self, engine: Engine, warehouse: Warehouse, clock: Clock | None = None) -> None:
+        self._engine = engine
+        self._warehouse = warehouse
+        self._clock = clock or SystemClock()
+        self._catalog = SegmentCatalog(engine, clock=self._clock)
+        self._lock = threading.Lock()
+        self._key: tuple[tuple[str, int, int], ...] | None = None
+        self._live: dict[str, _Segment] = {}
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    def committed(self) -> int:
+        with self._engine.connect() as conn:
+            value = conn.scalar(
+                select(consumer_offsets.c.offset).where(consumer_offsets.c.consumer == CONSUMER)
+            )
+        return int(value) if value is not None else 0
+
+    # -- the live set --------------------------------------------------------------
+
+    def _refresh(self, conn: Connection) -> dict[str, _Segment]:
+        """The live segments, compiled again only when one went live or away."""
+        rows = conn.execute(
+            select(segments.c.name, segments.c.live_version, segments.c.generation)
+            .where(segments.c.deleted_at.is_(None), segments.c.live_version.is_not(None))
+            .order_by(segments.c.name)
+        ).all()
+        key = tuple((r.name, r.live_version, r.generation) for r in rows)
+        if key != self._key:
+            live: dict[str, _Segment] = {}
+            for name, version, _ in key:
+                definition = self._catalog.definition(name, version)
+                if definition is None:
+                    continue
+                core = self._catalog.compile(definition)
+                live[name] = _Segment(name, version, RealtimeSegment(core), reads_of(core))
+            self._live, self._key = live, key
+        return self._live
+
+    # -- the sink ------------------------------------------------------------------
+
+    def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
+        """Apply a batch and move the offset from ``expected`` to ``through`` (fenced)."""
+        with self._lock, self._engine.begin() as conn:
+            claim_offset(conn, CONSUMER, through, expected)
+            live = self._refresh(conn)
+            if not live:
+                return
+            events, touched = self._events_by_profile(conn, rows, live.values())
+            if not touched:
+                return
+            merged = self._merged_into(conn, touched)
+            everyone = sorted(set(touched) | {old for olds in merged.values() for old in olds})
+            states = self._load_states(conn, everyone, live)
+            members = self._load_members(conn, everyone, live)
+            now = self._clock.now()
+            work = _Work()
+            for segment in live.values():
+                for pid in touched:
+                    fresh = [v for v in events.get(pid, ()) if segment.reads.wants(v.type, v.event)]
+                    olds = merged.get(pid, ())
+                    # Time alone is the timers' job: re-check only what changed, and
+                    # profiles the segment has never seen (they may be members already).
+                    if fresh or olds or (segment.name, pid) not in states:
+                        self._evaluate(segment, pid, fresh, olds, now, states, members, work)
+            work.gone = sorted({old for olds in merged.values() for old in olds})
+            self._write(conn, work, live)
+
+    def _events_by_profile(
+        self,
+        conn: Connection,
+        rows: Sequence[tuple[int, Message]],
+        live: Iterable[_Segment],
+    ) -> tuple[dict[str, list[EventView]], list[str]]:
+        """Views of the events some live segment reads, by profile; and the profiles
+        the batch touched. Published transitions touch nothing unless a segment reads them
+        (else every transition would come back as activity)."""
+        reads = [segment.reads for segment in live]
+        seen: list[tuple[Message, bool, list[Identifier]]] = []
+        for _, message in rows:
+            if isinstance(message, Identify):
+                event_type, event = "identify", None
+            elif isinstance(message, Track):
+                event_type, event = "track", message.event
+            else:
+                event_type, event = "other", None
+            read = any(r.wants(event_type, event) for r in reads)
+            if read or message.source_id != PUBLISHER_SOURCE:
+                seen.append((message, read, identifiers_of(message)))
+        owners = self._profiles_of(conn, {i for _, _, ids in seen for i in ids})
+        events: dict[str, list[EventView]] = defaultdict(list)
+        touched: set[str] = set()
+        for message, read, ids in seen:
+            pid = next((owners[i] for i in ids if i in owners), None)
+            if pid is None:
+                continue
+            touched.add(pid)
+            if read:
+                events[pid].append(view_of(message))
+        for views in events.values():
+            views.sort(key=lambda v: v.at)
+        return events, sorted(touched)
+
+    @staticmethod
+    def _profiles_of(conn: Connection, wanted: set[Identifier]) -> dict[Identifier, str]:
+        found: dict[Identifier, str] = {}
+        for chunk in chunks(sorted(wanted)):
+            rows = conn.execute(
+                select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
+                    identities.c.kind.in_({k for k, _ in chunk}),
+                    identities.c.value.in_({v for _, v in chunk}),
+                )
+            )
+            for kind, value, pid in rows:
+                if (kind, value) in wanted:
+                    found[(kind, value)] = pid
+        return found
+
+    @staticmethod
+    def _merged_into(conn: Connection, touched: Sequence[str]) -> dict[str, list[str]]:
+        """Profiles merged into the touched ones that still hold segment rows."""
+        merged: dict[str, list[str]] = defaultdict(list)
+        for chunk in chunks(list(touched)):
+            rows = conn.execute(
+                select(profiles.c.profile_id, profiles.c.merged_into).where(
+                    profiles.c.merged_into.in_(chunk)
+                )
+            ).all()
+            olds = [old for old, _ in rows]
+            holding: set[str] = set()
+            for inner in chunks(olds):
+                for table in (segment_states, segment_members):
+                    holding |= set(
+                        conn.scalars(
+                            select(table.c.profile_id).where(table.c.profile_id.in_(inner))
+                        )
+                    )
+            for old, new in rows:
+                if old in holding:
+                    merged[new].append(old)
+        return merged
+
+    @staticmethod
+    def _load_states(
+        conn: Connection, pids: Sequence[str], live: dict[str, _Segment]
+    ) -> dict[tuple[str, str], tuple[bytes, datetime]]:
+        out: dict[tuple[str, str], tuple[bytes, datetime]] = {}
+        for chunk in chunks(list(pids)):
+            rows = conn.execute(
+                select(segment_states).where(
+                    segment_states.c.profile_id.in_(chunk), segment_states.c.segment.in_(live)
+                )
+            )
+            for r in rows:
+                out[(r.segment, r.profile_id)] = (r.state, as_utc(r.evaluated_at))
+        return out
+
+    @staticmethod
+    def _load_members(
+        conn: Connection, pids: Sequence[str], live: dict[str, _Segment]
+    ) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for chunk in chunks(list(pids)):
+            rows = conn.execute(
+                select(segment_members).where(
+                    segment_members.c.profile_id.in_(chunk), segment_members.c.segment.in_(live)
+                )
+            )
+            for r in rows:
+                out[(r.segment, r.profile_id)] = r.version
+        return out
+
+    def _evaluate(
+        self,
+        segment: _Segment,
+        pid: str,
+        views: Sequence[EventView],
+        olds: Sequence[str],
+        now: datetime,
+        states: dict[tuple[str, str], tuple[bytes, datetime]],
+        members: dict[tuple[str, str], int],
+        work: _Work,
+    ) -> None:
+        """Fold a profile's new events (and merged-away profiles) into its state; decide."""
+        name, evaluator = segment.name, segment.evaluator
+        try:
+            stored = states.get((name, pid))
+            state = evaluator.decode(stored[0]) if stored else evaluator.new_state()
+            at = max([now, *([stored[1]] if stored else [])])
+            for old in olds:
+                other = states.get((name, old))
+                if other is not None:
+                    state = evaluator.merge(state, evaluator.decode(other[0]))
+                    at = max(at, other[1])
+            for view in views:
+                at = max(at, to_datetime(view.at))
+                evaluator.apply(state, view, at)
+            member = evaluator.is_member(state, pid, at)
+            upcoming = evaluator.next_change(state, at)
+        except Exception as exc:
+            _log.exception("segment %s failed for profile %s", name, pid)
+            SEGMENT_ERRORS.labels(name).inc()
+            work.errors.append(
+                {"segment": name, "version": segment.version, "profile_id": pid}
+                | {"detail": f"{type(exc).__name__}: {exc}", "at": now}
+            )
+            work.timers[(name, pid)] = None  # a failing profile must not spin the timers
+            return
+        for old in olds:
+            if (name, old) in members:
+                work.transitions.append(Transition(name, members[(name, old)], old, False, at))
+        was = (name, pid) in members
+        if member != was:
+            work.transitions.append(Transition(name, segment.version, pid, member, at))
+        work.states[(name, pid)] = (evaluator.encode(state), at)
+        work.timers[(name, pid)] = upcoming
+
+    def _write(self, conn: Connection, work: _Work, live: dict[str, _Segment]) -> None:
+        for chunk in chunks(work.gone):
+            for table in (segment_states, segment_timers):
+                conn.execute(
+                    table.delete().where(table.c.profile_id.in_(chunk), table.c.segment.in_(live))
+                )
+        if work.states:
+            stmt = self._insert(segment_states)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[segment_states.c.segment, segment_states.c.profile_id],
+                set_={"state": stmt.excluded.state, "evaluated_at": stmt.excluded.evaluated_at},
+            )
+            conn.execute(
+                stmt,
+                [
+                    {"segment": s, "profile_id": p, "state": state, "evaluated_at": at}
+                    for (s, p), (state, at) in work.states.items()
+                ],
+            )
+        self._write_timers(conn, work.timers)
+        write_transitions(conn, work.transitions)
+        for t in work.transitions:
+            SEGMENT_TRANSITIONS.labels("entered" if t.entered else "exited").inc()
+        if work.errors:
+            conn.execute(segment_errors.insert(), work.errors)
+
+    def _write_timers(
+        self, conn: Connection, timers: dict[tuple[str, str], datetime | None]
+    ) -> None:
+        due = [
+            {"segment": s, "profile_id": p, "due_at": at}
+            for (s, p), at in timers.items()
+            if at is not None
+        ]
+        by_segment: dict[str, list[str]] = defaultdict(list)
+        for (s, p), at in timers.items():
+            if at is None:
+                by_segment[s].append(p)
+        for s, pids in by_segment.items():
+            for chunk in chunks(pids):
+                conn.execute(
+                    segment_timers.delete().where(
+                        segment_timers.c.segment == s, segment_timers.c.profile_id.in_(chunk)
+                    )
+                )
+        if due:
+            stmt = self._insert(segment_timers)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=[segment_timers.c.segment, segment_timers.c.profile_id],
+                set_={"due_at": stmt.excluded.due_at},
+            )
+            conn.execute(stmt, due)
+
+    # -- timers --------------------------------------------------------------------
+
+    def run_timers(self, limit: int = 1000) -> int:
+        """Re-check the profiles whose timer is due at the clock's now; how many."""
+        with self._lock, self._engine.begin() as conn:
+            hold_offset(conn)
+            live = self._refresh(conn)
+            now = self._clock.now()
+            due = conn.execute(
+                select(segment_timers.c.segment, segment_timers.c.profile_id)
+                .where(segment_timers.c.due_at <= now)
+                .order_by(segment_timers.c.due_at)
+                .limit(limit)
+            ).all()
+            if not due:
+                return 0
+            stale = [(s, p) for s, p in due if s not in live]
+            for s, p in stale:
+                conn.execute(
+                    segment_timers.delete().where(
+                        segment_timers.c.segment == s, segment_timers.c.profile_id == p
+                    )
+                )
+            pids = sorted({p for s, p in due if s in live})
+            states = self._load_states(conn, pids, live)
+            members = self._load_members(conn, pids, live)
+            work = _Work()
+            for s, p in due:
+                if s in live:
+                    self._evaluate(live[s], p, (), (), now, states, members, work)
+            self._write(conn, work, live)
+            return len(due)
+
+    # -- backfill ------------------------------------------------------------------
+
+    def backfill_pending(self) -> list[str]:
+        """Backfill every segment waiting for it (those it uses first); their names."""
+        with self._engine.connect() as conn:
+            pending = list(
+                conn.scalars(
+                    select(segments.c.name)
+                    .where(segments.c.deleted_at.is_(None), segments.c.pending.is_(True))
+                    .order_by(segments.c.name)
+                )
+            )
+        done: list[str] = []
+        for name in self._dependencies_first(pending):
+            try:
+                if self.backfill(name):
+                    done.append(name)
+            except OffsetConflict:
+                _log.info("segment %s: the sink moved on during backfill; retrying", name)
+        return done
+
+    def _dependencies_first(self, names: list[str]) -> list[str]:
+        uses: dict[str, set[str]] = {}
+        for name in names:
+            info = self._catalog.get(name)
+            if info is not None:
+                uses[name] = set(self._catalog.compile(info.definition).references)
+        ordered: list[str] = []
+        while uses:
+            ready = sorted(n for n, deps in uses.items() if not deps & set(uses))
+            ready = ready or sorted(uses)[:1]
+            for n in ready:
+                ordered.append(n)
+                del uses[n]
+        return ordered
+
+    def backfill(self, name: str) -> bool:
+        """Compute a segment's current version from the warehouse and make it live.
+
+        Members come from SQL as of now; states from replaying the events the sink has
+        applied. Profiles entering or leaving (against the previous version) get their
+        transitions; the others stay members, now of the new version. False if the
+        segment is gone.
+        """
+        with self._lock:
+            info = self._catalog.get(name)
+            if info is None:
+                return False
+            through = self.committed()
+            now = self._clock.now()
+            core = self._catalog.compile(info.definition)
+            evaluator = RealtimeSegment(core)
+            found = sql_members(self._warehouse, core, now)
+            replayed = list(replay_states(self._warehouse, evaluator, through, now))
+            with self._engine.begin() as conn:
+                if hold_offset(conn) != through:
+                    raise OffsetConflict(f"segments sink moved past {through}", field="expected")
+                self._install(conn, info.name, info.version, evaluator, found, replayed, now)
+        return True
+
+    def _install(
+        self,
+        conn: Connection,
+        name: str,
+        version: int,
+        evaluator: RealtimeSegment,
+        found: set[str],
+        replayed: list[tuple[str, ProfileState, datetime]],
+        now: datetime,
+    ) -> None:
+        for table in (segment_states, segment_timers):
+            conn.execute(table.delete().where(table.c.segment == name))
+        states = [
+            {"segment": name, "profile_id": pid, "state": evaluator.encode(state)}
+            | {"evaluated_at": at}
+            for pid, state, at in replayed
+        ]
+        for chunk in chunks(states, 1000):
+            conn.execute(segment_states.insert(), list(chunk))
+        timers = [
+            {"segment": name, "profile_id": pid, "due_at": due}
+            for pid, state, at in replayed
+            if (due := evaluator.next_change(state, at)) is not None
+        ]
+        for chunk in chunks(timers, 1000):
+            conn.execute(segment_timers.insert(), list(chunk))
+        before = set(
+            conn.scalars(
+                select(segment_members.c.profile_id).where(segment_members.c.segment == name)
+            )
+        )
+        transitions = [Transition(name, version, p, True, now) for p in sorted(found - before)]
+        transitions += [Transition(name, version, p, False, now) for p in sorted(before - found)]
+        conn.execute(
+            update(segment_members).where(segment_members.c.segment == name).values(version=version)
+        )
+        write_transitions(conn, transitions)
+        conn.execute(
+            update(segments)
+            .where(segments.c.name == name)
+            .values(live_version=version, pending=False, generation=segments.c.generation + 1)
+        )
