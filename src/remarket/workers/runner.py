@@ -26,14 +26,16 @@ class Runner:
     """Reads the log once for several sinks; each sink keeps its own offset.
 
     Records are decoded once per batch and handed to every sink that has not applied
-    them yet. A record that cannot be decoded goes to ``on_poison`` (the quarantine)
-    instead of stopping the pipeline.
+    them yet, in the order given; a tuple of sinks applies its batch concurrently (for
+    sinks that do not depend on each other: their database calls overlap). A record that
+    cannot be decoded goes to ``on_poison`` (the quarantine) instead of stopping the
+    pipeline.
     """
 
     def __init__(
         self,
         log: EventLog,
-        sinks: Sequence[Sink],
+        sinks: Sequence[Sink | tuple[Sink, ...]],
         *,
         on_poison: PoisonHandler,
         batch_size: int = 10_000,
@@ -42,7 +44,8 @@ class Runner:
         if not sinks:
             raise ValueError("a runner needs at least one sink")
         self._log = log
-        self._sinks = list(sinks)
+        self._stages = [group if isinstance(group, tuple) else (group,) for group in sinks]
+        self._sinks = [sink for group in self._stages for sink in group]
         self._on_poison = on_poison
         self._batch = batch_size
         self._poll = poll_interval
@@ -60,27 +63,30 @@ class Runner:
             return 0
         decoded = self._decode(records)
         through = records[-1].offset
-        for sink in self._sinks:
-            done = self._offsets[sink.name]
-            if done >= through:
-                continue
-            rows = decoded if done <= start else [r for r in decoded if r[0] > done]
-            try:
-                await asyncio.to_thread(sink.apply, rows, through, done)
-            except OffsetConflict:
-                # Another worker applied this batch first; carry on from where it is.
-                self._offsets[sink.name] = await asyncio.to_thread(sink.committed)
-                _log.info(
-                    "%s: another worker is ahead; resuming at %d",
-                    sink.name,
-                    self._offsets[sink.name],
-                )
-                continue
-            self._offsets[sink.name] = through
-            await self._log.commit(sink.name, through)
-            WORKER_EVENTS.labels(sink.name).inc(len(rows))
+        for group in self._stages:
+            await asyncio.gather(*(self._apply(s, decoded, start, through) for s in group))
         await self._report_lag()
         return len(records)
+
+    async def _apply(
+        self, sink: Sink, decoded: list[tuple[int, Message]], start: int, through: int
+    ) -> None:
+        done = self._offsets[sink.name]
+        if done >= through:
+            return
+        rows = decoded if done <= start else [r for r in decoded if r[0] > done]
+        try:
+            await asyncio.to_thread(sink.apply, rows, through, done)
+        except OffsetConflict:
+            # Another worker applied this batch first; carry on from where it is.
+            self._offsets[sink.name] = await asyncio.to_thread(sink.committed)
+            _log.info(
+                "%s: another worker is ahead; resuming at %d", sink.name, self._offsets[sink.name]
+            )
+            return
+        self._offsets[sink.name] = through
+        await self._log.commit(sink.name, through)
+        WORKER_EVENTS.labels(sink.name).inc(len(rows))
 
     async def publish_offsets(self) -> None:
         """Tell the log how far each sink is, from the sinks' own records.

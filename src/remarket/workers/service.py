@@ -64,9 +64,9 @@ async def build_workers(
         quarantine.add("log", now(), [rejection])
 
     live = LiveSegments(engine, warehouse, clock)
-    sinks: list[Sink] = [
-        WarehouseSink(warehouse),
-        ProfilesSink(ProfileStore(engine), warehouse),
+    sinks: list[Sink | tuple[Sink, ...]] = [
+        # Independent of each other: their database writes overlap.
+        (WarehouseSink(warehouse), ProfilesSink(ProfileStore(engine), warehouse)),
         # After profiles: events are resolved to profiles through the identities it wrote.
         SegmentsSink(live),
     ]
