@@ -77,3 +77,4 @@ def test_demo_sends_traffic_and_exits_with_no_serve(env: dict[str, str]) -> None
     assert result.exit_code == 0, result.output
     assert "What landed" in result.output
     assert "devices merged on sign-in" in result.output
+    assert "segment cart-abandoners" in result.output

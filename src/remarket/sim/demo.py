@@ -32,6 +32,46 @@ def _wait_for_workers(client: httpx.Client, timeout: float) -> dict[str, Any]:
         time.sleep(0.2)
 
 
+_SEGMENTS: list[dict[str, Any]] = [
+    {
+        "name": "cart-abandoners",
+        "description": "Added to cart in the last 7 days, no order within an hour",
+        "entry": "root",
+        "nodes": [{"id": "root", "type": "cart_abandoned", "within": "1h"}],
+    },
+    {
+        "name": "big-spenders",
+        "description": "More than 300 EUR of orders in 90 days",
+        "entry": "root",
+        "nodes": [
+            {
+                "id": "root",
+                "type": "aggregate",
+                "event": "Order Completed",
+                "function": "sum",
+                "property": "revenue",
+                "window": {"last": "90d"},
+                "operator": "gt",
+                "value": 300,
+            }
+        ],
+    },
+]
+
+
+def _demo_segments(admin: httpx.Client, timeout: float) -> dict[str, int]:
+    """Define two remarketing segments; wait for their backfill; return their sizes."""
+    for definition in _SEGMENTS:
+        admin.put(f"/v1/segments/{definition['name']}", json=definition).raise_for_status()
+    deadline = time.monotonic() + timeout
+    while True:
+        listed = {s["name"]: s for s in admin.get("/v1/segments").raise_for_status().json()}
+        done = all(listed[d["name"]]["status"] == "live" for d in _SEGMENTS)
+        if done or time.monotonic() > deadline:
+            return {d["name"]: listed[d["name"]]["size"] for d in _SEGMENTS}
+        time.sleep(0.2)
+
+
 def run_demo(
     base_url: str,
     api_key: str,
@@ -79,6 +119,7 @@ def _run(
     elapsed = time.perf_counter() - started
     _wait_for_workers(admin, timeout=60)
     stats: dict[str, Any] = admin.get("/v1/stats").raise_for_status().json()
+    segments = _demo_segments(admin, timeout=60)
     signed_in = next(v for v in shop.visitors if v.user_id and len(v.anonymous_ids) > 1)
     profile = admin.get("/v1/profiles", params={"user_id": signed_in.user_id}).json()
     recent = admin.get(f"/v1/profiles/{profile['profile_id']}/events", params={"limit": 5}).json()
@@ -90,6 +131,8 @@ def _run(
     table.add_row("profiles", f"{stats['profiles']:,}")
     table.add_row("events in warehouse", f"{stats['warehouse_events']:,}")
     table.add_row("quarantined", f"{stats['quarantine_pending']:,}")
+    for name, size in segments.items():
+        table.add_row(f"segment {name}", f"{size:,} members")
     console.print(table)
     console.print(
         f"Sample profile [bold]{profile['profile_id']}[/] "
@@ -100,6 +143,7 @@ def _run(
         label = event["event"] or event["name"] or ""
         console.print(f"  {event['timestamp']}  {event['type']:<8} {label}")
     return {
+        "segments": segments,
         "sent": len(events),
         "accepted": accepted,
         "visitors": len(shop.visitors),
