@@ -22,6 +22,7 @@ from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
 from remarket.errors import ConflictError, RemarketError
+from remarket.privacy import AuditLog
 from remarket.schema.segment import DefinitionError
 from remarket.segments.backfill import sql_members
 from remarket.segments.catalog import SegmentCatalog
@@ -41,12 +42,14 @@ quarantine_app = typer.Typer(help="Events rejected at collection.", no_args_is_h
 segments_app = typer.Typer(
     help="Segment definitions (as code, in YAML or JSON).", no_args_is_help=True
 )
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
 app.add_typer(keys_app, name="keys")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(segments_app, name="segments")
+app.add_typer(audit_app, name="audit")
 
 console = Console()
 err = Console(stderr=True)
@@ -95,6 +98,7 @@ def sources_create(name: str) -> None:
     except Exception as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
+    AuditLog(engine).record("cli", "source.create", source.id)
     console.print(f"source {source.name} ({source.id})")
     console.print(key)
 
@@ -157,6 +161,12 @@ def quarantine_replay(
                 pending,
                 runtime.clock.now(),
             )
+            AuditLog(runtime.engine).record(
+                "cli",
+                "quarantine.replay",
+                "quarantine",
+                {"replayed": result.replayed, "still_invalid": len(result.still_invalid)},
+            )
             return result.replayed, len(result.still_invalid)
         finally:
             await runtime.stop()
@@ -191,7 +201,9 @@ def segments_apply(
     file: Annotated[Path, typer.Argument(help="segments.yaml: definitions as code.")],
 ) -> None:
     """Create or update the segments in FILE; unchanged ones make no new version."""
-    catalog = SegmentCatalog(_engine(_settings()))
+    engine = _engine(_settings())
+    catalog = SegmentCatalog(engine)
+    audit = AuditLog(engine)
     table = Table("segment", "version", "result")
     for index, data in enumerate(_definitions(file)):
         name = data.get("name") if isinstance(data, dict) else None
@@ -199,6 +211,9 @@ def segments_apply(
             info, changed = catalog.save(data)
         except (DefinitionError, ConflictError) as exc:
             raise _invalid(f"{file}[{index}] {name or ''}".strip(), exc) from exc
+        if changed:
+            action = "segment.update" if info.version > 1 else "segment.create"
+            audit.record("cli", action, info.name, {"version": info.version})
         table.add_row(info.name, str(info.version), "new version" if changed else "unchanged")
     console.print(table)
 
@@ -244,6 +259,31 @@ def segments_list() -> None:
             str(reader.size(info.name)),
             str(info.updated_at),
         )
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify() -> None:
+    """Check the audit chain; exit 1 naming the first altered, removed, reordered or
+    inserted entry."""
+    audit = AuditLog(_engine(_settings()))
+    problem = audit.verify()
+    if problem is not None:
+        err.print(f"[red]audit chain broken at entry {problem.seq}:[/] {problem.reason}")
+        raise typer.Exit(1)
+    seq, digest = audit.head()
+    console.print(f"audit chain intact: {seq} entries, head {digest}")
+
+
+@audit_app.command("list")
+def audit_list(
+    after: Annotated[int, typer.Option(min=0, help="Show entries after this number.")] = 0,
+    limit: Annotated[int, typer.Option(min=1, help="How many entries.")] = 50,
+) -> None:
+    """Audit entries, oldest first."""
+    table = Table("seq", "at", "actor", "action", "target", "details")
+    for e in AuditLog(_engine(_settings())).entries(after=after, limit=limit):
+        table.add_row(str(e.seq), str(e.at), e.actor, e.action, e.target, e.details)
     console.print(table)
 
 

@@ -7,7 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from fastapi.routing import APIRoute
 
+from remarket.api import ROLES
 from tests.api.harness import Server
 
 T0 = datetime(2026, 2, 1, tzinfo=UTC)
@@ -25,8 +27,33 @@ def admin_routes(server: Server) -> list[tuple[str, str]]:
         for method, operation in operations.items():
             if "collect" in operation.get("tags", []) or path == "/healthz":
                 continue
-            routes.append((method.upper(), path.replace("{profile_id}", "p_x")))
+            routes.append((method.upper(), path))
     return routes
+
+
+def concrete(path: str) -> str:
+    return path.replace("{profile_id}", "p_x").replace("{name}", "seg_x")
+
+
+def route_scopes(server: Server) -> dict[tuple[str, str], str]:
+    """The scope each route requires, from its ``require(...)`` dependency."""
+    scopes = {}
+    pending = list(server.client.app.routes)  # type: ignore[attr-defined]
+    while pending:
+        route = pending.pop()
+        # Included routers are wrapped (none of them has a prefix): walk into them.
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            pending.extend(inner.routes)
+        if not isinstance(route, APIRoute):
+            continue
+        for dependency in route.dependant.dependencies:
+            name = getattr(dependency.call, "__name__", "")
+            if name.startswith("require_"):
+                scope = name.removeprefix("require_").replace("_", ":", 1)
+                for method in route.methods or ():
+                    scopes[(method, route.path)] = scope
+    return scopes
 
 
 def test_anonymous_visitor_who_signs_in_becomes_one_profile(server: Server) -> None:
@@ -166,7 +193,7 @@ def test_healthz_reports_log_and_lag(server: Server) -> None:
     assert health == {
         "status": "ok",
         "log_end_offset": 1,
-        "lag": {"warehouse": 0, "profiles": 0, "segments": 0},
+        "lag": {"warehouse": 0, "profiles": 0, "segments": 0, "consent": 0},
     }
 
 
@@ -197,12 +224,34 @@ def test_stats_count_what_landed(server: Server) -> None:
 def test_every_admin_route_refuses_no_key_and_write_keys(server: Server) -> None:
     routes = admin_routes(server)
     assert len(routes) >= 8
-    for method, path in routes:
+    for method, template in routes:
+        path = concrete(template)
         anonymous = server.client.request(method, path)
         assert anonymous.status_code == 401, (method, path)
         with_write_key = server.client.request(method, path, auth=(server.write_key, ""))
         assert with_write_key.status_code == 403, (method, path)
         assert with_write_key.json()["field"] == "Authorization"
+
+
+def test_every_admin_route_declares_a_scope_and_refuses_roles_without_it(
+    server: Server,
+) -> None:
+    scopes = route_scopes(server)
+    keys = {role: server.runtime.keys.create(role, role)[1] for role in ROLES}
+    refused = 0
+    for method, template in admin_routes(server):
+        scope = scopes.get((method, template))
+        assert scope is not None, (method, template)
+        for role, key in keys.items():
+            if scope in ROLES[role]:
+                continue
+            reply = server.client.request(
+                method, concrete(template), headers={"Authorization": f"Bearer {key}"}
+            )
+            assert reply.status_code == 403, (role, method, template)
+            assert scope in reply.json()["detail"]
+            refused += 1
+    assert refused >= 10
 
 
 @pytest.mark.parametrize(

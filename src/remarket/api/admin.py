@@ -19,6 +19,7 @@ from remarket.api.models import (
     SourceOut,
 )
 from remarket.collect import Source, replay_quarantined
+from remarket.privacy import AuditLog
 
 __all__ = ["router"]
 
@@ -47,10 +48,12 @@ def list_sources(
 def create_source(
     request: Request,
     body: SourceIn,
-    _key: Annotated[ApiKey, Depends(require("sources:write"))],
+    key: Annotated[ApiKey, Depends(require("sources:write"))],
 ) -> SourceCreated:
     """A new source; the response holds its write key, which is never shown again."""
-    source, write_key = runtime_of(request).sources.create(body.name)
+    runtime = runtime_of(request)
+    source, write_key = runtime.sources.create(body.name)
+    AuditLog(runtime.engine, clock=runtime.clock).record(key.id, "source.create", source.id)
     return SourceCreated(**_source(source).model_dump(), write_key=write_key)
 
 
@@ -88,7 +91,7 @@ def list_quarantine(
 async def replay_quarantine(
     request: Request,
     body: ReplayIn,
-    _key: Annotated[ApiKey, Depends(require("quarantine:write"))],
+    key: Annotated[ApiKey, Depends(require("quarantine:write"))],
 ) -> ReplayOut:
     """Run quarantined events through the pipeline again; those now valid are accepted."""
     runtime = runtime_of(request)
@@ -98,6 +101,13 @@ async def replay_quarantine(
         pending = [e for e in pending if e.id in wanted]
     result = await replay_quarantined(
         runtime.collector, runtime.quarantine, runtime.sources, pending, runtime.clock.now()
+    )
+    await run_in_threadpool(
+        AuditLog(runtime.engine, clock=runtime.clock).record,
+        key.id,
+        "quarantine.replay",
+        "quarantine",
+        {"replayed": result.replayed, "still_invalid": len(result.still_invalid)},
     )
     return ReplayOut(
         replayed=result.replayed,

@@ -13,6 +13,7 @@ from sqlalchemy import Engine, select
 
 from remarket.clock import Clock, SystemClock
 from remarket.collect.sources import hash_secret
+from remarket.privacy import AuditLog
 from remarket.schema.events import as_utc
 from remarket.storage.state import api_keys
 
@@ -27,15 +28,32 @@ SCOPES: Final[tuple[str, ...]] = (
     "metrics:read",
     "segments:read",
     "segments:write",
+    "consent:read",
+    "consent:write",
+    "audit:read",
 )
 
 ROLES: Final[dict[str, frozenset[str]]] = {
     "admin": frozenset(SCOPES),
     "marketer": frozenset(
-        {"profiles:read", "sources:read", "metrics:read", "segments:read", "segments:write"}
+        {
+            "profiles:read",
+            "sources:read",
+            "metrics:read",
+            "segments:read",
+            "segments:write",
+            "consent:read",
+        }
     ),
     "analyst": frozenset(
-        {"profiles:read", "sources:read", "quarantine:read", "metrics:read", "segments:read"}
+        {
+            "profiles:read",
+            "sources:read",
+            "quarantine:read",
+            "metrics:read",
+            "segments:read",
+            "consent:read",
+        }
     ),
     "viewer": frozenset({"sources:read", "metrics:read", "segments:read"}),
 }
@@ -72,8 +90,11 @@ class ApiKeyStore:
         self._clock = clock or SystemClock()
         self._ttl = cache_ttl
         self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._audit = AuditLog(engine, clock=self._clock)
 
-    def create(self, name: str, role: str) -> tuple[ApiKey, str]:
+    def create(self, name: str, role: str, *, actor: str = "cli") -> tuple[ApiKey, str]:
+        """A new key and its secret; recorded in the audit log as created by ``actor``
+        (an API key id, or "cli"), in the same transaction."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {sorted(ROLES)}, got {role!r}")
         secret = f"rk_{secrets.token_urlsafe(32)}"
@@ -88,6 +109,10 @@ class ApiKeyStore:
                     key_prefix=key.key_prefix,
                     created_at=key.created_at,
                 )
+            )
+            # After the insert: on SQLite the transaction holds the write lock by now.
+            self._audit.append(
+                conn, actor=actor, action="key.create", target=key.id, details={"role": role}
             )
         return key, secret
 

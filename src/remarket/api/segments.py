@@ -17,6 +17,7 @@ from remarket.api.auth import require, runtime_of
 from remarket.api.keys import ApiKey
 from remarket.api.runtime import Runtime
 from remarket.errors import NotFound
+from remarket.privacy import AuditLog
 from remarket.schema.segment import segment_json_schema
 from remarket.segments.catalog import SegmentCatalog, SegmentInfo
 from remarket.segments.compile import compile_segment
@@ -124,6 +125,12 @@ def _out(info: SegmentInfo, size: int) -> SegmentOut:
     )
 
 
+def _audit(runtime: Runtime, key: ApiKey, action: str, info: SegmentInfo) -> None:
+    AuditLog(runtime.engine, clock=runtime.clock).record(
+        key.id, action, info.name, {"version": info.version}
+    )
+
+
 def _existing(runtime: Runtime, name: str) -> SegmentInfo:
     info = _catalog(runtime).get(name)
     if info is None:
@@ -155,29 +162,35 @@ def schema(_key: ApiKey = _read) -> dict[str, Any]:
 
 
 @router.post("/v1/segments", response_model=SegmentDetailOut, status_code=201)
-def create_segment(request: Request, body: Definition, _key: ApiKey = _write) -> SegmentDetailOut:
+def create_segment(request: Request, body: Definition, key: ApiKey = _write) -> SegmentDetailOut:
     """A new segment. It is backfilled from the warehouse, then maintained in real time
     (``status`` is ``backfilling`` until its members are computed)."""
     runtime = runtime_of(request)
     info = _catalog(runtime).create(body)
+    _audit(runtime, key, "segment.create", info)
     return _detail(runtime, info.name)
 
 
 @router.put("/v1/segments/{name}", response_model=SegmentDetailOut)
 def put_segment(
-    request: Request, name: str, body: Definition, _key: ApiKey = _write
+    request: Request, name: str, body: Definition, key: ApiKey = _write
 ) -> SegmentDetailOut:
     """Create or edit a segment. A changed definition becomes a new version (the old
     ones are kept) and is backfilled; an unchanged one changes nothing."""
     runtime = runtime_of(request)
-    _catalog(runtime).save(body, name=name)
+    info, changed = _catalog(runtime).save(body, name=name)
+    if changed:
+        _audit(runtime, key, "segment.update" if info.version > 1 else "segment.create", info)
     return _detail(runtime, name)
 
 
 @router.delete("/v1/segments/{name}", status_code=204)
-def delete_segment(request: Request, name: str, _key: ApiKey = _write) -> Response:
+def delete_segment(request: Request, name: str, key: ApiKey = _write) -> Response:
     """Delete a segment: its members exit (and ``Segment Exited`` is published)."""
-    _catalog(runtime_of(request)).delete(name)
+    runtime = runtime_of(request)
+    info = _existing(runtime, name)
+    _catalog(runtime).delete(name)
+    _audit(runtime, key, "segment.delete", info)
     return Response(status_code=204)
 
 

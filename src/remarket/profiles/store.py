@@ -11,9 +11,7 @@ from typing import Any, Final
 import msgspec
 from sqlalchemy import Connection, Engine, and_, func, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
 
-from remarket.errors import OffsetConflict
 from remarket.profiles.identity import (
     ANONYMOUS_ID,
     USER_ID,
@@ -22,7 +20,8 @@ from remarket.profiles.identity import (
     profile_id_of,
 )
 from remarket.schema.events import Alias, Identify, Message
-from remarket.storage.state import consumer_offsets, identities, profile_traits, profiles
+from remarket.storage.state import identities, profile_traits, profiles
+from remarket.storage.state.offsets import claim_offset, committed_offset
 
 __all__ = ["ProfileStore", "ProfileView"]
 
@@ -141,10 +140,7 @@ class ProfileStore:
 
     def committed(self, consumer: str) -> int:
         with self._engine.connect() as conn:
-            value = conn.scalar(
-                select(consumer_offsets.c.offset).where(consumer_offsets.c.consumer == consumer)
-            )
-        return int(value) if value is not None else 0
+            return committed_offset(conn, consumer)
 
     def apply(
         self,
@@ -165,7 +161,7 @@ class ProfileStore:
         try:
             with self._engine.begin() as conn:
                 # First: it takes the write lock, so a concurrent worker waits, then fails.
-                self._claim_offset(conn, consumer, through, expected)
+                claim_offset(conn, consumer, through, expected)
                 batch = self._plan(conn, rows)
                 changed = self._write(conn, batch)
                 if mirror is not None and changed:
@@ -377,26 +373,6 @@ class ProfileStore:
                 for (pid, key), t in traits.items()
             ],
         )
-
-    @staticmethod
-    def _claim_offset(conn: Connection, consumer: str, through: int, expected: int) -> None:
-        updated = conn.execute(
-            update(consumer_offsets)
-            .where(consumer_offsets.c.consumer == consumer, consumer_offsets.c.offset == expected)
-            .values(offset=through)
-        )
-        if updated.rowcount == 1:
-            return
-        conflict = OffsetConflict(
-            f"consumer {consumer!r} is no longer at offset {expected}", field="expected"
-        )
-        if expected != 0:
-            raise conflict
-        try:
-            with conn.begin_nested():
-                conn.execute(consumer_offsets.insert().values(consumer=consumer, offset=through))
-        except IntegrityError as exc:
-            raise conflict from exc
 
     # -- reading ---------------------------------------------------------------
 

@@ -4,8 +4,12 @@ Engines evaluate :class:`CoreSegment` and know nothing else. ``in_segment`` is
 inlined (the referenced definition's nodes under ``<node id>/``) so each engine sees
 one self-contained tree; a segment that references another must be compiled again
 when that one changes (:attr:`CoreSegment.references` names them). ``consent`` is
-rewritten by a pluggable function: until the consent ledger exists, the default reads
-the trait ``consent.<purpose>``.
+rewritten by a pluggable function; the default reads the identify trait
+``consent.<purpose>``, the same trait the consent ledger takes from identify events
+(:mod:`remarket.privacy.sink`), so both engines see it from events alone. Consent set
+through the API or a TC string is in the ledger only: reading it needs the ledger's
+current state mirrored into the warehouse (as identities are) and a core node both
+engines evaluate against it.
 """
 
 from __future__ import annotations

@@ -44,14 +44,12 @@ from remarket.segments.membership import (
     PUBLISHER_SOURCE,
     Transition,
     chunks,
-    claim_offset,
     hold_offset,
     write_transitions,
 )
 from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment, view_of
 from remarket.segments.values import to_datetime
 from remarket.storage.state import (
-    consumer_offsets,
     identities,
     profiles,
     segment_errors,
@@ -60,6 +58,7 @@ from remarket.storage.state import (
     segment_timers,
     segments,
 )
+from remarket.storage.state.offsets import claim_offset, committed_offset
 from remarket.storage.warehouse import Warehouse
 
 __all__ = ["SEGMENT_ERRORS", "SEGMENT_TRANSITIONS", "LiveSegments"]
@@ -113,10 +112,7 @@ class LiveSegments:
 
     def committed(self) -> int:
         with self._engine.connect() as conn:
-            value = conn.scalar(
-                select(consumer_offsets.c.offset).where(consumer_offsets.c.consumer == CONSUMER)
-            )
-        return int(value) if value is not None else 0
+            return committed_offset(conn, CONSUMER)
 
     # -- the live set --------------------------------------------------------------
 

@@ -18,9 +18,7 @@ from typing import Any, Final, Literal
 
 import msgspec
 from sqlalchemy import Connection, Engine, func, select, update
-from sqlalchemy.exc import IntegrityError
 
-from remarket.errors import OffsetConflict
 from remarket.profiles.identity import ANONYMOUS_ID, USER_ID
 from remarket.schema.events import Track, as_utc, encode_message
 from remarket.storage.state import (
@@ -30,6 +28,7 @@ from remarket.storage.state import (
     segment_members,
     segment_outbox,
 )
+from remarket.storage.state.offsets import committed_offset
 
 __all__ = [
     "CONSUMER",
@@ -41,7 +40,6 @@ __all__ = [
     "MembershipReader",
     "Transition",
     "chunks",
-    "claim_offset",
     "hold_offset",
     "write_transitions",
 ]
@@ -92,30 +90,6 @@ class HistoryEntry:
     seq: int
 
 
-def claim_offset(conn: Connection, consumer: str, through: int, expected: int) -> None:
-    """Move ``consumer`` from ``expected`` to ``through`` or raise OffsetConflict.
-
-    Run it first in a transaction: the row lock orders concurrent writers.
-    """
-    updated = conn.execute(
-        update(consumer_offsets)
-        .where(consumer_offsets.c.consumer == consumer, consumer_offsets.c.offset == expected)
-        .values(offset=through)
-    )
-    if updated.rowcount == 1:
-        return
-    conflict = OffsetConflict(
-        f"consumer {consumer!r} is no longer at offset {expected}", field="expected"
-    )
-    if expected != 0:
-        raise conflict
-    try:
-        with conn.begin_nested():
-            conn.execute(consumer_offsets.insert().values(consumer=consumer, offset=through))
-    except IntegrityError as exc:
-        raise conflict from exc
-
-
 def hold_offset(conn: Connection, consumer: str = CONSUMER) -> int:
     """Lock the sink's offset row (so the sink waits for this transaction); its offset.
 
@@ -127,10 +101,7 @@ def hold_offset(conn: Connection, consumer: str = CONSUMER) -> int:
         .where(consumer_offsets.c.consumer == consumer)
         .values(offset=consumer_offsets.c.offset)
     )
-    value = conn.scalar(
-        select(consumer_offsets.c.offset).where(consumer_offsets.c.consumer == consumer)
-    )
-    return int(value) if value is not None else 0
+    return committed_offset(conn, consumer)
 
 
 def message_id_of(segment: str, profile_id: str, seq: int) -> str:

@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from remarket.clock import Clock, SystemClock
 from remarket.collect.quarantine import QuarantineStore, Rejection
 from remarket.config import Settings
+from remarket.privacy import ConsentLedger, ConsentSink
 from remarket.profiles.store import ProfileStore
 from remarket.segments.live import LiveSegments
 from remarket.segments.sink import SegmentLoop, SegmentPublisher, SegmentsSink
@@ -40,7 +41,8 @@ class Workers:
 async def build_runner(
     settings: Settings, engine: Engine, warehouse: Warehouse, clock: Clock | None = None
 ) -> tuple[Runner, EventLog]:
-    """A runner over the configured log with the warehouse, profile and segment sinks."""
+    """A runner over the configured log with the warehouse, profile, segment and consent
+    sinks."""
     workers = await build_workers(settings, engine, warehouse, clock)
     return workers.runner, workers.log
 
@@ -48,7 +50,8 @@ async def build_runner(
 async def build_workers(
     settings: Settings, engine: Engine, warehouse: Warehouse, clock: Clock | None = None
 ) -> Workers:
-    """The runner (sinks in order: warehouse, profiles, segments) and the segment loop."""
+    """The runner (sinks in order: warehouse, profiles, segments, consent) and the
+    segment loop."""
     log = await open_log(settings)
     quarantine = QuarantineStore(engine)
     now = (clock or SystemClock()).now
@@ -69,6 +72,7 @@ async def build_workers(
         (WarehouseSink(warehouse), ProfilesSink(ProfileStore(engine), warehouse)),
         # After profiles: events are resolved to profiles through the identities it wrote.
         SegmentsSink(live),
+        ConsentSink(ConsentLedger(engine, clock=clock)),
     ]
     runner = Runner(
         log,

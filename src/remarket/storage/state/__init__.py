@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 from remarket.storage.state.engine import connect_state, upgrade_state
+from remarket.storage.state.offsets import claim_offset, committed_offset
 from remarket.storage.state.tables import (
     api_keys,
+    audit_head,
+    audit_log,
+    consent_history,
+    consents,
     consumer_offsets,
     identities,
     metadata,
@@ -24,7 +29,13 @@ from remarket.storage.state.tables import (
 
 __all__ = [
     "api_keys",
+    "audit_head",
+    "audit_log",
+    "claim_offset",
+    "committed_offset",
     "connect_state",
+    "consent_history",
+    "consents",
     "consumer_offsets",
     "identities",
     "metadata",

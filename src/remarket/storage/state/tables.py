@@ -23,6 +23,10 @@ from sqlalchemy import (
 
 __all__ = [
     "api_keys",
+    "audit_head",
+    "audit_log",
+    "consent_history",
+    "consents",
     "consumer_offsets",
     "identities",
     "metadata",
@@ -230,3 +234,64 @@ segment_errors = Table(
 )
 """A segment that failed to evaluate for one profile (the others went on). Erase by
 profile_id."""
+
+# -- privacy -------------------------------------------------------------------
+# Erasure of a person deletes their rows (by profile_id, including the ids merged into
+# theirs) from consents and consent_history. The audit log holds ids and hashes only.
+
+consents = Table(
+    "consents",
+    metadata,
+    Column("profile_id", String(40), primary_key=True),
+    Column("purpose", String(32), primary_key=True),
+    Column("state", String(8), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("legal_basis", String(32), nullable=False),
+    # The newest record by (at, ref) wins, so records applied in any order agree.
+    Column("at", _TS, nullable=False),
+    Column("ref", String(160), nullable=False),
+)
+"""The current consent state per (profile, purpose). Personal: erase by profile_id."""
+
+consent_history = Table(
+    "consent_history",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("profile_id", String(40), nullable=False, index=True),
+    Column("purpose", String(32), nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("legal_basis", String(32), nullable=False),
+    Column("at", _TS, nullable=False),
+    # What set it: "<source>:<messageId>" for events, "api:<uuid>" for the API.
+    Column("ref", String(160), nullable=False),
+    Column("recorded_at", _TS, nullable=False),
+)
+"""Every consent change, append-only. Personal: erase by profile_id."""
+
+audit_log = Table(
+    "audit_log",
+    metadata,
+    # Numbered 1, 2, ... by the writer holding the head row: a gap is a removed entry.
+    Column("seq", BigInteger, primary_key=True, autoincrement=False),
+    Column("at", _TS, nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("action", String(64), nullable=False),
+    Column("target", String(256), nullable=False),
+    # Canonical JSON (sorted keys, no spaces): hashed exactly as stored.
+    Column("details", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+"""Append-only, hash-chained record of who changed what. Ids and hashes only, no PII."""
+
+audit_head = Table(
+    "audit_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+"""One row (id 1, written by the first append): the last entry of the audit chain.
+Appends lock it, so two writers never fork the chain; verification checks that the
+chain ends where it says."""
