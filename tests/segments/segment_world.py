@@ -18,9 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import psycopg
-import pyarrow as pa
-import pyarrow.parquet as pq
 from hypothesis import strategies as st
 
 from remarket.profiles.identity import IdentityGraph, identifiers_of
@@ -29,8 +26,9 @@ from remarket.schema.segment import SegmentDefinition, parse_segment
 from remarket.segments.compile import SCORES_DDL, compile_segment
 from remarket.segments.desugar import CoreSegment
 from remarket.segments.realtime import RealtimeSegment, view_of
-from remarket.storage.warehouse.columns import event_table
+from remarket.segments.spark import register_tables
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
+from remarket.storage.warehouse.postgres import PostgresWarehouse
 
 BASE = datetime(2026, 3, 1, tzinfo=UTC)
 STEP = timedelta(minutes=30)
@@ -428,90 +426,72 @@ def _rows(world: World) -> list[tuple[int, Message]]:
     return list(enumerate(world.messages, start=1))
 
 
-def duckdb_members(core: CoreSegment, world: World) -> set[str]:
+def _duckdb(world: World) -> DuckDBWarehouse:
+    """An in-memory DuckDB warehouse holding the world's events, identities and scores."""
     wh = DuckDBWarehouse(None)
+    rows = _rows(world)
+    wh.write_events("test", rows, through=len(rows), expected=0)
+    wh.upsert_identities(world.identity_rows())
+    wh.query(SCORES_DDL)
+    for row in world.scores:
+        wh.query("INSERT INTO scores VALUES (?, ?, ?, ?)", row)
+    return wh
+
+
+def duckdb_members(core: CoreSegment, world: World) -> set[str]:
+    wh = _duckdb(world)
     try:
-        rows = _rows(world)
-        wh.write_events("test", rows, through=len(rows), expected=0)
-        wh.upsert_identities(world.identity_rows())
-        wh.query(SCORES_DDL)
-        for row in world.scores:
-            wh.query("INSERT INTO scores VALUES (?, ?, ?, ?)", row)
         return {r[0] for r in wh.query(compile_segment(core, world.at, dialect="duckdb"))}
     finally:
         wh.close()
 
 
-PG_DDL = (
-    """CREATE TABLE events ("offset" BIGINT NOT NULL, message_id TEXT, source_id TEXT,
-    type TEXT NOT NULL, event TEXT, name TEXT, category TEXT, anonymous_id TEXT, user_id TEXT,
-    group_id TEXT, previous_id TEXT, timestamp TIMESTAMPTZ NOT NULL, original_timestamp TIMESTAMPTZ,
-    sent_at TIMESTAMPTZ, received_at TIMESTAMPTZ NOT NULL, properties JSONB, traits JSONB,
-    context JSONB)""",
-    "CREATE TABLE identities (kind TEXT NOT NULL, value TEXT NOT NULL,"
-    " profile_id TEXT NOT NULL, PRIMARY KEY (kind, value))",
+PG_SCORES_DDL = (
     "CREATE TABLE scores (profile_id TEXT NOT NULL, model TEXT NOT NULL,"
-    " score DOUBLE PRECISION NOT NULL, scored_at TIMESTAMPTZ NOT NULL)",
+    " score DOUBLE PRECISION NOT NULL, scored_at TIMESTAMPTZ NOT NULL)"
 )
 
 
 class Postgres:
-    """One database for many examples: tables emptied and refilled per world."""
+    """One PostgreSQL warehouse for many examples: emptied and refilled per world."""
 
     def __init__(self, url: str) -> None:
-        self.conn = psycopg.connect(url, autocommit=True)
-        for ddl in PG_DDL:
-            self.conn.execute(ddl)
+        self.warehouse = PostgresWarehouse(url)
+        self.warehouse.query(PG_SCORES_DDL)
         self.loaded: int | None = None
 
     def load(self, world: World) -> None:
         if self.loaded == id(world):
             return
-        self.conn.execute("TRUNCATE events, identities, scores")
-        table = event_table(_rows(world))
-        columns = ", ".join(f'"{c}"' for c in table.column_names)
-        marks = ", ".join(["%s"] * table.num_columns)
-        with self.conn.cursor() as cur:
-            cur.executemany(
-                f"INSERT INTO events ({columns}) VALUES ({marks})",
-                [tuple(r.values()) for r in table.to_pylist()],
-            )
-            cur.executemany("INSERT INTO identities VALUES (%s, %s, %s)", world.identity_rows())
-            cur.executemany("INSERT INTO scores VALUES (%s, %s, %s, %s)", world.scores)
+        self.warehouse.query("TRUNCATE events, identities, scores, consumer_offsets")
+        rows = _rows(world)
+        self.warehouse.write_events("test", rows, through=len(rows), expected=0)
+        self.warehouse.upsert_identities(world.identity_rows())
+        for row in world.scores:
+            self.warehouse.query("INSERT INTO scores VALUES (%s, %s, %s, %s)", row)
         self.loaded = id(world)
 
     def members(self, core: CoreSegment, world: World) -> set[str]:
         self.load(world)
         sql = compile_segment(core, world.at, dialect="postgres")
-        return {r[0] for r in self.conn.execute(sql).fetchall()}
+        return {r[0] for r in self.warehouse.query(sql)}
 
     def close(self) -> None:
-        self.conn.close()
+        self.warehouse.close()
 
 
 def spark_members(spark: Any, cores: Sequence[CoreSegment], world: World) -> list[set[str]]:
-    """Write the world as Parquet, read it with Spark SQL, run each definition."""
+    """Export the world's DuckDB warehouse as Parquet, read it with Spark SQL, run each
+    definition."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        pq.write_table(event_table(_rows(world)), folder / "events.parquet")
-        ids = world.identity_rows()
-        pq.write_table(
-            pa.table(
-                {k: [r[i] for r in ids] for i, k in enumerate(["kind", "value", "profile_id"])}
-            ),
-            folder / "identities.parquet",
-        )
-        scores = pa.table(
-            {
-                "profile_id": pa.array([r[0] for r in world.scores], pa.string()),
-                "model": pa.array([r[1] for r in world.scores], pa.string()),
-                "score": pa.array([r[2] for r in world.scores], pa.float64()),
-                "scored_at": pa.array([r[3] for r in world.scores], pa.timestamp("us", tz="UTC")),
-            }
-        )
-        pq.write_table(scores, folder / "scores.parquet")
-        for name in ("events", "identities", "scores"):
-            spark.read.parquet(str(folder / f"{name}.parquet")).createOrReplaceTempView(name)
+        wh = _duckdb(world)
+        try:
+            wh.export_parquet(folder)
+            wh.query(f"COPY scores TO '{folder / 'scores.parquet'}' (FORMAT parquet)")
+        finally:
+            wh.close()
+        register_tables(spark, folder)
         # One job for the batch: Spark's per-query scheduling dominates on tiny data.
         parts = [
             f"SELECT {i} AS k, profile_id FROM ({compile_segment(core, world.at, dialect='spark')})"

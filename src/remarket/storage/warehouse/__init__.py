@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from remarket.storage.warehouse.base import EventPage, IdentityRow, Warehouse
-from remarket.storage.warehouse.columns import EVENT_COLUMNS, EVENT_SCHEMA, event_table
+from remarket.storage.warehouse.columns import EVENT_COLUMNS
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
 from remarket.storage.warehouse.factory import open_warehouse
 
 __all__ = [
     "EVENT_COLUMNS",
-    "EVENT_SCHEMA",
     "DuckDBWarehouse",
     "EventPage",
     "IdentityRow",
     "Warehouse",
-    "event_table",
     "open_warehouse",
 ]

@@ -183,5 +183,18 @@ class DuckDBWarehouse:
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._cursor().execute(sql, list(params)).fetchall()
 
+    def export_parquet(self, folder: Path) -> None:
+        """Write ``events`` and ``identities`` to ``folder/<table>.parquet`` (for Spark SQL).
+
+        Timestamps stay UTC instants and the JSON columns JSON text, so SQL compiled for
+        Spark reads the same values the DuckDB query does.
+        """
+        folder.mkdir(parents=True, exist_ok=True)
+        cur = self._cursor()
+        for table in ("events", "identities"):
+            # COPY takes no parameter for its target: quote it as a string literal.
+            target = str(folder / f"{table}.parquet").replace("'", "''")
+            cur.execute(f"COPY {table} TO '{target}' (FORMAT parquet)")
+
     def close(self) -> None:
         self._db.close()

@@ -97,7 +97,7 @@ def _id(value: str | int | None) -> str | None:
 
 
 def _copy_row(offset: int, m: Message) -> tuple[object, ...]:
-    """One events row in column order, as :func:`~.columns.event_table` lays it out."""
+    """One events row in the order of :data:`~.columns.EVENT_COLUMNS`."""
     event = name = category = group_id = previous_id = properties = traits = None
     if isinstance(m, Track):
         kind, event, properties = "track", m.event, m.properties
