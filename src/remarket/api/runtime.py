@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -51,6 +52,11 @@ class Runtime:
         collector = Collector(settings, log, quarantine, clock)
         warmed = await collector.warm_up(settings.dedupe_capacity)
         _log.info("remembered %d recent messageIds from the log", warmed)
+        # Everything built so far (modules, the dedupe memory) lives as long as the
+        # server: keep it out of the collector's full passes, which otherwise walk
+        # millions of objects on the ingest path.
+        gc.collect()
+        gc.freeze()
         thread = WorkerThread(settings, engine, warehouse, clock) if workers else None
         if thread is not None:
             thread.start()
@@ -69,6 +75,7 @@ class Runtime:
         )
 
     async def stop(self) -> None:
+        gc.unfreeze()  # let shutdown free what start-up froze
         if self.workers is not None:
             self.workers.stop()
         await self.log.close()

@@ -144,8 +144,9 @@ class Collector:
         """Run the stages after validation and append; return (accepted, duplicates)."""
         for stage in self._stages:
             stage(batch)
+        partitions = self._partitions
         entries = [
-            LogEntry(encode_message(e.message), partition_of(e.message, self._partitions), e.key)
+            LogEntry(encode_message(e.message), partition_of(e.message, partitions), e.key)
             for e in batch.events
         ]
         owner = batch.owner

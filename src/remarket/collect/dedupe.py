@@ -3,15 +3,25 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Iterable, Sequence
+from hashlib import blake2b
 
-__all__ = ["Deduper", "dedupe_key"]
+__all__ = ["Deduper", "dedupe_key", "dedupe_keys"]
 
 
 def dedupe_key(source_id: str, message_id: str) -> bytes:
     """16 bytes naming a message within a source (collisions: ~1 in 2**64 at 10**10 keys)."""
-    return hashlib.blake2b(f"{source_id}\x1f{message_id}".encode(), digest_size=16).digest()
+    return blake2b(f"{source_id}\x1f{message_id}".encode(), digest_size=16).digest()
+
+
+def dedupe_keys(source_id: str, message_ids: Iterable[str]) -> list[bytes]:
+    """:func:`dedupe_key` of many messages of one source, for the ingest hot path.
+
+    >>> dedupe_keys("s", ["a", "b"]) == [dedupe_key("s", "a"), dedupe_key("s", "b")]
+    True
+    """
+    prefix = f"{source_id}\x1f".encode()
+    return [blake2b(prefix + m.encode(), digest_size=16).digest() for m in message_ids]
 
 
 class Deduper:
@@ -24,6 +34,10 @@ class Deduper:
     lost. An owner whose append failed settles with ``durable=False``, which forgets
     its keys so the retry is not mistaken for a replay.
 
+    The generations are dicts with None values rather than sets: a dict holding only
+    bytes is not tracked by the garbage collector, while every full collection walks
+    each entry of a set (0.5 s for 2 million keys, stalling ingest that long).
+
     >>> d = Deduper(capacity=4)
     >>> d.claim([b"a", b"b"], None)
     [True, True]
@@ -35,8 +49,8 @@ class Deduper:
         if capacity < 2:
             raise ValueError("dedupe capacity must be at least 2")
         self._half = capacity // 2
-        self._current: set[bytes] = set()
-        self._previous: set[bytes] = set()
+        self._current: dict[bytes, None] = {}
+        self._previous: dict[bytes, None] = {}
         self._inflight: dict[bytes, asyncio.Future[bool]] = {}
 
     def __len__(self) -> int:
@@ -45,8 +59,8 @@ class Deduper:
     def _add(self, key: bytes) -> None:
         if len(self._current) >= self._half:
             self._previous = self._current
-            self._current = set()
-        self._current.add(key)
+            self._current = {}
+        self._current[key] = None
 
     def claim(
         self, keys: Sequence[bytes], owner: asyncio.Future[bool] | None
@@ -57,17 +71,24 @@ class Deduper:
         ``owner`` None claims keys as durable at once (for keys read back from the log).
         """
         fresh: list[bool | asyncio.Future[bool]] = []
-        current, previous, inflight = self._current, self._previous, self._inflight
+        current, previous, inflight, half = (
+            self._current,
+            self._previous,
+            self._inflight,
+            self._half,
+        )
         for key in keys:
             if key in current or key in previous:
                 pending = inflight.get(key)
                 fresh.append(False if pending is None else pending)
-            else:
-                self._add(key)
-                current = self._current
-                if owner is not None:
-                    inflight[key] = owner
-                fresh.append(True)
+                continue
+            if len(current) >= half:
+                self._previous = previous = current
+                self._current = current = {}
+            current[key] = None
+            if owner is not None:
+                inflight[key] = owner
+            fresh.append(True)
         return fresh
 
     def settle(self, keys: Iterable[bytes], owner: asyncio.Future[bool], durable: bool) -> None:
@@ -76,8 +97,8 @@ class Deduper:
             if self._inflight.get(key) is owner:
                 del self._inflight[key]
                 if not durable:
-                    self._current.discard(key)
-                    self._previous.discard(key)
+                    self._current.pop(key, None)
+                    self._previous.pop(key, None)
         if not owner.done():
             owner.set_result(durable)
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
+from zlib import crc32
 
 import msgspec
 
-from remarket.collect.dedupe import Deduper, dedupe_key
+from remarket.collect.dedupe import Deduper, dedupe_key, dedupe_keys
 from remarket.collect.quarantine import Rejection
 from remarket.collect.sources import Source
 from remarket.schema.events import (
@@ -83,9 +83,12 @@ def error_field(exc: msgspec.MsgspecError) -> tuple[str | None, str]:
     return path or None, rule
 
 
-@dataclass(slots=True)
-class Event:
-    """One valid event of the request: its position, raw bytes, message and dedupe key."""
+class Event(msgspec.Struct, gc=False):
+    """One valid event of the request: its position, raw bytes, message and dedupe key.
+
+    A struct without garbage-collector tracking, like the messages: one is built per
+    event, and it refers to nothing that could refer back to it.
+    """
 
     index: int
     raw: bytes
@@ -130,23 +133,25 @@ class Validate:
         self._max = max_event_bytes
 
     def __call__(self, batch: InFlight) -> None:
-        decoder = _DECODERS[batch.endpoint_type]
+        decode = _DECODERS[batch.endpoint_type].decode
+        limit = self._max
+        valid = batch.events
         for index, raw in enumerate(batch.raw):
-            if len(raw) > self._max:
+            if len(raw) > limit:
                 batch.reject(
                     index,
                     "event_too_large",
                     None,
-                    f"event is {len(raw)} bytes; max_event_bytes is {self._max}",
+                    f"event is {len(raw)} bytes; max_event_bytes is {limit}",
                 )
                 continue
-            if _NUL_ESCAPE in raw:
+            if b"\\" in raw and _NUL_ESCAPE in raw:  # a byte search first: escapes are rare
                 batch.reject(
                     index, "invalid_event", None, "text holds \\u0000, which cannot be stored"
                 )
                 continue
             try:
-                message = decoder.decode(raw)
+                message = decode(raw)
             except msgspec.MsgspecError as exc:
                 path, rule = error_field(exc)
                 batch.reject(index, "invalid_event", path, rule)
@@ -155,7 +160,7 @@ class Validate:
             if problem is not None:
                 batch.reject(index, "invalid_event", problem[0], problem[1])
                 continue
-            batch.events.append(Event(index, raw, message))
+            valid.append(Event(index, raw, message))
 
 
 def _id_text(value: str | int) -> str | None:
@@ -165,6 +170,7 @@ def _id_text(value: str | int) -> str | None:
 
 
 _ID_RULE: Final = f"must be 1 to {MAX_ID_LENGTH} characters"
+_OBJECT_RULE: Final = "must be a JSON object"
 
 
 def _check(message: Message) -> tuple[str, str] | None:
@@ -187,7 +193,9 @@ def _check(message: Message) -> tuple[str, str] | None:
     if isinstance(message, Track):
         if not message.event.strip():
             return "event", "must be a non-empty event name"
-        return _objects(message, ("properties", message.properties))
+        return _objects(message, "properties", message.properties)
+    if isinstance(message, Page | Screen):
+        return _objects(message, "properties", message.properties)
     if isinstance(message, Alias):
         if message.user_id is None:
             return "userId", "alias needs userId"
@@ -196,18 +204,20 @@ def _check(message: Message) -> tuple[str, str] | None:
             return "previousId", _ID_RULE
         message.previous_id = previous_id
         return _objects(message)
-    if isinstance(message, Page | Screen):
-        return _objects(message, ("properties", message.properties))
     if isinstance(message, Group):
         message.group_id = str(message.group_id)
-    return _objects(message, ("traits", message.traits))  # identify, group
+    return _objects(message, "traits", message.traits)  # identify, group
 
 
-def _objects(message: Message, *more: tuple[str, msgspec.Raw]) -> tuple[str, str] | None:
-    for name, raw in (("context", message.context), ("integrations", message.integrations), *more):
-        if raw is not EMPTY_OBJECT and not raw_object(raw):
-            return name, "must be a JSON object"
-    return None
+def _objects(
+    message: Message, name: str = "", raw: msgspec.Raw = EMPTY_OBJECT
+) -> tuple[str, str] | None:
+    """Context, integrations, then the type's own object field must be JSON objects."""
+    if not raw_object(message.context):
+        return "context", _OBJECT_RULE
+    if not raw_object(message.integrations):
+        return "integrations", _OBJECT_RULE
+    return None if raw_object(raw) else (name, _OBJECT_RULE)
 
 
 class Dedupe:
@@ -222,25 +232,28 @@ class Dedupe:
         self._deduper = deduper
 
     def __call__(self, batch: InFlight) -> None:
-        with_id = [e for e in batch.events if e.message.message_id]
-        for event in with_id:
-            event.key = dedupe_key(batch.source.id, event.message.message_id or "")
+        events = batch.events
+        with_id = [e for e in events if e.message.message_id]
+        ids = [e.message.message_id or "" for e in with_id]
+        for event, key in zip(with_id, dedupe_keys(batch.source.id, ids), strict=True):
+            event.key = key
         if batch.owner is None:
             batch.owner = asyncio.get_running_loop().create_future()
         verdicts = iter(self._deduper.claim([e.key for e in with_id], batch.owner))
+        claimed, waiting = batch.claimed, batch.waiting
         kept: list[Event] = []
-        for event in batch.events:
+        for event in events:
             if not event.key:
                 kept.append(event)
                 continue
             verdict = next(verdicts)
             if verdict is True:
-                batch.claimed.append(event.key)
+                claimed.append(event.key)
                 kept.append(event)
             elif verdict is False:
                 batch.duplicates += 1
             else:
-                batch.waiting.append((event, verdict))
+                waiting.append((event, verdict))
         batch.events = kept
 
 
@@ -251,26 +264,25 @@ class Enrich:
         self._new_id = new_id
 
     def __call__(self, batch: InFlight) -> None:
-        received = batch.received_at
+        received, source_id, batch_sent = batch.received_at, batch.source.id, batch.sent_at
         for event in batch.events:
             m = event.message
             m.received_at = received
-            m.source_id = batch.source.id
+            m.source_id = source_id
             if not m.message_id:
                 m.message_id = self._new_id()
-                event.key = dedupe_key(batch.source.id, m.message_id)
+                event.key = dedupe_key(source_id, m.message_id)
             original = m.timestamp or m.original_timestamp
-            sent = m.sent_at or batch.sent_at
+            sent = m.sent_at or batch_sent
+            if sent is not None:
+                sent = m.sent_at = as_utc(sent)
             if original is None:
                 m.timestamp = received
             else:
-                original = as_utc(original)
-                m.original_timestamp = original
+                original = m.original_timestamp = as_utc(original)
                 # Segment's clock-skew rule: the device clock may be wrong, but the
                 # interval between the event and its sending is right.
-                m.timestamp = received - (as_utc(sent) - original) if sent else original
-            if sent is not None:
-                m.sent_at = as_utc(sent)
+                m.timestamp = received - (sent - original) if sent else original
             if isinstance(m, Identify) and bytes(m.traits).strip() == b"{}":
                 m.traits = _context_traits(m.context)
 
@@ -289,4 +301,4 @@ def _context_traits(context: msgspec.Raw) -> msgspec.Raw:
 def partition_of(message: Message, partitions: int) -> int:
     """The log partition of an event: by device (anonymousId), else by userId."""
     key = message.anonymous_id if message.anonymous_id is not None else message.user_id
-    return zlib.crc32(str(key).encode()) % partitions
+    return crc32((key if type(key) is str else str(key)).encode()) % partitions

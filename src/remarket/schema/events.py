@@ -50,8 +50,14 @@ class _Base(
     omit_defaults=True,
     rename="camel",
     tag_field="type",
+    gc=False,
 ):
-    """Fields common to every message. Ids may arrive as numbers; they are kept as strings."""
+    """Fields common to every message. Ids may arrive as numbers; they are kept as strings.
+
+    Not tracked by the garbage collector (``gc=False``): no field can hold a reference
+    back, and ingest keeps thousands alive while a group commit waits, which otherwise
+    get promoted and make full collections frequent.
+    """
 
     message_id: str | None = None
     anonymous_id: str | int | None = None
@@ -126,6 +132,8 @@ def encode_message(message: Message) -> bytes:
 
 def raw_object(raw: msgspec.Raw) -> bool:
     """Whether raw JSON is an object (properties, traits and context must be)."""
+    if raw is EMPTY_OBJECT:
+        return True
     view = memoryview(raw)
     if len(view) and view[0] == _OPEN_BRACE:
         return True
@@ -133,7 +141,14 @@ def raw_object(raw: msgspec.Raw) -> bool:
 
 
 def as_utc(value: datetime) -> datetime:
-    """Naive timestamps are taken as UTC, as Segment does."""
-    if value.tzinfo is None:
+    """Naive timestamps are taken as UTC, as Segment does.
+
+    >>> as_utc(datetime(2026, 1, 1, 12)).isoformat()
+    '2026-01-01T12:00:00+00:00'
+    """
+    zone = value.tzinfo
+    if zone is UTC:  # what JSON "Z" decodes to: the common case on the ingest path
+        return value
+    if zone is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC)

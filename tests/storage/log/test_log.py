@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -259,6 +260,67 @@ def test_sqlite_reopened_log_continues_after_the_last_offset(sqlite_opener: Open
 
     _run(sqlite_opener, write)
     _run(sqlite_opener, write_more)
+
+
+def test_sqlite_logs_sharing_a_file_never_share_an_offset(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        ours, theirs = SQLiteLog(tmp_path / "log.db"), SQLiteLog(tmp_path / "log.db")
+        try:
+            results = await asyncio.gather(
+                *(
+                    (ours if t % 2 else theirs).append([_entry(t * 10 + i) for i in range(10)])
+                    for t in range(20)
+                )
+            )
+            offsets = [o for r in results for o in r]
+            assert sorted(offsets) == list(range(1, 201))
+            records = await ours.read(0, 500)
+            assert [r.offset for r in records] == list(range(1, 201))
+            by_offset = {r.offset: r.payload for r in records}
+            for t, result in enumerate(results):
+                assert [by_offset[o] for o in result] == [
+                    _entry(t * 10 + i).payload for i in range(10)
+                ]
+        finally:
+            await ours.close()
+            await theirs.close()
+
+    asyncio.run(scenario())
+
+
+def test_sqlite_view_shows_one_row_per_event(tmp_path: Path) -> None:
+    entries = [_entry(i, key=bytes([i]) * (i + 1)) for i in range(5)]
+
+    async def write(log: EventLog) -> None:
+        await log.append(entries[:2])
+        await log.append(entries[2:])
+
+    _run(lambda: _sqlite(tmp_path), write)
+    with contextlib.closing(sqlite3.connect(tmp_path / "log.db")) as db:
+        rows = db.execute("SELECT offset, partition, dedupe, payload FROM log").fetchall()
+    assert rows == [(i + 1, e.partition, e.dedupe_key, e.payload) for i, e in enumerate(entries)]
+
+
+def test_sqlite_refuses_a_file_of_the_old_layout(tmp_path: Path) -> None:
+    with contextlib.closing(sqlite3.connect(tmp_path / "log.db")) as db:
+        db.execute("CREATE TABLE log (offset INTEGER PRIMARY KEY, payload BLOB)")
+    with pytest.raises(StorageError, match="layout 1; this version reads layout 2"):
+        SQLiteLog(tmp_path / "log.db")
+
+
+def test_sqlite_a_bad_entry_fails_only_its_own_append(tmp_path: Path) -> None:
+    async def scenario(log: EventLog) -> None:
+        bad = LogEntry(b"{}", "1", b"k")  # type: ignore[arg-type]
+        good = log.append([_entry(0)])
+        with pytest.raises(ValueError, match="partition must be an int"):
+            await log.append([bad])
+        assert await good == [1]
+
+    _run(lambda: _sqlite(tmp_path), scenario)
+
+
+async def _sqlite(tmp_path: Path) -> EventLog:
+    return SQLiteLog(tmp_path / "log.db")
 
 
 # -- NATS only ----------------------------------------------------------------------
