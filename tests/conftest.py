@@ -5,9 +5,13 @@ from __future__ import annotations
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
+from sqlalchemy import Engine
+
+from remarket.storage.state import connect_state, upgrade_state
 
 PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 NATS_URL = "nats://127.0.0.1:4222"
@@ -46,3 +50,26 @@ def nats_url() -> str:
 def unique_name() -> str:
     """A name no other test uses (for JetStream streams, sources, ...)."""
     return f"t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("sqlite", id="sqlite"),
+        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+    ]
+)
+def state_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A state-store URL, once on SQLite and once on PostgreSQL (an empty database)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    plain: str = request.getfixturevalue("pg_database")
+    return plain.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture
+def state_engine(state_url: str) -> Iterator[Engine]:
+    """A migrated state store on each backend."""
+    engine = connect_state(state_url)
+    upgrade_state(engine)
+    yield engine
+    engine.dispose()

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -18,13 +16,11 @@ from remarket.errors import OffsetConflict
 from remarket.profiles import IdentityGraph, ProfileStore, identifiers_of
 from remarket.schema.events import Alias, Identify, Message, Track
 from remarket.storage.state import (
-    connect_state,
     consumer_offsets,
     identities,
     metadata,
     profile_traits,
     profiles,
-    upgrade_state,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -33,18 +29,9 @@ USERS = [f"u{i}" for i in range(4)]
 EMAILS = ["ann@example.com", "bob@example.com", "ANN@example.com "]
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-    else:
-        url = request.getfixturevalue("pg_database").replace(
-            "postgresql://", "postgresql+psycopg://", 1
-        )
-    engine = connect_state(url)
-    upgrade_state(engine)
-    yield engine
-    engine.dispose()
+@pytest.fixture
+def engine(state_engine: Engine) -> Engine:
+    return state_engine
 
 
 def reset(engine: Engine) -> None:

@@ -33,19 +33,10 @@ WHEN = datetime(2024, 5, 1, 12, 30, 15, 250000, tzinfo=UTC)
 MIGRATIONS = str(Path(state.__file__).with_name("migrations"))
 
 
-@pytest.fixture(
-    params=[
-        pytest.param("sqlite", id="sqlite"),
-        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-    ]
-)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'state.db'}"
-    else:
-        plain: str = request.getfixturevalue("pg_database")
-        url = plain.replace("postgresql://", "postgresql+psycopg://", 1)
-    engine = connect_state(url)
+@pytest.fixture
+def engine(state_url: str) -> Iterator[Engine]:
+    """A state store on each backend, not yet migrated."""
+    engine = connect_state(state_url)
     yield engine
     engine.dispose()
 
