@@ -216,7 +216,8 @@ def _condition(relative: bool) -> st.SearchStrategy[dict[str, Any]]:
         st.tuples(st.sampled_from(["exists", "not_exists"]), st.none()),
     ]
     moments = _MOMENTS if relative else _AT_MOMENTS
-    options.append(st.tuples(st.sampled_from(["gt", "gte", "lt", "lte", "eq"]), moments))
+    options.append(st.tuples(st.sampled_from(["gt", "gte", "lt", "lte"]), moments))
+    options.append(st.tuples(st.just("eq"), _AT_MOMENTS))  # eq takes no {ago: ...}
     options.append(st.tuples(st.just("between"), st.lists(moments, min_size=2, max_size=2)))
     if relative:
         options.append(st.tuples(st.just("within_last"), _DURATIONS))

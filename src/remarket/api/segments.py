@@ -216,7 +216,9 @@ async def preview_segment(request: Request, body: Definition, _key: ApiKey = _re
     size = await run_in_threadpool(runtime.warehouse.query, f"SELECT COUNT(*) FROM {members}")
     sample = await run_in_threadpool(
         runtime.warehouse.query,
-        f"SELECT profile_id FROM {members} ORDER BY profile_id LIMIT {_PREVIEW_SAMPLE}",
+        # OFFSET 0: DuckDB 2.0.0 returns every row for ORDER BY ... LIMIT over this query
+        # shape (a filter on the coalesced identity join); tests/api/test_segments.py guards.
+        f"SELECT profile_id FROM {members} ORDER BY profile_id LIMIT {_PREVIEW_SAMPLE} OFFSET 0",
     )
     return PreviewOut(at=at, size=int(size[0][0]), sample=[str(r[0]) for r in sample], sql=sql)
 

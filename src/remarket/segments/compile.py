@@ -15,7 +15,8 @@ profile of its user id, else of its anonymous id. The universe is every profile 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import operator
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any, Final
 
@@ -189,13 +190,24 @@ def _event_conditions(spec: EventSpec, alias: str) -> list[str]:
     ]
 
 
-def _window(window: RelativeWindow | AbsoluteWindow | None, column: str, at: int) -> list[str]:
+_Span = tuple[int | None, int | None]
+"""Bounds on an event's timestamp: after the first, up to the second (microseconds)."""
+
+
+def _span(window: RelativeWindow | AbsoluteWindow | None, at: int) -> _Span:
     if isinstance(window, RelativeWindow):
-        return [f"{column} > {_instant(at - duration_seconds(window.last) * MICROS)}"]
+        return at - duration_seconds(window.last) * MICROS, None
     if isinstance(window, AbsoluteWindow):
-        start, end = micros_of(window.start), micros_of(window.end)
-        return [f"{column} > {_instant(start)}", f"{column} <= {_instant(end)}"]
-    return []
+        return micros_of(window.start), micros_of(window.end)
+    return None, None
+
+
+def _bounds(span: _Span) -> list[str]:
+    low, high = span
+    return [
+        *([] if low is None else [f"e.timestamp > {_instant(low)}"]),
+        *([] if high is None else [f"e.timestamp <= {_instant(high)}"]),
+    ]
 
 
 def _where(conditions: Iterable[str]) -> str:
@@ -203,12 +215,19 @@ def _where(conditions: Iterable[str]) -> str:
 
 
 class _Compiler:
-    def __init__(self, segment: CoreSegment, at: int, scores: bool) -> None:
+    def __init__(self, segment: CoreSegment, at: int, dialect: str, scores: bool) -> None:
         self.segment = segment
         self.at = at
+        self.dialect = dialect
         self.scores = scores
         self.ctes: list[str] = []
         self.names: dict[str, str] = {}
+        self.leaf_of: dict[str, str] = {}  # node id -> alias of its CTE
+        self.key = "p.profile_id"  # the column naming the candidate profile
+        self.flags: dict[str, str] = {}  # conditions on events -> column of ev
+        self.values: dict[str, str] = {}  # expression on events -> column of ev
+        self.scans: dict[tuple[str, ...], list[tuple[str, _Span]]] = {}  # by event name
+        self._last: str | None = None
 
     def leaf(self, body: str) -> str:
         """Register the CTE of a leaf once; its alias in the final query."""
@@ -217,7 +236,8 @@ class _Compiler:
             name = f"n{len(self.names)}"
             self.names[body] = name
             self.ctes.append(f"{name} AS ({body})")
-        return self.names[body]
+        self._last = self.names[body]
+        return self._last
 
     def predicate(self, node_id: str) -> str:
         node = self.segment.nodes[node_id]
@@ -227,7 +247,79 @@ class _Compiler:
             return "(" + " OR ".join(self.predicate(c) for c in node.children) + ")"
         if isinstance(node, NotNode):
             return f"(NOT {self.predicate(node.child)})"
-        return f"COALESCE({self._leaf_predicate(node)}, FALSE)"
+        self._last = None
+        predicate = self._leaf_predicate(node)
+        if self._last is not None:
+            self.leaf_of[node_id] = self._last
+        return f"COALESCE({predicate}, FALSE)"
+
+    def resolved(self, columns: Iterable[str], conditions: list[str], span: _Span) -> str:
+        """The events ``e`` as of T in ``span`` that pass ``conditions``, with their profile.
+
+        ``conditions`` start with those on ``e.type`` and ``e.event``; ``columns`` are
+        ``expression AS name`` over ``e``. Every leaf's events come from one CTE, ``ev``
+        (:meth:`events`), so the identities are joined once, to the rows left.
+        """
+        where = _where([*conditions, *_bounds(span)])
+        key = tuple(c for c in conditions if c.startswith(("e.type = ", "e.event = ")))
+        if where not in self.flags:
+            self.flags[where] = f"f{len(self.flags)}"
+            self.scans.setdefault(key, []).append((where, span))
+        select = ["profile_id"]
+        for column in columns:
+            expression, name = column.rsplit(" AS ", 1)
+            select.append(f"{self.values.setdefault(expression, f'x{len(self.values)}')} AS {name}")
+        return f"SELECT {', '.join(select)} FROM ev WHERE {self.flags[where]}"
+
+    def events(self) -> str:
+        """The CTE ``ev``: the events some leaf wants, then their profiles.
+
+        One scan per event name (a UNION ALL of disjoint parts), each with the filters
+        all its leaves share, so that the scan can skip what none of them reads.
+        """
+        computed = [*self.values, *self.flags]
+        needed = ["user_id", "anonymous_id", "timestamp", "type", "event"]
+        needed += [c for c in ("message_id", "properties", "traits") if f"e.{c}" in str(computed)]
+        branches = []
+        for key, scans in self.scans.items():
+            lows = [low for _, (low, _) in scans]
+            highs = [high for _, (_, high) in scans]
+            shared = (
+                None if None in lows else min(x for x in lows if x is not None),
+                None if None in highs else max(x for x in highs if x is not None),
+            )
+            wanted = " OR ".join(f"({where})" for where, _ in scans)
+            at = f"e.timestamp <= {_instant(self.at)}"
+            branches.append(_where([at, *key, *_bounds(shared), f"({wanted})"]))
+        if len(branches) == 1:
+            source, where = "events AS e", [branches[0]]
+        else:
+            columns = ", ".join(f"e.{c}" for c in needed)
+            union = " UNION ALL ".join(
+                f"SELECT {columns} FROM events AS e WHERE {b}" for b in branches
+            )
+            source, where = f"({union}) AS e", []
+        select = [
+            f"{_PROFILE} AS profile_id",
+            *(f"{e} AS {name}" for e, name in self.values.items()),
+            *(f"({c}) AS {flag}" for c, flag in self.flags.items()),
+        ]
+        resolve = _RESOLVE.format(source=source)
+        where.append(f"{_PROFILE} IS NOT NULL")
+        return f"ev AS (SELECT {', '.join(select)} {resolve} WHERE {_where(where)})"
+
+    def latest(self, value: str, order: tuple[str, str], rows: str) -> str:
+        """Each profile's ``value`` in the row of ``rows`` that is last by ``order``."""
+        first, second = order
+        if self.dialect == "postgres":
+            ranked = (
+                f"SELECT profile_id, {value} AS v, ROW_NUMBER() OVER (PARTITION BY profile_id "
+                f"ORDER BY {first} DESC, {second} DESC) AS rn FROM ({rows}) AS w"
+            )
+            return f"SELECT profile_id, v FROM ({ranked}) AS r WHERE rn = 1"
+        # One hash aggregate instead of a sort per profile (MAX_BY in Spark).
+        key = f"struct_pack(k1 := {first}, k2 := {second})"
+        return f"SELECT profile_id, arg_max({value}, {key}) AS v FROM ({rows}) AS w GROUP BY 1"
 
     def _leaf_predicate(self, node: CoreNode) -> str:
         if isinstance(node, TraitNode):
@@ -243,28 +335,24 @@ class _Compiler:
         if isinstance(node, ScoreNode):
             return self._score(node)
         if isinstance(node, RandomBucketNode):
-            return _bucket(node)
+            return _bucket(node, self.key)
         raise TypeError(f"not a core node: {node!r}")
 
     def _trait(self, node: TraitNode) -> str:
-        written = (
-            f"SELECT profile_id, ts, message_id, {_json_text('traits', node.path)} AS v "
-            "FROM ev WHERE type = 'identify'"
+        text = _json_text("e.traits", node.path)
+        written = self.resolved(
+            ["e.timestamp AS ts", "e.message_id AS message_id", f"{text} AS v"],
+            ["e.type = 'identify'", f"{text} IS NOT NULL"],
+            (None, None),
         )
-        ranked = (
-            "SELECT profile_id, v, ROW_NUMBER() OVER (PARTITION BY profile_id "
-            "ORDER BY ts DESC, COALESCE(message_id, '') DESC) AS rn "
-            f"FROM ({written}) AS w WHERE v IS NOT NULL"
-        )
-        name = self.leaf(f"SELECT profile_id, v FROM ({ranked}) AS r WHERE rn = 1")
+        name = self.leaf(self.latest("v", ("ts", "COALESCE(message_id, '')"), written))
         return _value_predicate(node.operator, node.value, f"{name}.v", self.at)
 
     def _performed(self, node: PerformedNode) -> str:
         spec = EventSpec(event=node.event, where=node.where)
-        conditions = _event_conditions(spec, "ev") + _window(node.window, "ev.ts", self.at)
+        rows = self.resolved([], _event_conditions(spec, "e"), _span(node.window, self.at))
         name = self.leaf(
-            f"SELECT profile_id, COUNT(*) AS c FROM ev WHERE {_where(conditions)} "
-            "GROUP BY profile_id",
+            f"SELECT profile_id, COUNT(*) AS c FROM ({rows}) AS r GROUP BY profile_id",
         )
         count = f"COALESCE({name}.c, 0)"
         operator = {"at_least": ">=", "at_most": "<=", "exactly": "="}[node.operator]
@@ -272,35 +360,38 @@ class _Compiler:
 
     def _event_time(self, node: FirstPerformedNode | LastPerformedNode) -> str:
         spec = EventSpec(event=node.event, where=node.where)
-        function = "MAX" if isinstance(node, LastPerformedNode) else "MIN"
-        name = self.leaf(
-            f"SELECT profile_id, {function}(ts) AS t FROM ev "
-            f"WHERE {_where(_event_conditions(spec, 'ev'))} GROUP BY profile_id",
-        )
-        value = node.value
+        last = isinstance(node, LastPerformedNode)
         if node.operator == "within_last":
-            low = self.at - duration_seconds(str(value)) * MICROS
-            return f"({name}.t > {_instant(low)})"
-        bound = _instant(moment_micros(value, self.at))  # type: ignore[arg-type]
-        return f"({name}.t {'<=' if node.operator == 'before' else '>'} {bound})"
+            micros, test = self.at - duration_seconds(str(node.value)) * MICROS, ">"
+        else:
+            micros = moment_micros(node.value, self.at)  # type: ignore[arg-type]
+            test = "<=" if node.operator == "before" else ">"
+        # The last is after X (the first before X) iff one such event is: read only those.
+        span: _Span = (None, None)
+        if last and test == ">":
+            span = (micros, None)
+        elif not last and test == "<=":
+            span = (None, micros)
+        rows = self.resolved(["e.timestamp AS ts"], _event_conditions(spec, "e"), span)
+        function = "MAX" if last else "MIN"
+        name = self.leaf(
+            f"SELECT profile_id, {function}(ts) AS t FROM ({rows}) AS r GROUP BY profile_id"
+        )
+        return f"({name}.t {test} {_instant(micros)})"
 
     def _aggregate(self, node: AggregateNode) -> str:
         spec = EventSpec(event=node.event, where=node.where)
-        conditions = _event_conditions(spec, "ev") + _window(node.window, "ev.ts", self.at)
-        text = _json_text("ev.properties", node.property) if node.property else None
+        text = _json_text("e.properties", node.property) if node.property else None
         if node.function in ("count", "count_distinct"):
-            counted = "*" if text is None else text
+            column = [] if text is None else [f"{text} AS x"]
+            counted = "*" if text is None else "x"
             distinct = "DISTINCT " if node.function == "count_distinct" else ""
             columns = f"COUNT({distinct}{counted}) AS c"
         else:
-            number = _number(str(text))
-            columns = (
-                f"SUM({number}) AS s, COUNT({number}) AS c, MIN({number}) AS lo, "
-                f"MAX({number}) AS hi"
-            )
-        name = self.leaf(
-            f"SELECT profile_id, {columns} FROM ev WHERE {_where(conditions)} GROUP BY profile_id",
-        )
+            column = [f"{_number(str(text))} AS x"]
+            columns = "SUM(x) AS s, COUNT(x) AS c, MIN(x) AS lo, MAX(x) AS hi"
+        rows = self.resolved(column, _event_conditions(spec, "e"), _span(node.window, self.at))
+        name = self.leaf(f"SELECT profile_id, {columns} FROM ({rows}) AS r GROUP BY profile_id")
         result = {
             "count": f"COALESCE({name}.c, 0)",
             "count_distinct": f"COALESCE({name}.c, 0)",
@@ -316,19 +407,24 @@ class _Compiler:
 
     def _sequence(self, node: SequenceNode) -> str:
         within = _interval(node.within)
-        first = _event_conditions(node.first, "a") + _window(node.window, "a.ts", self.at)
-        pairing = ["b.profile_id = a.profile_id", "b.ts > a.ts", f"b.ts <= a.ts + {within}"]
-        then = [*_event_conditions(node.then, "b"), *pairing]
+        reach = duration_seconds(node.within) * MICROS
+        low, high = _span(node.window, self.at)
+        if not node.followed:
+            # Not followed holds only once the span has passed: E1 + D <= T.
+            high = self.at - reach if high is None else min(high, self.at - reach)
+        first = _event_conditions(node.first, "e")
+        a = self.resolved(["e.timestamp AS ts"], first, (low, high))
+        # E1 < E2 <= E1 + D, so E2 lies in the window of E1 moved by D: bound it, so
+        # the scan of E2 reads that stretch only.
+        shifted = (low, None if high is None else high + reach)
+        b = self.resolved(["e.timestamp AS ts"], _event_conditions(node.then, "e"), shifted)
+        pairing = f"b.profile_id = a.profile_id AND b.ts > a.ts AND b.ts <= a.ts + {within}"
         if node.followed:
-            body = (
-                f"SELECT DISTINCT a.profile_id FROM ev AS a JOIN ev AS b "
-                f"ON b.profile_id = a.profile_id WHERE {_where(first + then)}"
-            )
+            body = f"SELECT DISTINCT a.profile_id FROM ({a}) AS a JOIN ({b}) AS b ON {pairing}"
         else:
-            settled = f"a.ts + {within} <= {_instant(self.at)}"
             body = (
-                f"SELECT DISTINCT a.profile_id FROM ev AS a WHERE {_where([*first, settled])} "
-                f"AND NOT EXISTS (SELECT 1 FROM ev AS b WHERE {_where(then)})"
+                f"SELECT DISTINCT a.profile_id FROM ({a}) AS a "
+                f"WHERE NOT EXISTS (SELECT 1 FROM ({b}) AS b WHERE {pairing})"
             )
         name = self.leaf(body)
         return f"({name}.profile_id IS NOT NULL)"
@@ -336,20 +432,19 @@ class _Compiler:
     def _score(self, node: ScoreNode) -> str:
         if not self.scores:
             return "FALSE"
-        ranked = (
-            "SELECT profile_id, score, ROW_NUMBER() OVER (PARTITION BY profile_id "
-            "ORDER BY scored_at DESC, score DESC) AS rn FROM scores "
+        rows = (
+            "SELECT profile_id, score, scored_at FROM scores "
             f"WHERE model = {_str(node.model)} AND scored_at <= {_instant(self.at)}"
         )
-        name = self.leaf(f"SELECT profile_id, score FROM ({ranked}) AS r WHERE rn = 1")
-        score = f"CAST({name}.score AS DOUBLE)"
+        name = self.leaf(self.latest("score", ("scored_at", "score"), rows))
+        score = f"CAST({name}.v AS DOUBLE)"
         if isinstance(node.value, tuple):
             return _compare("between", score, node.value, _double)
         return _compare(node.operator, score, node.value, _double)
 
 
-def _bucket(node: RandomBucketNode) -> str:
-    digest = f"SUBSTRING(md5({_str(node.salt + ':')} || p.profile_id), 1, 7)"
+def _bucket(node: RandomBucketNode, key: str) -> str:
+    digest = f"SUBSTRING(md5({_str(node.salt + ':')} || {key}), 1, 7)"
     digits = [
         f"(STRPOS('0123456789abcdef', SUBSTRING({digest}, {i + 1}, 1)) - 1) * {16 ** (6 - i)}"
         for i in range(7)
@@ -357,12 +452,55 @@ def _bucket(node: RandomBucketNode) -> str:
     return f"((({' + '.join(digits)}) % 100) < {node.percent})"
 
 
-_EVENTS: Final = (
-    "SELECT COALESCE(iu.profile_id, ia.profile_id) AS profile_id, e.type, e.event, "
-    "e.message_id, e.timestamp AS ts, e.properties, e.traits FROM events AS e "
+_PROFILE: Final = "COALESCE(iu.profile_id, ia.profile_id)"
+_RESOLVE: Final = (
+    "FROM {source} "
     "LEFT JOIN identities AS iu ON iu.kind = 'user_id' AND iu.value = e.user_id "
-    "LEFT JOIN identities AS ia ON ia.kind = 'anonymous_id' AND ia.value = e.anonymous_id "
+    "LEFT JOIN identities AS ia ON ia.kind = 'anonymous_id' AND ia.value = e.anonymous_id"
 )
+
+
+_HOLDS: Final[dict[str, Callable[[float, float], bool]]] = {
+    "eq": operator.eq,
+    "neq": operator.ne,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
+    "at_least": operator.ge,
+    "at_most": operator.le,
+    "exactly": operator.eq,
+}
+
+
+def _needs_row(node: CoreNode) -> bool:
+    """Whether the leaf can hold only for a profile that has a row in its CTE.
+
+    A profile without one reads as a count or sum of 0 and as NULL otherwise.
+    """
+    if isinstance(node, PerformedNode):
+        return not _HOLDS[node.operator](0, node.times)
+    if isinstance(node, AggregateNode) and node.function in ("count", "count_distinct", "sum"):
+        if isinstance(node.value, tuple):
+            return not node.value[0] <= 0 <= node.value[1]
+        return not _HOLDS[node.operator](0, node.value)
+    if isinstance(node, TraitNode):
+        return node.operator != "not_exists"
+    # Scores may name profiles outside the universe, so they never stand for it.
+    return isinstance(node, AggregateNode | FirstPerformedNode | LastPerformedNode | SequenceNode)
+
+
+def _required(segment: CoreSegment) -> list[str]:
+    """The leaves every member must satisfy: the entry, or the leaves of its ANDs."""
+    out: list[str] = []
+    pending = [segment.entry]
+    while pending:
+        node = segment.nodes[pending.pop(0)]
+        if isinstance(node, AndNode):
+            pending.extend(node.children)
+        elif _needs_row(node):
+            out.append(node.id)
+    return out
 
 
 def compile_segment(
@@ -387,22 +525,28 @@ def compile_segment(
     """
     if dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
-    at_micros = micros_of(at)
-    compiler = _Compiler(segment, at_micros, scores)
+    compiler = _Compiler(segment, micros_of(at), dialect, scores)
+    # A member must have a row in the CTE of each required leaf: start from those
+    # profiles (inner joins) rather than from every profile of the universe.
+    for node_id in _required(segment):
+        compiler.predicate(node_id)
+    drivers = list(dict.fromkeys(compiler.leaf_of.values()))
+    source = drivers[0] if drivers else "profiles AS p"
+    if drivers:
+        compiler.key = f"{source}.profile_id"
     predicate = compiler.predicate(segment.entry)
-    events = (
-        f"{_EVENTS} WHERE e.timestamp <= {_instant(at_micros)} "
-        "AND COALESCE(iu.profile_id, ia.profile_id) IS NOT NULL"
-    )
-    ctes = [
-        f"ev AS ({events})",
-        "profiles AS (SELECT DISTINCT profile_id FROM identities)",
-        *compiler.ctes,
-    ]
+    key = compiler.key
+    ctes = compiler.ctes
+    if not drivers:
+        ctes = ["profiles AS (SELECT DISTINCT profile_id FROM identities)", *ctes]
+    if compiler.flags:
+        ctes = [compiler.events(), *ctes]
     joins = "".join(
-        f" LEFT JOIN {name} ON {name}.profile_id = p.profile_id" for name in compiler.names.values()
+        f" {'JOIN' if name in drivers else 'LEFT JOIN'} {name} ON {name}.profile_id = {key}"
+        for name in compiler.names.values()
+        if name != source
     )
-    sql = f"WITH {', '.join(ctes)} SELECT p.profile_id FROM profiles AS p{joins} WHERE {predicate}"
+    sql = f"WITH {', '.join(ctes)} SELECT {key} FROM {source}{joins} WHERE {predicate}"
     tree = sqlglot.parse_one(sql, read="duckdb")
     if dialect == "postgres":
         tree = tree.transform(_postgres_meaning)
