@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -194,26 +195,26 @@ def _insort_desc_capped(times: list[int], at: int, cap: int) -> None:
     del times[cap:]
 
 
-class _Leaf:
+class _Leaf(ABC):
     """One stateful leaf: how its state starts, grows, merges and decides."""
 
     node: CoreNode
 
-    def new(self) -> LeafState:
-        raise NotImplementedError
+    @abstractmethod
+    def new(self) -> LeafState: ...
 
-    def apply(self, state: Any, ev: EventView, now: int) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def apply(self, state: Any, ev: EventView, now: int) -> None: ...
 
-    def holds(self, state: Any, at: int) -> bool:
-        raise NotImplementedError
+    @abstractmethod
+    def holds(self, state: Any, at: int) -> bool: ...
 
     def edges(self, state: Any, at: int) -> Iterable[int]:
         """Instants (> at or not) where the leaf's truth may flip with no new event."""
         return ()
 
-    def merge(self, a: Any, b: Any) -> LeafState:
-        raise NotImplementedError
+    @abstractmethod
+    def merge(self, a: Any, b: Any) -> LeafState: ...
 
 
 class _Trait(_Leaf):
