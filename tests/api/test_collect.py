@@ -301,3 +301,11 @@ def test_unpaired_surrogate_is_malformed_json(server: Server) -> None:
     raw = '{"batch": [{"type": "track", "event": "E", "userId": "u", "name": "\\ude00"}]}'
     reply = server.client.post("/v1/batch", content=raw, auth=(server.write_key, ""))
     assert "surrogate" in assert_problem(reply, 400, "body")["detail"]
+
+
+def test_gzip_with_a_second_member_is_400(server: Server) -> None:
+    raw = gzip.compress(json.dumps({"batch": [track()]}).encode()) + gzip.compress(b"{}")
+    reply = server.client.post(
+        "/v1/batch", content=raw, auth=(server.write_key, ""), headers={"content-encoding": "gzip"}
+    )
+    assert "after its end" in assert_problem(reply, 400, "body")["detail"]

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from remarket.clock import ManualClock
-from remarket.collect import Collector, QuarantineStore, Source, parse_batch
+from remarket.collect import Collector, QuarantineStore, Source, dedupe_key, parse_batch
 from remarket.config import Settings
 from remarket.errors import StorageError
 from remarket.schema.events import decode_log_message
@@ -132,3 +132,65 @@ def test_a_replay_is_not_acknowledged_before_the_original_is_durable(
         assert (replay.accepted, replay.duplicates) == (2, 0)  # type: ignore[union-attr]
     else:
         assert (first.accepted, replay.duplicates) == (2, 2)  # type: ignore[union-attr]
+
+
+def test_clock_skew_out_of_range_is_rejected_not_a_crash(tmp_path: Path) -> None:
+    collector, _ = make(tmp_path)
+    raw = msgspec.json.encode(
+        {
+            "batch": [
+                {
+                    "type": "track",
+                    "event": "E",
+                    "userId": "u",
+                    "messageId": "bad",
+                    "timestamp": "0001-01-02T00:00:00Z",
+                    "sentAt": "9999-12-31T00:00:00Z",
+                },
+                {"type": "track", "event": "E", "userId": "u", "messageId": "good"},
+            ]
+        }
+    )
+    result = asyncio.run(collector.ingest_batch(SOURCE, parse_batch(raw)))
+    assert result.accepted == 1
+    assert [(r.index, r.field) for r in result.rejected] == [(0, "sentAt")]
+    # The rejected event's messageId was never claimed: a corrected resend is stored.
+    fixed = body("bad")
+    assert asyncio.run(collector.ingest_batch(SOURCE, parse_batch(fixed))).accepted == 1
+
+
+def test_a_failing_stage_leaves_no_claim_behind(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, log_partitions=4)
+    engine = connect_state(settings.resolved_database_url())
+    upgrade_state(engine)
+    log = SQLiteLog(tmp_path / "log.db", fsync="normal")
+
+    def explode(batch: object) -> None:
+        raise RuntimeError("stage bug")
+
+    broken = Collector(
+        settings, log, QuarantineStore(engine), ManualClock(NOW), extra_stages=[explode]
+    )
+    with pytest.raises(RuntimeError):
+        asyncio.run(broken.ingest_batch(SOURCE, parse_batch(body("a"))))
+    assert broken.deduper.claim([dedupe_key(SOURCE.id, "a")], None) == [True]
+
+
+def test_a_cancelled_request_whose_append_commits_is_not_stored_twice(tmp_path: Path) -> None:
+    collector, log = make(tmp_path)
+
+    async def scenario() -> tuple[int, int]:
+        log.gate = asyncio.Event()
+        first = asyncio.create_task(collector.ingest_batch(SOURCE, parse_batch(body("m1"))))
+        await asyncio.sleep(0.01)
+        replay = asyncio.create_task(collector.ingest_batch(SOURCE, parse_batch(body("m1"))))
+        await asyncio.sleep(0.01)
+        first.cancel()  # the client went away; the append it started goes on
+        await asyncio.sleep(0.01)
+        log.gate.set()
+        result = await replay
+        return result.accepted, result.duplicates
+
+    assert asyncio.run(scenario()) == (0, 1)
+    stored = [decode_log_message(r.payload).message_id for r in asyncio.run(log.read(0, 10))]
+    assert stored == ["m1"]

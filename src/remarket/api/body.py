@@ -53,4 +53,8 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise _too_large(limit)
     if not inflater.eof:
         raise InvalidInput("gzip body is truncated", field="body")
+    if inflater.unused_data:
+        raise InvalidInput(
+            "gzip body has data after its end (one gzip member per request)", field="body"
+        )
     return data

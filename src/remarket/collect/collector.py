@@ -84,7 +84,9 @@ class Collector:
         self._max_event = settings.max_event_bytes
         self.deduper = Deduper(settings.dedupe_capacity)
         self._validate = Validate(settings.max_event_bytes)
-        self._stages: list[Stage] = [Dedupe(self.deduper), Enrich(), *extra_stages]
+        # Dedupe last: once an event's messageId is claimed nothing may reject it, or a
+        # corrected resend of that event would be answered "duplicate".
+        self._stages: list[Stage] = [Enrich(), *extra_stages, Dedupe(self.deduper)]
 
     async def warm_up(self, capacity: int) -> int:
         """Remember the messageIds of the newest events in the log (after a restart).
@@ -128,39 +130,53 @@ class Collector:
 
     async def _run(self, batch: InFlight, *, quarantine: bool) -> IngestResult:
         self._validate(batch)
-        if batch.rejected and quarantine:
+        accepted, duplicates, rejected = await self._append(batch)
+        # After the append: a retry of a request whose append failed must not quarantine
+        # its rejected events twice.
+        if rejected and quarantine:
             await asyncio.to_thread(
-                self._quarantine.add, batch.source.id, batch.received_at, batch.rejected
+                self._quarantine.add, batch.source.id, batch.received_at, rejected
             )
-        accepted, duplicates = await self._append(batch)
         EVENTS_ACCEPTED.labels(batch.source.name).inc(accepted)
         if duplicates:
             EVENTS_DUPLICATE.labels(batch.source.name).inc(duplicates)
-        for rejection in batch.rejected:
+        for rejection in rejected:
             EVENTS_REJECTED.labels(rejection.reason).inc()
-        return IngestResult(accepted, duplicates, batch.rejected)
+        return IngestResult(accepted, duplicates, rejected)
 
-    async def _append(self, batch: InFlight) -> tuple[int, int]:
-        """Run the stages after validation and append; return (accepted, duplicates)."""
-        for stage in self._stages:
-            stage(batch)
-        partitions = self._partitions
-        entries = [
-            LogEntry(encode_message(e.message), partition_of(e.message, partitions), e.key)
-            for e in batch.events
-        ]
-        owner = batch.owner
+    async def _append(self, batch: InFlight) -> tuple[int, int, list[Rejection]]:
+        """Run the stages after validation and append.
+
+        Returns (accepted, duplicates, rejections). Every claim the batch makes is
+        settled on every path, so a replay waiting on this batch never hangs.
+        """
+        append: asyncio.Future[list[int]] | None = None
         try:
-            offsets = await self._log.append(entries)
-        except BaseException:
-            if owner is not None:
-                self.deduper.settle(batch.claimed, owner, durable=False)
+            for stage in self._stages:
+                stage(batch)
+            partitions = self._partitions
+            entries = [
+                LogEntry(encode_message(e.message), partition_of(e.message, partitions), e.key)
+                for e in batch.events
+            ]
+            append = asyncio.ensure_future(self._log.append(entries))
+            offsets = await asyncio.shield(append)
+        except asyncio.CancelledError:
+            if batch.owner is not None and append is not None:
+                _settle_when_done(self.deduper, append, batch.claimed, batch.owner)
+            elif batch.owner is not None:
+                self.deduper.settle(batch.claimed, batch.owner, durable=False)
             raise
-        if owner is not None:
-            self.deduper.settle(batch.claimed, owner, durable=True)
+        except BaseException:
+            if batch.owner is not None:
+                self.deduper.settle(batch.claimed, batch.owner, durable=False)
+            raise
+        if batch.owner is not None:
+            self.deduper.settle(batch.claimed, batch.owner, durable=True)
         # A backend that de-duplicates itself (JetStream) reports a replay as offset 0.
         replays = sum(1 for o in offsets if o == 0)
         accepted, duplicates = len(entries) - replays, batch.duplicates + replays
+        rejected = list(batch.rejected)
         retry = []
         for event, original in batch.waiting:
             if await original:
@@ -169,10 +185,35 @@ class Collector:
                 retry.append(event)
         if retry:
             # The original append failed: these events are ours to append after all.
-            again = InFlight(batch.source, batch.received_at, batch.raw, events=retry)
-            more_accepted, more_duplicates = await self._append(again)
-            accepted, duplicates = accepted + more_accepted, duplicates + more_duplicates
-        return accepted, duplicates
+            again = InFlight(
+                batch.source,
+                batch.received_at,
+                batch.raw,
+                endpoint_type=batch.endpoint_type,
+                sent_at=batch.sent_at,
+                events=retry,
+            )
+            more = await self._append(again)
+            accepted, duplicates = accepted + more[0], duplicates + more[1]
+            rejected += more[2]
+        return accepted, duplicates, rejected
+
+
+def _settle_when_done(
+    deduper: Deduper,
+    append: asyncio.Future[list[int]],
+    claimed: list[bytes],
+    owner: asyncio.Future[bool],
+) -> None:
+    """The request was cancelled, but its append goes on (the log may still commit it):
+    settle the claims by the append's real outcome, so a replay is neither stored twice
+    nor left waiting."""
+
+    def done(future: asyncio.Future[list[int]]) -> None:
+        durable = not future.cancelled() and future.exception() is None
+        deduper.settle(claimed, owner, durable=durable)
+
+    append.add_done_callback(done)
 
 
 _OBJECT: Final = msgspec.json.Decoder(dict[str, object])
@@ -215,8 +256,9 @@ async def replay_quarantined(
             first = result.rejected[0]
             still.append(Rejection(entry.id, first.reason, first.field, first.detail, b""))
         else:
+            # At once, not after the loop: a failure further on must not replay it again.
+            await asyncio.to_thread(store.mark_replayed, [entry.id], now)
             done.append(entry.id)
-    await asyncio.to_thread(store.mark_replayed, done, now)
     return ReplayResult(replayed=done, still_invalid=still)
 
 

@@ -78,9 +78,13 @@ class Deduper:
             self._half,
         )
         for key in keys:
+            pending = inflight.get(key)
+            if pending is not None:
+                # Checked first: a key still in flight may have rotated out of both sets.
+                fresh.append(pending)
+                continue
             if key in current or key in previous:
-                pending = inflight.get(key)
-                fresh.append(False if pending is None else pending)
+                fresh.append(False)
                 continue
             if len(current) >= half:
                 self._previous = previous = current

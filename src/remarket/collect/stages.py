@@ -18,7 +18,7 @@ from zlib import crc32
 
 import msgspec
 
-from remarket.collect.dedupe import Deduper, dedupe_key, dedupe_keys
+from remarket.collect.dedupe import Deduper, dedupe_keys
 from remarket.collect.quarantine import Rejection
 from remarket.collect.sources import Source
 from remarket.schema.events import (
@@ -265,13 +265,13 @@ class Enrich:
 
     def __call__(self, batch: InFlight) -> None:
         received, source_id, batch_sent = batch.received_at, batch.source.id, batch.sent_at
+        kept: list[Event] = []
         for event in batch.events:
             m = event.message
             m.received_at = received
             m.source_id = source_id
             if not m.message_id:
                 m.message_id = self._new_id()
-                event.key = dedupe_key(source_id, m.message_id)
             original = m.timestamp or m.original_timestamp
             sent = m.sent_at or batch_sent
             if sent is not None:
@@ -282,9 +282,20 @@ class Enrich:
                 original = m.original_timestamp = as_utc(original)
                 # Segment's clock-skew rule: the device clock may be wrong, but the
                 # interval between the event and its sending is right.
-                m.timestamp = received - (sent - original) if sent else original
+                try:
+                    m.timestamp = received - (sent - original) if sent else original
+                except OverflowError:
+                    batch.reject(
+                        event.index,
+                        "invalid_event",
+                        "sentAt",
+                        "sentAt and timestamp are too far apart to correct the clock skew",
+                    )
+                    continue
             if isinstance(m, Identify) and bytes(m.traits).strip() == b"{}":
                 m.traits = _context_traits(m.context)
+            kept.append(event)
+        batch.events = kept
 
 
 _CONTEXT: Final = msgspec.json.Decoder(dict[str, Any])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -178,11 +178,12 @@ class ProfileStore:
             profile_id = self._merged[profile_id]
         return profile_id
 
-    def _load(self, conn: Connection, wanted: Iterable[Identifier]) -> None:
+    def _load(self, conn: Connection, wanted: Collection[Identifier]) -> None:
         missing = [i for i in wanted if i not in self._cache]
         if len(self._cache) + len(missing) > _CACHE_LIMIT:
             self._cache.clear()
             self._merged.clear()
+            missing = list(wanted)
         for start in range(0, len(missing), _LOOKUP_CHUNK):
             chunk = missing[start : start + _LOOKUP_CHUNK]
             found = conn.execute(

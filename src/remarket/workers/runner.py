@@ -50,6 +50,7 @@ class Runner:
         self._batch = batch_size
         self._poll = poll_interval
         self._offsets = {s.name: s.committed() for s in self._sinks}
+        self._poisoned_through = 0
 
     @property
     def offsets(self) -> dict[str, int]:
@@ -106,12 +107,18 @@ class Runner:
 
     def _decode(self, records: Sequence[LogRecord]) -> list[tuple[int, Message]]:
         rows: list[tuple[int, Message]] = []
+        # A record some sink has passed, or that this runner reported already, was
+        # quarantined before: re-reads (a lagging sink, a retried batch) must not repeat it.
+        reported = max(self._poisoned_through, *self._offsets.values())
         for record in records:
             try:
                 rows.append((record.offset, decode_log_message(record.payload)))
             except msgspec.MsgspecError as exc:
-                _log.error("log record %d cannot be decoded: %s", record.offset, exc)
-                self._on_poison(record, str(exc))
+                if record.offset > reported:
+                    _log.error("log record %d cannot be decoded: %s", record.offset, exc)
+                    self._on_poison(record, str(exc))
+        if records:
+            self._poisoned_through = max(self._poisoned_through, records[-1].offset)
         return rows
 
     async def drain(self) -> int:
