@@ -148,7 +148,12 @@ def _resolve(group: list[_Pending], outcomes: Sequence[list[int] | BaseException
     for pending, outcome in zip(group, outcomes, strict=True):
         by_loop.setdefault(pending.loop, []).append((pending.future, outcome))
     for loop, settled in by_loop.items():
-        loop.call_soon_threadsafe(_settle, settled)
+        try:
+            loop.call_soon_threadsafe(_settle, settled)
+        except RuntimeError:
+            # That caller's event loop has closed: nobody waits for the answer, and the
+            # writer thread must live on for everyone else.
+            continue
 
 
 class SQLiteLog:
