@@ -413,4 +413,3 @@ def test_nats_connect_rejects_bad_names_and_absent_servers(unique_name: str) -> 
         asyncio.run(connect("nats://127.0.0.1:1", unique_name, "events.*"))
     with pytest.raises(StorageError, match="connect"):
         asyncio.run(connect("nats://127.0.0.1:1", unique_name, unique_name))
-
