@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +11,7 @@ from typing import Final
 from sqlalchemy import Engine, select
 
 from remarket.clock import Clock, SystemClock
-from remarket.collect.sources import hash_secret
+from remarket.collect.secret_cache import SecretCache, hash_secret
 from remarket.privacy import AuditLog
 from remarket.schema.events import as_utc
 from remarket.storage.state import api_keys
@@ -88,8 +87,7 @@ class ApiKeyStore:
     ) -> None:
         self._engine = engine
         self._clock = clock or SystemClock()
-        self._ttl = cache_ttl
-        self._cache: dict[str, tuple[float, ApiKey | None]] = {}
+        self._cache = SecretCache(self._lookup, ttl=cache_ttl)
         self._audit = AuditLog(engine, clock=self._clock)
 
     def create(self, name: str, role: str, *, actor: str = "cli") -> tuple[ApiKey, str]:
@@ -117,23 +115,15 @@ class ApiKeyStore:
         return key, secret
 
     def authenticate(self, secret: str) -> ApiKey | None:
-        digest = hash_secret(secret)
-        now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return self._cache.get(secret)
+
+    def _lookup(self, digest: str) -> ApiKey | None:
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(api_keys).where(
                     api_keys.c.key_hash == digest, api_keys.c.revoked_at.is_(None)
                 )
             ).one_or_none()
-        found = (
-            ApiKey(row.id, row.name, row.role, row.key_prefix, as_utc(row.created_at))
-            if row is not None
-            else None
-        )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + self._ttl, found)
-        return found
+        if row is None:
+            return None
+        return ApiKey(row.id, row.name, row.role, row.key_prefix, as_utc(row.created_at))

@@ -11,7 +11,8 @@ from remarket.collect.collector import (
 )
 from remarket.collect.dedupe import Deduper, dedupe_key
 from remarket.collect.quarantine import Quarantined, QuarantineStore, Rejection
-from remarket.collect.sources import Source, SourceRegistry, hash_secret
+from remarket.collect.secret_cache import SecretCache, hash_secret
+from remarket.collect.sources import Source, SourceRegistry
 from remarket.collect.stages import Event, InFlight, Stage
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Quarantined",
     "Rejection",
     "ReplayResult",
+    "SecretCache",
     "Source",
     "SourceRegistry",
     "Stage",

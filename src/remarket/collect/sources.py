@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,16 +10,12 @@ from datetime import datetime
 from sqlalchemy import Engine, select
 
 from remarket.clock import Clock, SystemClock
+from remarket.collect.secret_cache import SecretCache, hash_secret
 from remarket.errors import ConflictError
 from remarket.schema.events import as_utc
 from remarket.storage.state import sources
 
 __all__ = ["Source", "SourceRegistry", "hash_secret"]
-
-
-def hash_secret(secret: str) -> str:
-    """SHA-256 hex of a high-entropy secret (write keys, API keys): what is stored."""
-    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +43,7 @@ class SourceRegistry:
     ) -> None:
         self._engine = engine
         self._clock = clock or SystemClock()
-        self._ttl = cache_ttl
-        self._cache: dict[str, tuple[float, Source | None]] = {}
+        self._cache = SecretCache(self._lookup, ttl=cache_ttl)
 
     def create(self, name: str) -> tuple[Source, str]:
         """A new source and its write key (shown once: only its hash is kept)."""
@@ -85,21 +78,13 @@ class SourceRegistry:
 
     def authenticate(self, write_key: str) -> Source | None:
         """The enabled source owning ``write_key``, or None."""
-        digest = hash_secret(write_key)
-        now = time.monotonic()
-        hit = self._cache.get(digest)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        return self._cache.get(write_key)
+
+    def _lookup(self, digest: str) -> Source | None:
         with self._engine.connect() as conn:
             row = conn.execute(
                 select(sources).where(sources.c.write_key_hash == digest, sources.c.enabled)
             ).one_or_none()
-        found = (
-            Source(row.id, row.name, row.write_key_prefix, row.enabled, as_utc(row.created_at))
-            if row is not None
-            else None
-        )
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + self._ttl, found)
-        return found
+        if row is None:
+            return None
+        return Source(row.id, row.name, row.write_key_prefix, row.enabled, as_utc(row.created_at))
