@@ -30,6 +30,18 @@ SCOPES: Final[tuple[str, ...]] = (
     "consent:read",
     "consent:write",
     "audit:read",
+    "journeys:read",
+    "journeys:write",
+    "channels:read",
+    "channels:write",
+    "privacy:export",
+    "privacy:erase",
+    "retention:read",
+    "retention:write",
+    "guard:read",
+    "guard:write",
+    "users:read",
+    "users:write",
 )
 
 ROLES: Final[dict[str, frozenset[str]]] = {
@@ -42,6 +54,10 @@ ROLES: Final[dict[str, frozenset[str]]] = {
             "segments:read",
             "segments:write",
             "consent:read",
+            "journeys:read",
+            "journeys:write",
+            "channels:read",
+            "channels:write",
         }
     ),
     "analyst": frozenset(
@@ -52,9 +68,15 @@ ROLES: Final[dict[str, frozenset[str]]] = {
             "metrics:read",
             "segments:read",
             "consent:read",
+            "journeys:read",
+            "channels:read",
+            "retention:read",
+            "guard:read",
         }
     ),
-    "viewer": frozenset({"sources:read", "metrics:read", "segments:read"}),
+    "viewer": frozenset(
+        {"sources:read", "metrics:read", "segments:read", "journeys:read", "channels:read"}
+    ),
 }
 
 
