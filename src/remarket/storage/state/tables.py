@@ -25,6 +25,11 @@ __all__ = [
     "api_keys",
     "audit_head",
     "audit_log",
+    "channel_audiences",
+    "channel_outbox",
+    "channel_providers",
+    "channel_suppressions",
+    "channel_templates",
     "consent_history",
     "consents",
     "consumer_offsets",
@@ -295,3 +300,96 @@ audit_head = Table(
 """One row (id 1, written by the first append): the last entry of the audit chain.
 Appends lock it, so two writers never fork the chain; verification checks that the
 chain ends where it says."""
+
+# --- channels -----------------------------------------------------------------
+# Erasure of a person deletes their rows (by profile_id) from channel_outbox and
+# channel_suppressions; providers, templates and audiences hold no personal data (a
+# provider's credentials are encrypted at rest). Audience removals already uploaded stay
+# with the ad platform: erasure enqueues nothing (a follow-up may).
+
+channel_providers = Table(
+    "channel_providers",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(200), nullable=False, unique=True),
+    Column("channel", String(16), nullable=False, index=True),
+    Column("kind", String(32), nullable=False),
+    # Non-secret settings (hosts, sender, URLs) as given; credentials only encrypted.
+    Column("config", JSON, nullable=False),
+    Column("secret", LargeBinary, nullable=True),
+    # Most sends per second through this provider (None: no limit).
+    Column("rate_per_s", Integer, nullable=True),
+    Column("enabled", Boolean, nullable=False, default=True),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+)
+"""Delivery providers; the newest enabled one of a channel sends its messages."""
+
+channel_templates = Table(
+    "channel_templates",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("channel", String(16), nullable=False),
+    Column("subject", Text, nullable=True),
+    Column("html", Text, nullable=True),
+    Column("text", Text, nullable=False),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+)
+"""Message templates (sandboxed Jinja2), no personal data."""
+
+channel_outbox = Table(
+    "channel_outbox",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Unique: a second enqueue of one effect is a no-op, and the key names the send
+    # towards the provider (Message-ID, idempotency headers).
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("profile_id", String(40), nullable=False, index=True),
+    Column("channel", String(16), nullable=False),
+    Column("template_id", String(64), nullable=True),
+    Column("variables", JSON, nullable=False),
+    Column("journey_id", String(200), nullable=True),
+    Column("journey_version", Integer, nullable=True),
+    Column("node_id", String(200), nullable=True),
+    Column("trigger", JSON, nullable=True),
+    # pending -> sent | skipped | dead; a failed attempt stays pending with a later due_at.
+    Column("status", String(8), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("failures", Integer, nullable=False, default=0),
+    Column("last_error", Text, nullable=True),
+    Column("due_at", _TS, nullable=False),
+    # A claimed row is invisible to other deliverers until its lease ends.
+    Column("lease_until", _TS, nullable=True),
+    Column("created_at", _TS, nullable=False),
+    Column("finished_at", _TS, nullable=True),
+    Index("ix_channel_outbox_status_due_at", "status", "due_at"),
+    Index("ix_channel_outbox_journey_id_node_id", "journey_id", "node_id"),
+    Index("ix_channel_outbox_profile_id_finished_at", "profile_id", "finished_at"),
+)
+"""Every message to send and what became of it. Personal: erase by profile_id."""
+
+channel_suppressions = Table(
+    "channel_suppressions",
+    metadata,
+    Column("profile_id", String(40), primary_key=True, index=True),
+    Column("channel", String(16), primary_key=True),
+    Column("reason", String(64), nullable=False),
+    Column("created_at", _TS, nullable=False),
+)
+"""Profiles a channel must not reach (bounces, complaints, manual). Erase by profile_id."""
+
+channel_audiences = Table(
+    "channel_audiences",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("segment", String(200), nullable=False, index=True),
+    Column("platform", String(16), nullable=False),
+    # The platform's audience / user list id.
+    Column("external_id", String(200), nullable=False),
+    # segment_history rows up to this id have been turned into uploads.
+    Column("history_cursor", Integer, nullable=False, default=0),
+    Column("created_at", _TS, nullable=False),
+)
+"""Ad audiences that follow a segment's membership (no personal data)."""
