@@ -91,6 +91,47 @@ class Settings(BaseSettings):
         0.05, gt=0, description="How often an idle worker looks for new log records."
     )
 
+    channels_key: SecretStr | None = Field(
+        None,
+        description="Key (urlsafe base64, 32 bytes) that encrypts channel provider credentials "
+        "and signs unsubscribe links. Default: generated once into data_dir/channels.key.",
+    )
+    channels_public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="Base URL of this server as recipients reach it (unsubscribe links).",
+    )
+    channels_default_timezone: str = Field(
+        "UTC", description="Time zone of a profile without a `timezone` trait (IANA name)."
+    )
+    channels_phone_country_code: str = Field(
+        "1",
+        pattern=r"^[1-9][0-9]{0,2}$",
+        description="Calling code added to phone numbers written without one.",
+    )
+    channels_webhook_purpose: str = Field(
+        "personalization", description="Consent purpose a webhook send requires."
+    )
+    channels_quiet_hours: tuple[int, int] | None = Field(
+        (21, 8),
+        description="Local hours [start, end) in which e-mail, SMS and push wait (deferred).",
+    )
+    channels_caps_per_day: dict[str, int] = Field(
+        {},
+        description="Most sends per profile per day by channel; key '*' caps all channels.",
+    )
+    channels_caps_per_week: dict[str, int] = Field(
+        {},
+        description="Most sends per profile per 7 days by channel; key '*' caps all channels.",
+    )
+    channels_max_attempts: int = Field(
+        8, ge=1, description="Attempts before a failing message becomes a dead letter."
+    )
+    channels_backoff_s: float = Field(
+        30.0, gt=0, description="First retry delay; doubles per attempt, with full jitter."
+    )
+    channels_backoff_max_s: float = Field(3600.0, gt=0, description="Longest retry delay.")
+    channels_batch_size: int = Field(200, ge=1, description="Messages claimed per delivery step.")
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

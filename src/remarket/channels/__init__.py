@@ -1,7 +1,26 @@
-"""Channels: the outbox, guarded idempotent delivery, providers, templates, audiences."""
+"""Channels: the outbox, guarded idempotent delivery, providers, templates, audiences.
+
+Delivery guarantee: every outbox row is sent at most once per attempt and its outcome
+is recorded right after the provider answers. A crash between the provider's answer
+and that record (one message per deliverer) sends that message again on restart, with
+the same idempotency key: the same ``Message-ID`` for e-mail, the same
+``Idempotency-Key`` header for webhooks, the same upload session for Meta. So the
+provider may see a message twice, never two different messages: effectively once for
+any receiver that de-duplicates by that id.
+"""
 
 from __future__ import annotations
 
+from remarket.channels.counts import NodeCounts, delivery_counts
+from remarket.channels.delivery import Delivery
 from remarket.channels.outbox import CHANNELS, OutboxMessage, enqueue, enqueue_many
 
-__all__ = ["CHANNELS", "OutboxMessage", "enqueue", "enqueue_many"]
+__all__ = [
+    "CHANNELS",
+    "Delivery",
+    "NodeCounts",
+    "OutboxMessage",
+    "delivery_counts",
+    "enqueue",
+    "enqueue_many",
+]

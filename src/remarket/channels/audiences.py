@@ -1,0 +1,353 @@
+"""Ad audiences that follow a segment: identifiers normalised and SHA-256 hashed as Meta
+(Custom Audiences) and Google (Customer Match) document, uploads as outbox messages."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, delete, func, select, update
+
+from remarket.channels.http import HttpProvider
+from remarket.channels.outbox import OutboxMessage, enqueue_many
+from remarket.channels.providers import Envelope
+from remarket.errors import ConflictError, InvalidInput, NotFound
+from remarket.storage.state import channel_audiences, segment_history, segment_members, segments
+
+__all__ = [
+    "PLATFORMS",
+    "Audience",
+    "AudienceStore",
+    "GoogleCustomerMatchProvider",
+    "MetaAudienceProvider",
+    "e164",
+    "google_identifiers",
+    "meta_row",
+    "sha256_hex",
+]
+
+PLATFORMS: Final = ("meta", "google")
+_GMAIL: Final = ("gmail.com", "googlemail.com")
+_SYNC_BATCH: Final = 5_000
+
+
+def sha256_hex(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def e164(raw: str, country_code: str) -> str | None:
+    """``+<country code><number>``: symbols dropped; a number without ``+`` or ``00``
+    gets ``country_code`` after its trunk zeros go. None if too short or long.
+
+    >>> e164("(650)555-1212", "1"), e164("+44 20 7946 0018", "1"), e164("0049 30 1234567", "1")
+    ('+16505551212', '+442079460018', '+49301234567')
+    """
+    text = raw.strip()
+    digits = re.sub(r"\D", "", text)
+    if text.startswith("+"):
+        number = digits
+    elif digits.startswith("00"):
+        number = digits[2:]
+    else:
+        number = country_code + digits.lstrip("0")
+    number = number.lstrip("0")
+    return f"+{number}" if 8 <= len(number) <= 15 else None
+
+
+def _email(raw: str) -> str:
+    return raw.strip().lower()
+
+
+def meta_row(
+    email: str | None, phone: str | None, country_code: str
+) -> tuple[list[str], list[str]]:
+    """Meta's ``schema`` and one ``data`` row: e-mail trimmed and lower-cased, phone as
+    digits with country code and no leading zeros, each SHA-256 hex.
+
+    >>> schema, row = meta_row("John_Smith@gmail.com", "(650)555-1212", "1")
+    >>> schema, row[0][:12], row[1][:12]
+    (['EMAIL', 'PHONE'], '62a14e44f765', 'e323ec626319')
+    """
+    schema: list[str] = []
+    row: list[str] = []
+    if email and _email(email):
+        schema.append("EMAIL")
+        row.append(sha256_hex(_email(email)))
+    number = e164(phone, country_code) if phone else None
+    if number:
+        schema.append("PHONE")
+        row.append(sha256_hex(number[1:]))
+    return schema, row
+
+
+def google_identifiers(
+    email: str | None, phone: str | None, country_code: str
+) -> list[dict[str, str]]:
+    """Customer Match ``userIdentifiers``: e-mail trimmed and lower-cased, the dots
+    before ``@gmail.com`` / ``@googlemail.com`` removed; phone in E.164 (with ``+``).
+
+    >>> [sorted(i) for i in google_identifiers("J.Doe@Gmail.com ", "+1 650 555 1212", "1")]
+    [['hashedEmail'], ['hashedPhoneNumber']]
+    """
+    found: list[dict[str, str]] = []
+    if email and _email(email):
+        local, _, domain = _email(email).rpartition("@")
+        if domain in _GMAIL:
+            local = local.replace(".", "")
+        found.append({"hashedEmail": sha256_hex(f"{local}@{domain}")})
+    number = e164(phone, country_code) if phone else None
+    if number:
+        found.append({"hashedPhoneNumber": sha256_hex(number)})
+    return found
+
+
+class MetaAudienceProvider(HttpProvider):
+    """``POST`` (add) / ``DELETE`` (remove) ``{base_url}/{version}/{audience_id}/users``
+    with ``{"session": ..., "payload": {"schema": [...], "data": [[...]]}}`` and the
+    access token as Bearer (Meta Marketing API, Customer File Custom Audiences)."""
+
+    channel = "audience"
+
+    def __init__(
+        self,
+        *,
+        access_token: str,
+        country_code: str = "1",
+        base_url: str = "https://graph.facebook.com",
+        version: str = "v21.0",
+        timeout: float = 30.0,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self._base = f"{base_url.rstrip('/')}/{version}"
+        self._headers = {"Authorization": f"Bearer {access_token}"}
+        self._country_code = country_code
+
+    async def send(self, envelope: Envelope) -> None:
+        data = envelope.data
+        schema, row = meta_row(data.get("email"), data.get("phone"), self._country_code)
+        # The session id derives from the idempotency key: a repeat names the same upload.
+        session = int(hashlib.sha256(envelope.key.encode()).hexdigest()[:12], 16)
+        body = {
+            "session": {
+                "session_id": session,
+                "batch_seq": 1,
+                "last_batch_flag": True,
+                "estimated_num_total": 1,
+            },
+            "payload": {"schema": schema, "data": [row]},
+        }
+        method = "POST" if data["op"] == "add" else "DELETE"
+        url = f"{self._base}/{data['audience']}/users"
+        await self._request(method, url, json=body, headers=self._headers)
+
+
+class GoogleCustomerMatchProvider(HttpProvider):
+    """Google Ads API ``OfflineUserDataJobService``: ``offlineUserDataJobs:create`` for the
+    user list, ``:addOperations`` with ``create`` / ``remove`` of ``userIdentifiers``,
+    then ``:run``; headers ``Authorization: Bearer``, ``developer-token`` and
+    ``login-customer-id``."""
+
+    channel = "audience"
+
+    def __init__(
+        self,
+        *,
+        customer_id: str,
+        developer_token: str,
+        access_token: str,
+        login_customer_id: str | None = None,
+        country_code: str = "1",
+        base_url: str = "https://googleads.googleapis.com",
+        version: str = "v17",
+        timeout: float = 30.0,
+    ) -> None:
+        super().__init__(timeout=timeout)
+        self._base = f"{base_url.rstrip('/')}/{version}"
+        self._customer = customer_id.replace("-", "")
+        self._headers = {
+            "Authorization": f"Bearer {access_token}",
+            "developer-token": developer_token,
+        }
+        if login_customer_id:
+            self._headers["login-customer-id"] = login_customer_id.replace("-", "")
+        self._country_code = country_code
+
+    async def send(self, envelope: Envelope) -> None:
+        data = envelope.data
+        identifiers = google_identifiers(data.get("email"), data.get("phone"), self._country_code)
+        user_list = f"customers/{self._customer}/userLists/{data['audience']}"
+        created = await self._post(
+            f"{self._base}/customers/{self._customer}/offlineUserDataJobs:create",
+            json={
+                "job": {
+                    "type": "CUSTOMER_MATCH_USER_LIST",
+                    "customerMatchUserListMetadata": {"userList": user_list},
+                }
+            },
+            headers=self._headers,
+        )
+        job = created.json()["resourceName"]
+        op = "create" if data["op"] == "add" else "remove"
+        await self._post(
+            f"{self._base}/{job}:addOperations",
+            json={
+                "enablePartialFailure": True,
+                "operations": [{op: {"userIdentifiers": identifiers}}],
+            },
+            headers=self._headers,
+        )
+        await self._post(f"{self._base}/{job}:run", json={}, headers=self._headers)
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    id: str
+    segment: str
+    platform: str
+    external_id: str
+    history_cursor: int
+    created_at: datetime
+
+
+def _audience(row: Any) -> Audience:
+    return Audience(
+        row.id, row.segment, row.platform, row.external_id, row.history_cursor, row.created_at
+    )
+
+
+def _generation(audience_id: str, created_at: datetime) -> str:
+    # A re-created audience of the same id uploads again: its keys differ from the old.
+    return f"aud:{audience_id}:{int(created_at.timestamp() * 1_000_000)}"
+
+
+class AudienceStore:
+    """Audiences bound to a segment; :meth:`sync` turns membership changes into uploads.
+
+    Creating one enqueues an ``add`` for every current member; each later ``entered`` /
+    ``exited`` row of ``segment_history`` becomes an ``add`` / ``remove``, keyed by the
+    history row, so a sync that runs twice enqueues nothing twice.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def create(
+        self, audience_id: str, *, segment: str, platform: str, external_id: str, now: datetime
+    ) -> Audience:
+        if platform not in PLATFORMS:
+            raise InvalidInput(f"platform must be one of {list(PLATFORMS)}", field="platform")
+        with self._engine.begin() as conn:
+            known = conn.scalar(
+                select(segments.c.name).where(
+                    segments.c.name == segment, segments.c.deleted_at.is_(None)
+                )
+            )
+            if known is None:
+                raise NotFound(f"no segment {segment!r}", field="segment")
+            if conn.scalar(
+                select(channel_audiences.c.id).where(channel_audiences.c.id == audience_id)
+            ):
+                raise ConflictError(f"audience {audience_id!r} exists", field="id")
+            cursor = conn.scalar(select(func.coalesce(func.max(segment_history.c.id), 0))) or 0
+            conn.execute(
+                channel_audiences.insert(),
+                {
+                    "id": audience_id,
+                    "segment": segment,
+                    "platform": platform,
+                    "external_id": external_id,
+                    "history_cursor": cursor,
+                    "created_at": now,
+                },
+            )
+            generation = _generation(audience_id, now)
+            members = conn.scalars(
+                select(segment_members.c.profile_id).where(segment_members.c.segment == segment)
+            ).all()
+            enqueue_many(
+                conn,
+                [
+                    OutboxMessage(
+                        f"{generation}:m:{pid}",
+                        pid,
+                        "audience",
+                        None,
+                        {"audience": audience_id, "op": "add"},
+                    )
+                    for pid in members
+                ],
+                now=now,
+            )
+        return self.get(audience_id)
+
+    def get(self, audience_id: str) -> Audience:
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(channel_audiences).where(channel_audiences.c.id == audience_id)
+            ).one_or_none()
+        if row is None:
+            raise NotFound(f"no audience {audience_id!r}", field="audience_id")
+        return _audience(row)
+
+    def all(self) -> list[Audience]:
+        with self._engine.connect() as conn:
+            rows = conn.execute(select(channel_audiences).order_by(channel_audiences.c.id))
+            return [_audience(row) for row in rows]
+
+    def delete(self, audience_id: str) -> None:
+        with self._engine.begin() as conn:
+            gone = conn.execute(
+                delete(channel_audiences).where(channel_audiences.c.id == audience_id)
+            ).rowcount
+        if not gone:
+            raise NotFound(f"no audience {audience_id!r}", field="audience_id")
+
+    def sync(self, *, now: datetime) -> int:
+        """Enqueue the uploads for membership changes since the last sync; how many."""
+        total = 0
+        for audience in self.all():
+            with self._engine.begin() as conn:
+                total += self._sync_one(conn, audience, now)
+        return total
+
+    @staticmethod
+    def _sync_one(conn: Connection, audience: Audience, now: datetime) -> int:
+        rows = conn.execute(
+            select(segment_history.c.id, segment_history.c.profile_id, segment_history.c.kind)
+            .where(
+                segment_history.c.segment == audience.segment,
+                segment_history.c.id > audience.history_cursor,
+            )
+            .order_by(segment_history.c.id)
+            .limit(_SYNC_BATCH)
+        ).all()
+        if not rows:
+            return 0
+        generation = _generation(audience.id, audience.created_at)
+        added = enqueue_many(
+            conn,
+            [
+                OutboxMessage(
+                    f"{generation}:h:{row.id}",
+                    row.profile_id,
+                    "audience",
+                    None,
+                    {"audience": audience.id, "op": "add" if row.kind == "entered" else "remove"},
+                )
+                for row in rows
+            ],
+            now=now,
+        )
+        # Only forward: two syncs at once both enqueue (no-ops on the keys) and agree.
+        conn.execute(
+            update(channel_audiences)
+            .where(
+                channel_audiences.c.id == audience.id,
+                channel_audiences.c.history_cursor < rows[-1].id,
+            )
+            .values(history_cursor=rows[-1].id)
+        )
+        return added

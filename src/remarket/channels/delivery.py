@@ -1,0 +1,439 @@
+"""The deliverer: claims due outbox rows, guards, renders, sends and records the outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Final
+
+from sqlalchemy import Connection, Engine, Row, or_, select, update
+
+from remarket.channels.audiences import e164
+from remarket.channels.guards import (
+    MESSAGING,
+    SEND,
+    Verdict,
+    cap_reached,
+    journey_sent_today,
+    purpose_of,
+    quiet_until,
+    suppressed,
+    zone_of,
+)
+from remarket.channels.providers import Envelope, Provider, SendFailed
+from remarket.channels.registry import ProviderStore
+from remarket.channels.secrets import SecretBox, load_key
+from remarket.channels.templates import Template, TemplateStore, render, template_context
+from remarket.clock import Clock
+from remarket.config import Settings
+from remarket.errors import InvalidInput, NotFound
+from remarket.privacy.consent import ConsentLedger
+from remarket.privacy.transactions import immediate
+from remarket.schema.events import as_utc
+from remarket.storage.state import (
+    channel_audiences,
+    channel_outbox,
+    profile_traits,
+    profiles,
+    segment_members,
+)
+
+__all__ = ["Delivery", "unsubscribe_url"]
+
+_log = logging.getLogger(__name__)
+
+_PAUSED_RECHECK: Final = timedelta(seconds=0.5)
+_RATE_WAIT_MAX: Final = 1.0
+_PROVIDER_REFRESH_S: Final = 2.0
+
+
+def unsubscribe_url(box: SecretBox, settings: Settings, profile_id: str) -> str:
+    """The signed one-click link of a profile's e-mails."""
+    token = box.sign({"p": profile_id, "c": "email"})
+    return f"{settings.channels_public_url.rstrip('/')}/v1/unsubscribe/{token}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    """What to record for one claimed row."""
+
+    status: str  # sent | skipped | dead | pending
+    reason: str | None = None
+    due_at: datetime | None = None
+    error: str | None = None
+    failed: bool = False
+    attempted: bool = True
+
+
+@dataclass(slots=True)
+class _Live:
+    id: str
+    stamp: str
+    provider: Provider
+    rate_per_s: int | None
+    next_free: float = 0.0
+
+
+class Delivery:
+    """Delivers the channel outbox, each message at most once per attempt, guarded.
+
+    ``step()`` claims a batch of due rows (a lease keeps other deliverers off them),
+    and for each: a paused journey's row is put back; the guards decide send, skip or
+    defer; the template is rendered; the provider sends; the outcome is recorded at
+    once, so a crash repeats at most the message in flight (see :mod:`remarket.channels`
+    for the guarantee). ``is_paused(journey_id)`` and ``daily_limit(journey_id)`` come
+    from the journeys runtime.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        clock: Clock,
+        is_paused: Callable[[str], bool] = lambda _journey: False,
+        daily_limit: Callable[[str], int | None] = lambda _journey: None,
+        *,
+        lease: timedelta = timedelta(seconds=60),
+        poll_interval: float = 0.2,
+        seed: int | None = None,
+    ) -> None:
+        self._engine = engine
+        self._settings = settings
+        self._clock = clock
+        self._is_paused = is_paused
+        self._daily_limit = daily_limit
+        self._lease = lease
+        self._poll = poll_interval
+        self._random = random.Random(seed)
+        self._box = SecretBox(load_key(settings))
+        self._providers = ProviderStore(engine, self._box)
+        self._templates = TemplateStore(engine)
+        self._consent = ConsentLedger(engine, clock=clock)
+        self._live: dict[tuple[str, str], _Live] = {}
+        self._refreshed = float("-inf")
+        self._postgres = engine.dialect.name == "postgresql"
+
+    # -- the loop ----------------------------------------------------------------
+
+    async def run(self, stop: threading.Event) -> None:
+        """Step until ``stop`` is set; idle steps wait ``poll_interval``."""
+        try:
+            while not stop.is_set():
+                try:
+                    done = await self.step()
+                except Exception:
+                    _log.exception("delivery step failed; retrying")
+                    done = 0
+                if not done:
+                    await asyncio.sleep(self._poll)
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        live, self._live = self._live, {}
+        for entry in {id(e.provider): e for e in live.values()}.values():
+            await entry.provider.aclose()
+
+    async def step(self) -> int:
+        """Handle one batch of due rows; how many were claimed."""
+        await self._refresh_providers()
+        rows = await asyncio.to_thread(self._claim, self._clock.now())
+        for row in rows:
+            outcome = await self._deliver(row)
+            await asyncio.to_thread(self._record, row, outcome)
+        return len(rows)
+
+    # -- claiming and recording ----------------------------------------------------
+
+    def _claim(self, now: datetime) -> list[Row[Any]]:
+        with immediate(self._engine) as conn:
+            query = (
+                select(channel_outbox)
+                .where(
+                    channel_outbox.c.status == "pending",
+                    channel_outbox.c.due_at <= now,
+                    or_(
+                        channel_outbox.c.lease_until.is_(None), channel_outbox.c.lease_until <= now
+                    ),
+                )
+                .order_by(channel_outbox.c.due_at, channel_outbox.c.id)
+                .limit(self._settings.channels_batch_size)
+            )
+            if self._postgres:
+                query = query.with_for_update(skip_locked=True)
+            rows = list(conn.execute(query).all())
+            if rows:
+                # The attempt is counted before the send: a message that kills the
+                # process every time still ends in the dead letters.
+                conn.execute(
+                    update(channel_outbox)
+                    .where(channel_outbox.c.id.in_([r.id for r in rows]))
+                    .values(
+                        lease_until=now + self._lease,
+                        attempts=channel_outbox.c.attempts + 1,
+                    )
+                )
+        return rows
+
+    def _record(self, row: Row[Any], outcome: _Outcome) -> None:
+        now = self._clock.now()
+        values: dict[str, Any] = {"status": outcome.status, "reason": outcome.reason}
+        if not outcome.attempted:
+            values["attempts"] = channel_outbox.c.attempts - 1
+        if outcome.failed:
+            values["failures"] = channel_outbox.c.failures + 1
+            values["last_error"] = (outcome.error or "")[:2000]
+        if outcome.status == "pending":
+            values["due_at"] = outcome.due_at or now
+            values["lease_until"] = now + _PAUSED_RECHECK if outcome.reason == "paused" else None
+        else:
+            values["finished_at"] = now
+            values["lease_until"] = None
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(channel_outbox)
+                .where(channel_outbox.c.id == row.id, channel_outbox.c.status == "pending")
+                .values(values)
+            )
+
+    # -- one message -----------------------------------------------------------------
+
+    async def _deliver(self, row: Row[Any]) -> _Outcome:
+        if row.journey_id is not None and self._is_paused(row.journey_id):
+            return _Outcome("pending", "paused", due_at=as_utc(row.due_at), attempted=False)
+        try:
+            verdict, envelope, provider = await asyncio.to_thread(self._prepare, row)
+        except InvalidInput as exc:
+            # A template that cannot render will not render on a retry either.
+            return _Outcome("dead", "render_failed", error=exc.detail, failed=True)
+        if verdict.action == "skip":
+            return _Outcome("skipped", verdict.reason)
+        if verdict.action == "defer":
+            return _Outcome("pending", verdict.reason, due_at=verdict.until, attempted=False)
+        assert envelope is not None and provider is not None
+        wait = self._rate_wait(provider)
+        if wait > _RATE_WAIT_MAX:
+            later = self._clock.now() + timedelta(seconds=wait)
+            return _Outcome("pending", "rate_limited", due_at=later, attempted=False)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            await provider.provider.send(envelope)
+        except SendFailed as exc:
+            return self._failure(row, exc)
+        return _Outcome("sent")
+
+    def _failure(self, row: Row[Any], exc: SendFailed) -> _Outcome:
+        attempts = int(row.attempts) + 1
+        if exc.permanent or attempts >= self._settings.channels_max_attempts:
+            reason = "rejected" if exc.permanent else "attempts_exhausted"
+            return _Outcome("dead", reason, error=exc.detail, failed=True)
+        # Exponential backoff with "equal jitter": at least half the step, at most all.
+        step = min(
+            self._settings.channels_backoff_max_s,
+            self._settings.channels_backoff_s * 2 ** (attempts - 1),
+        )
+        delay = step / 2 + self._random.uniform(0, step / 2)
+        due = self._clock.now() + timedelta(seconds=delay)
+        return _Outcome("pending", "retrying", due_at=due, error=exc.detail, failed=True)
+
+    def _rate_wait(self, live: _Live) -> float:
+        """Seconds until the provider may send again (and reserve that slot)."""
+        if not live.rate_per_s:
+            return 0.0
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        slot = max(now, live.next_free)
+        wait = slot - now
+        if wait <= _RATE_WAIT_MAX:
+            live.next_free = slot + 1.0 / live.rate_per_s
+        return wait
+
+    # -- guards and rendering (in a worker thread: they read the state store) ----------
+
+    def _prepare(self, row: Row[Any]) -> tuple[Verdict, Envelope | None, _Live | None]:
+        now = self._clock.now()
+        channel: str = row.channel
+        with self._engine.connect() as conn:
+            live_id = self._live_id(conn, row.profile_id)
+            family = sorted({row.profile_id, live_id})
+            if not self._consented(row, live_id):
+                return Verdict("skip", "no_consent"), None, None
+            if suppressed(conn, family, channel):
+                return Verdict("skip", "suppressed"), None, None
+            traits = self._traits(conn, live_id)
+            provider = self._provider_for(conn, row)
+            if provider is None:
+                return Verdict("skip", "no_provider"), None, None
+            if channel == "audience":
+                return self._audience(conn, row, live_id, traits, provider)
+            to = self._address(channel, traits, row.variables)
+            if to is None:
+                return Verdict("skip", "no_address"), None, None
+            if cap_reached(conn, family, channel, now, self._settings):
+                return Verdict("skip", "frequency_cap"), None, None
+            if row.journey_id is not None:
+                limit = self._daily_limit(row.journey_id)
+                if limit is not None and journey_sent_today(conn, row.journey_id, now) >= limit:
+                    return Verdict("skip", "journey_daily_limit"), None, None
+        if channel in MESSAGING:
+            zone = zone_of(traits, self._settings.channels_default_timezone)
+            until = quiet_until(now, zone, self._settings.channels_quiet_hours)
+            if until is not None:
+                return Verdict("defer", "quiet_hours", until), None, None
+        return SEND, self._envelope(row, live_id, traits, to), provider
+
+    def _consented(self, row: Row[Any], live_id: str) -> bool:
+        if row.channel == "audience" and row.variables.get("op") == "remove":
+            return True  # taking someone out of an audience needs no consent
+        return self._consent.allowed(live_id, purpose_of(row.channel, self._settings))
+
+    @staticmethod
+    def _live_id(conn: Connection, profile_id: str) -> str:
+        merged = conn.scalar(
+            select(profiles.c.merged_into).where(profiles.c.profile_id == profile_id)
+        )
+        return merged or profile_id
+
+    @staticmethod
+    def _traits(conn: Connection, profile_id: str) -> dict[str, Any]:
+        rows = conn.execute(
+            select(profile_traits.c.key, profile_traits.c.value).where(
+                profile_traits.c.profile_id == profile_id
+            )
+        )
+        return {key: value for key, value in rows}
+
+    def _address(
+        self, channel: str, traits: dict[str, Any], variables: dict[str, Any]
+    ) -> str | None:
+        if channel == "email":
+            email = traits.get("email")
+            return email.strip() if isinstance(email, str) and "@" in email else None
+        if channel == "sms":
+            phone = traits.get("phone")
+            if not isinstance(phone, str):
+                return None
+            return e164(phone, self._settings.channels_phone_country_code)
+        if channel == "push":
+            token = variables.get("token") or traits.get("push_token")
+            return token if isinstance(token, str) and token else None
+        return ""  # webhooks go to the provider's URL
+
+    def _envelope(self, row: Row[Any], live_id: str, traits: dict[str, Any], to: str) -> Envelope:
+        channel: str = row.channel
+        if channel == "webhook":
+            data = {
+                "variables": row.variables,
+                "event": row.trigger,
+                "journey": {
+                    "id": row.journey_id,
+                    "version": row.journey_version,
+                    "node": row.node_id,
+                },
+            }
+            return Envelope(row.idempotency_key, live_id, channel, to, data=data)
+        template = self._template(row.template_id)
+        if template.channel != channel:
+            raise InvalidInput(
+                f"template {template.id!r} is for {template.channel}, not {channel}",
+                field="template_id",
+            )
+        context = template_context(
+            live_id, traits, trigger=row.trigger, variables=dict(row.variables)
+        )
+        link = unsubscribe_url(self._box, self._settings, live_id) if channel == "email" else None
+        push_data = row.variables.get("data") if channel == "push" else None
+        return Envelope(
+            row.idempotency_key,
+            live_id,
+            channel,
+            to,
+            content=render(template, context),
+            data=dict(push_data) if isinstance(push_data, dict) else {},
+            unsubscribe_url=link,
+        )
+
+    def _template(self, template_id: str | None) -> Template:
+        if template_id is None:
+            raise InvalidInput("the message names no template", field="template_id")
+        try:
+            return self._templates.get(template_id)
+        except NotFound as exc:
+            raise InvalidInput(exc.detail, field="template_id") from exc
+
+    def _audience(
+        self,
+        conn: Connection,
+        row: Row[Any],
+        live_id: str,
+        traits: dict[str, Any],
+        provider: _Live,
+    ) -> tuple[Verdict, Envelope | None, _Live | None]:
+        op = row.variables.get("op")
+        audience = conn.execute(
+            select(channel_audiences).where(channel_audiences.c.id == row.variables.get("audience"))
+        ).one_or_none()
+        if audience is None:
+            return Verdict("skip", "audience_gone"), None, None
+        member = conn.scalar(
+            select(segment_members.c.profile_id).where(
+                segment_members.c.segment == audience.segment,
+                segment_members.c.profile_id.in_(sorted({row.profile_id, live_id})),
+            )
+        )
+        # Uploads follow membership now: an add for someone who has left since (or a
+        # remove for someone back in) is stale, and a later row carries the change.
+        if (op == "add") != (member is not None):
+            return Verdict("skip", "stale"), None, None
+        email, phone = traits.get("email"), traits.get("phone")
+        if not isinstance(email, str) and not isinstance(phone, str):
+            return Verdict("skip", "no_address"), None, None
+        data = {
+            "audience": audience.external_id,
+            "op": op,
+            "email": email if isinstance(email, str) else None,
+            "phone": phone if isinstance(phone, str) else None,
+        }
+        return SEND, Envelope(row.idempotency_key, live_id, "audience", "", data=data), provider
+
+    # -- providers -------------------------------------------------------------------
+
+    def _provider_for(self, conn: Connection, row: Row[Any]) -> _Live | None:
+        kind = ""
+        if row.channel == "audience":
+            kind = (
+                conn.scalar(
+                    select(channel_audiences.c.platform).where(
+                        channel_audiences.c.id == row.variables.get("audience")
+                    )
+                )
+                or ""
+            )
+        return self._live.get((row.channel, kind))
+
+    async def _refresh_providers(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._refreshed < _PROVIDER_REFRESH_S:
+            return
+        self._refreshed = loop.time()
+        active = await asyncio.to_thread(self._providers.active)
+        known = {e.id: e for e in self._live.values()}
+        live: dict[tuple[str, str], _Live] = {}
+        for spec in active:
+            entry = known.get(spec.id)
+            if entry is None or entry.stamp != spec.stamp:
+                entry = _Live(spec.id, spec.stamp, spec.build(), spec.rate_per_s)
+                known[spec.id] = entry
+            live[(spec.channel, spec.kind)] = entry
+            live[(spec.channel, "")] = entry
+        in_use = {id(e.provider) for e in live.values()}
+        for old in {id(e.provider): e for e in self._live.values()}.values():
+            if id(old.provider) not in in_use:
+                await old.provider.aclose()
+        self._live = live
