@@ -31,7 +31,7 @@ class Server:
         while time.monotonic() < deadline:
             health = self.client.get("/healthz").json()
             lag = health["lag"]
-            if health["log_end_offset"] == 0 or (len(lag) == 4 and not any(lag.values())):
+            if health["log_end_offset"] == 0 or (len(lag) == 5 and not any(lag.values())):
                 return
             time.sleep(0.02)
         raise AssertionError(f"workers did not catch up: {health}")

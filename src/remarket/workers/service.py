@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from remarket.clock import Clock, SystemClock
 from remarket.collect.quarantine import QuarantineStore, Rejection
 from remarket.config import Settings
+from remarket.journeys import JourneyLoop, JourneyRuntime, JourneysSink
 from remarket.privacy import ConsentLedger, ConsentSink
 from remarket.profiles.store import ProfileStore
 from remarket.segments.live import LiveSegments
@@ -28,14 +29,18 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Workers:
-    """The log runner and the segment worker's loop (backfills, timers, publishing)."""
+    """The log runner, the segment worker's loop (backfills, timers, publishing) and the
+    journey worker's loop (schedules, timers)."""
 
     runner: Runner
     log: EventLog
     segments: SegmentLoop
+    journeys: JourneyLoop
 
     async def run(self, stop: threading.Event) -> None:
-        await asyncio.gather(self.runner.run(stop), self.segments.run(stop))
+        await asyncio.gather(
+            self.runner.run(stop), self.segments.run(stop), self.journeys.run(stop)
+        )
 
 
 async def build_runner(
@@ -50,8 +55,8 @@ async def build_runner(
 async def build_workers(
     settings: Settings, engine: Engine, warehouse: Warehouse, clock: Clock | None = None
 ) -> Workers:
-    """The runner (sinks in order: warehouse, profiles, segments, consent) and the
-    segment loop."""
+    """The runner (sinks in order: warehouse, profiles, segments, consent, journeys) and
+    the segment and journey loops."""
     log = await open_log(settings)
     quarantine = QuarantineStore(engine)
     now = (clock or SystemClock()).now
@@ -67,12 +72,15 @@ async def build_workers(
         quarantine.add("log", now(), [rejection])
 
     live = LiveSegments(engine, warehouse, clock)
+    journeys = JourneyRuntime(engine, warehouse, clock)
     sinks: list[Sink | tuple[Sink, ...]] = [
         # Independent of each other: their database writes overlap.
         (WarehouseSink(warehouse), ProfilesSink(ProfileStore(engine), warehouse)),
         # After profiles: events are resolved to profiles through the identities it wrote.
         SegmentsSink(live),
         ConsentSink(ConsentLedger(engine, clock=clock)),
+        # After segments: journeys enter on their published transitions.
+        JourneysSink(journeys),
     ]
     runner = Runner(
         log,
@@ -86,7 +94,12 @@ async def build_workers(
         SegmentPublisher(engine, log, settings),
         poll_interval=settings.worker_poll_interval_s,
     )
-    return Workers(runner, log, loop)
+    return Workers(
+        runner,
+        log,
+        loop,
+        JourneyLoop(journeys, poll_interval=settings.worker_poll_interval_s),
+    )
 
 
 class WorkerThread:

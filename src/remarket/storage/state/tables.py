@@ -34,6 +34,11 @@ __all__ = [
     "consents",
     "consumer_offsets",
     "identities",
+    "journey_assignments",
+    "journey_instances",
+    "journey_steps",
+    "journey_versions",
+    "journeys",
     "metadata",
     "profile_traits",
     "profiles",
@@ -393,3 +398,93 @@ channel_audiences = Table(
     Column("created_at", _TS, nullable=False),
 )
 """Ad audiences that follow a segment's membership (no personal data)."""
+
+# --- journeys -----------------------------------------------------------------
+# Erasure of a person deletes their rows (by profile_id) from journey_instances,
+# journey_steps and journey_assignments; journeys and journey_versions hold no personal
+# data. Without consent for a channel, a profile still walks the journey: its messages
+# are skipped at delivery (counted as skipped, reason no_consent).
+
+journeys = Table(
+    "journeys",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    # draft -> active <-> paused -> archived
+    Column("status", String(10), nullable=False),
+    # The newest version: profiles entering from now on walk it.
+    Column("version", Integer, nullable=False),
+    # A schedule entry's next run (None for other entries and when not active).
+    Column("next_run_at", _TS, nullable=True),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+)
+"""Journeys and their lifecycle state (no personal data)."""
+
+journey_versions = Table(
+    "journey_versions",
+    metadata,
+    Column("journey_id", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("definition", JSON, nullable=False),
+    Column("created_at", _TS, nullable=False),
+)
+"""Every version of every journey definition, kept for the profiles still walking it."""
+
+journey_instances = Table(
+    "journey_instances",
+    metadata,
+    # "<journey>:<profile>:<seq>": one profile's seq-th entry into the journey.
+    Column("id", String(120), primary_key=True),
+    Column("journey_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("profile_id", String(40), nullable=False, index=True),
+    Column("seq", Integer, nullable=False),
+    Column("node", String(64), nullable=True),
+    # arrive: execute the node; wait: waiting at it; woken: its awaited event came.
+    Column("phase", String(8), nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("reason", String(32), nullable=True),
+    # The durable timer: the instance runs when due_at <= now (None: nothing to do).
+    Column("due_at", _TS, nullable=True),
+    Column("wait_event", String(200), nullable=True),
+    Column("trigger", JSON, nullable=True),
+    Column("entered_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+    Column("exited_at", _TS, nullable=True),
+    Column("converted_at", _TS, nullable=True),
+    UniqueConstraint("journey_id", "profile_id", "seq"),
+    Index("ix_journey_instances_status_due_at", "status", "due_at"),
+    Index("ix_journey_instances_journey_id_status", "journey_id", "status"),
+)
+"""Per-profile journey state and timers. Personal: erase by profile_id."""
+
+journey_steps = Table(
+    "journey_steps",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("journey_id", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("profile_id", String(40), nullable=False, index=True),
+    Column("instance_id", String(120), nullable=False),
+    # None for journey-level steps (entered, exited by an exit event, converted).
+    Column("node", String(64), nullable=True),
+    Column("kind", String(16), nullable=False),
+    Column("reason", String(64), nullable=True),
+    Column("at", _TS, nullable=False),
+    Index("ix_journey_steps_journey_id_node_kind", "journey_id", "node", "kind"),
+)
+"""What happened to whom in which journey, in order. Personal: erase by profile_id."""
+
+journey_assignments = Table(
+    "journey_assignments",
+    metadata,
+    Column("journey_id", String(64), primary_key=True),
+    Column("node", String(64), primary_key=True),
+    Column("profile_id", String(40), primary_key=True, index=True),
+    Column("version", Integer, nullable=False),
+    Column("arm", String(32), nullable=False),
+    Column("assigned_at", _TS, nullable=False),
+)
+"""Experiment assignments of splits and holdouts (stable per profile). Personal: erase
+by profile_id."""
