@@ -1,49 +1,233 @@
-"""Journeys end to end through the HTTP API on a manual clock."""
+"""Journeys end to end through the HTTP API on a manual clock, mail to a real SMTP server."""
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from remarket.clock import ManualClock
-from tests.journeys.world import CART_ABANDONMENT, journey_world
+from tests.channels.sinks import MailSink, smtp_server
+from tests.journeys.world import CART_ABANDONMENT, JourneyWorld, journey_world
 
-T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, noon UTC
 
 
-def test_cart_without_order_gets_one_email_after_an_hour(tmp_path: Path) -> None:
-    clock = ManualClock(T0)
-    with journey_world(tmp_path / "var", clock) as world:
+@pytest.fixture
+def smtp() -> Iterator[tuple[MailSink, int]]:
+    with smtp_server() as server:
+        yield server
+
+
+def _customer(world: JourneyWorld, user: str, **traits: Any) -> None:
+    consent = {"email": True}
+    world.send(
+        {
+            "type": "identify",
+            "userId": user,
+            "traits": {"email": f"{user}@example.com", "consent": consent} | traits,
+        }
+    )
+
+
+def _cart(world: JourneyWorld, user: str) -> None:
+    world.send({"type": "track", "userId": user, "event": "Product Added"})
+
+
+def _recipients(sink: MailSink) -> list[str]:
+    with sink.lock:
+        return sorted(str(m["To"]) for m in sink.messages)
+
+
+def test_cart_without_order_gets_one_email_after_an_hour(
+    tmp_path: Path, smtp: tuple[MailSink, int]
+) -> None:
+    sink, port = smtp
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.email_provider(port)
         world.put_journey(CART_ABANDONMENT)
-        world.send({"type": "identify", "userId": "ann", "traits": {"email": "ann@example.com"}})
-        world.send({"type": "track", "userId": "ann", "event": "Product Added"})
+        _customer(world, "ann")
+        _cart(world, "ann")
         world.settle()
-        assert world.outbox() == []
         world.advance(timedelta(minutes=59))
         world.settle()
-        assert world.outbox() == []
+        world.deliver()
+        assert world.outbox() == [] and _recipients(sink) == []
         world.advance(timedelta(minutes=2))
         world.settle()
-        sent = world.outbox()
-        assert [(m["channel"], m["template_id"], m["node_id"]) for m in sent] == [
-            ("email", "cart-reminder", "mail")
-        ]
+        world.deliver()
+        assert _recipients(sink) == ["ann@example.com"]
+        assert str(sink.messages[0]["Subject"]) == "Your cart"
         funnel = world.funnel("cart-abandonment")
         assert funnel["entered"] == 1 and funnel["exited"] == {"completed": 1}
+        mail = next(n for n in funnel["nodes"] if n["node"] == "mail")
+        assert (mail["entered"], mail["queued"], mail["sent"]) == (1, 1, 1)
+        # Nothing more, however long we wait.
+        world.advance(timedelta(days=2))
+        world.settle()
+        world.deliver()
+        assert _recipients(sink) == ["ann@example.com"]
 
 
-def test_order_within_the_hour_sends_nothing(tmp_path: Path) -> None:
-    clock = ManualClock(T0)
-    with journey_world(tmp_path / "var", clock) as world:
+def test_order_within_the_hour_sends_nothing(tmp_path: Path, smtp: tuple[MailSink, int]) -> None:
+    sink, port = smtp
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.email_provider(port)
         world.put_journey(CART_ABANDONMENT)
-        world.send({"type": "track", "userId": "bob", "event": "Product Added"})
+        _customer(world, "bob")
+        _cart(world, "bob")
         world.settle()
         world.advance(timedelta(minutes=30))
         world.send({"type": "track", "userId": "bob", "event": "Order Completed"})
         world.settle()
         world.advance(timedelta(hours=2))
         world.settle()
-        assert world.outbox() == []
+        world.deliver()
+        assert world.outbox() == [] and _recipients(sink) == []
         funnel = world.funnel("cart-abandonment")
         assert funnel["exited"] == {"exit_event": 1}
         assert funnel["converted"] == 1
+
+
+def test_restart_in_the_middle_of_waits_loses_none_and_fires_none_twice(
+    tmp_path: Path, smtp: tuple[MailSink, int]
+) -> None:
+    sink, port = smtp
+    clock = ManualClock(T0)
+    data = tmp_path / "var"
+    with journey_world(data, clock) as world:
+        world.email_provider(port)
+        world.put_journey(CART_ABANDONMENT)
+        _customer(world, "ann")
+        _customer(world, "bob")
+        _cart(world, "ann")
+        world.settle()
+        world.advance(timedelta(minutes=30))
+        _cart(world, "bob")
+        world.settle()
+    # Down while ann's wait falls due; bob's is still ahead.
+    clock.advance(timedelta(minutes=40))
+    with journey_world(data, clock) as world:
+        world.settle()
+        world.deliver()
+        assert _recipients(sink) == ["ann@example.com"]
+        world.advance(timedelta(minutes=25))
+        world.settle()
+        world.deliver()
+        assert _recipients(sink) == ["ann@example.com", "bob@example.com"]
+    clock.advance(timedelta(hours=3))
+    with journey_world(data, clock) as world:
+        world.settle()
+        world.deliver()
+        assert len(world.outbox()) == 2
+        assert _recipients(sink) == ["ann@example.com", "bob@example.com"]
+        assert world.funnel("cart-abandonment")["exited"] == {"completed": 2}
+
+
+def test_consent_withdrawn_mid_journey_skips_the_message(
+    tmp_path: Path, smtp: tuple[MailSink, int]
+) -> None:
+    sink, port = smtp
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.email_provider(port)
+        world.put_journey(CART_ABANDONMENT)
+        _customer(world, "cy")
+        _cart(world, "cy")
+        world.settle()
+        world.advance(timedelta(minutes=20))
+        world.send({"type": "identify", "userId": "cy", "traits": {"consent": {"email": False}}})
+        world.settle()
+        world.advance(timedelta(minutes=41))
+        world.settle()
+        world.deliver()
+        assert _recipients(sink) == []
+        funnel = world.funnel("cart-abandonment")
+        assert funnel["sent"] == 0 and funnel["skipped"] == {"no_consent": 1}
+
+
+def test_quiet_hours_defer_the_message_to_the_morning(
+    tmp_path: Path, smtp: tuple[MailSink, int]
+) -> None:
+    sink, port = smtp
+    evening = datetime(2026, 3, 2, 19, 30, tzinfo=UTC)  # 20:30 in Berlin
+    clock = ManualClock(evening)
+    with journey_world(tmp_path / "var", clock, channels_quiet_hours=(21, 8)) as world:
+        world.email_provider(port)
+        world.put_journey(CART_ABANDONMENT)
+        _customer(world, "dee", timezone="Europe/Berlin")
+        _cart(world, "dee")
+        world.settle()
+        world.advance(timedelta(hours=1, minutes=1))  # 21:31 in Berlin: quiet
+        world.settle()
+        world.deliver()
+        assert len(world.outbox()) == 1 and _recipients(sink) == []
+        world.advance(datetime(2026, 3, 3, 6, 59, tzinfo=UTC) - clock.now())  # 07:59 Berlin
+        world.deliver()
+        assert _recipients(sink) == []
+        world.advance(timedelta(minutes=2))  # 08:01 Berlin
+        world.deliver()
+        assert _recipients(sink) == ["dee@example.com"]
+
+
+def test_pause_stops_sends_within_a_second_and_resume_goes_on(
+    tmp_path: Path, smtp: tuple[MailSink, int]
+) -> None:
+    sink, port = smtp
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.email_provider(port)
+        world.put_journey(CART_ABANDONMENT)
+        _customer(world, "eve")
+        _cart(world, "eve")
+        world.settle()
+        world.advance(timedelta(hours=1, minutes=1))
+        world.settle()
+        assert len(world.outbox()) == 1  # queued, not delivered yet
+        paused = time.monotonic()
+        world.move("cart-abandonment", "pause")
+        world.deliver()
+        assert time.monotonic() - paused < 1.0
+        assert _recipients(sink) == []
+        world.move("cart-abandonment", "activate")
+        time.sleep(0.3)  # the pause flag is cached for at most 0.25 s
+        world.advance(timedelta(seconds=1))  # the deliverer re-checks a paused row after 0.5 s
+        world.deliver()
+        assert _recipients(sink) == ["eve@example.com"]
+
+
+def test_editing_an_active_journey_keeps_profiles_in_flight_on_their_version(
+    tmp_path: Path,
+) -> None:
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.put_journey(CART_ABANDONMENT)
+        _cart(world, "fay")
+        world.settle()
+        edited = copy.deepcopy(CART_ABANDONMENT)
+        edited["nodes"][2]["template"] = "cart-reminder-2"
+        body = world.put_journey(edited)
+        assert body["version"] == 2 and body["status"] == "active"
+        world.advance(timedelta(minutes=10))
+        _cart(world, "gus")
+        world.settle()
+        world.advance(timedelta(hours=1))
+        world.settle()
+        sent = {(m["journey_version"], m["template_id"]) for m in world.outbox()}
+        assert sent == {(1, "cart-reminder"), (2, "cart-reminder-2")}
+
+
+def test_invalid_definition_is_422_naming_the_node_path(tmp_path: Path) -> None:
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        bad = copy.deepcopy(CART_ABANDONMENT)
+        bad["nodes"][1]["condition"]["nodes"][0]["operator"] = "sometimes"
+        response = world.server.client.post("/v1/journeys", json=bad, headers=world.server.admin)
+        assert response.status_code == 422
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["field"] == "nodes[1].condition.nodes[0].operator"
+        bad = copy.deepcopy(CART_ABANDONMENT)
+        bad["nodes"][0]["next"] = "nowhere"
+        response = world.server.client.post("/v1/journeys", json=bad, headers=world.server.admin)
+        assert response.status_code == 422 and response.json()["field"] == "nodes[0].next"

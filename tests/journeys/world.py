@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from remarket.api import Runtime, create_app
+from remarket.channels import Delivery
+from remarket.channels.registry import ProviderStore
+from remarket.channels.secrets import SecretBox, load_key
+from remarket.channels.templates import Template, TemplateStore
 from remarket.clock import ManualClock
+from remarket.config import Settings
+from remarket.journeys import JourneyRuntime
 from remarket.storage.state import channel_outbox, journey_instances, journeys
-from tests.segments.world import World, running
+from tests.api.harness import Server
+from tests.segments.world import World
 
 CART_ABANDONMENT: dict[str, Any] = {
     "id": "cart-abandonment",
@@ -86,6 +97,43 @@ class JourneyWorld(World):
         body: dict[str, Any] = response.json()
         return body
 
+    def email_provider(self, port: int) -> None:
+        """Send e-mail through an SMTP server on 127.0.0.1:``port``."""
+        settings = self.runtime.settings
+        ProviderStore(self.runtime.engine, SecretBox(load_key(settings))).create(
+            name="smtp",
+            kind="smtp",
+            config={"host": "127.0.0.1", "port": port, "sender": "shop@shop.example"}
+            | {"security": "none"},
+            credentials={},
+            rate_per_s=None,
+            now=self.clock.now(),
+        )
+        TemplateStore(self.runtime.engine).put(
+            Template("cart-reminder", "email", "Your cart", None, "You left something behind."),
+            now=self.clock.now(),
+        )
+
+    def deliver(self) -> int:
+        """Run the channels' deliverer until nothing is due (pausing as the server's
+        journeys runtime says); how many outbox rows it handled."""
+        runtime = self.runtime
+        journeys_now = JourneyRuntime(runtime.engine, runtime.warehouse, self.clock)
+
+        async def main() -> int:
+            delivery = Delivery(
+                runtime.engine, runtime.settings, self.clock, journeys_now.is_paused, seed=1
+            )
+            total = 0
+            try:
+                while done := await delivery.step():
+                    total += done
+            finally:
+                await delivery.aclose()
+            return total
+
+        return asyncio.run(main())
+
     def outbox(self) -> list[dict[str, Any]]:
         """Every message journeys handed to channels, oldest first."""
         with self.runtime.engine.connect() as conn:
@@ -94,7 +142,15 @@ class JourneyWorld(World):
 
 
 @contextmanager
-def journey_world(data_dir: Path, clock: ManualClock) -> Iterator[JourneyWorld]:
-    """A server on ``data_dir``; a second one on the same folder is a restart."""
-    with running(data_dir, clock) as world:
-        yield JourneyWorld(world.server, world.clock)
+def journey_world(data_dir: Path, clock: ManualClock, **settings: Any) -> Iterator[JourneyWorld]:
+    """A server on ``data_dir``; a second one on the same folder is a restart.
+    No quiet hours unless ``channels_quiet_hours`` is given."""
+    settings.setdefault("channels_quiet_hours", None)
+    config = Settings(
+        data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01, **settings
+    )
+    with TestClient(create_app(config, clock=clock)) as client:
+        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        _, write_key = runtime.sources.create(f"web-{uuid.uuid4().hex[:8]}")
+        _, admin_key = runtime.keys.create("tests", "admin")
+        yield JourneyWorld(Server(client, runtime, write_key, admin_key), clock)
