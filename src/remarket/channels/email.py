@@ -90,8 +90,12 @@ class SmtpProvider:
             return self._client
         client = aiosmtplib.SMTP(**self._options)
         await client.connect()
-        if self._username:
-            await client.login(self._username, self._password or "")
+        try:
+            if self._username:
+                await client.login(self._username, self._password or "")
+        except BaseException:
+            client.close()
+            raise
         self._client = client
         return client
 

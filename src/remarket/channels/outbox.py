@@ -75,12 +75,16 @@ def enqueue_many(conn: Connection, messages: list[OutboxMessage], *, now: dateti
         return 0
     now = as_utc(now)
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(channel_outbox).on_conflict_do_nothing(
-        index_elements=[channel_outbox.c.idempotency_key]
+    # RETURNING rather than rowcount: psycopg reports no count for an insert that
+    # SQLAlchemy gave an implicit RETURNING.
+    stmt = (
+        insert(channel_outbox)
+        .on_conflict_do_nothing(index_elements=[channel_outbox.c.idempotency_key])
+        .returning(channel_outbox.c.id)
     )
     total = 0
     for message in messages:
-        total += conn.execute(stmt, _row(message, now)).rowcount
+        total += len(conn.execute(stmt, _row(message, now)).all())
     return total
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from jinja2 import StrictUndefined, TemplateError
+from jinja2 import ChainableUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import Engine, delete, select, update
 
@@ -15,9 +15,10 @@ from remarket.storage.state import channel_templates
 
 __all__ = ["Rendered", "Template", "TemplateStore", "render", "template_context"]
 
-_ENV_TEXT: Final = ImmutableSandboxedEnvironment(autoescape=False, undefined=StrictUndefined)
+# A trait the profile lacks renders empty (use `| default(...)`), as in Liquid.
+_ENV_TEXT: Final = ImmutableSandboxedEnvironment(autoescape=False, undefined=ChainableUndefined)
 # HTML escapes every value: a trait such as a name cannot inject markup.
-_ENV_HTML: Final = ImmutableSandboxedEnvironment(autoescape=True, undefined=StrictUndefined)
+_ENV_HTML: Final = ImmutableSandboxedEnvironment(autoescape=True, undefined=ChainableUndefined)
 
 
 @dataclass(frozen=True, slots=True)

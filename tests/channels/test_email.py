@@ -1,0 +1,86 @@
+"""E-mail end to end: the deliverer renders a template and a real SMTP server receives it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine
+
+from remarket.channels.email import message_id_for
+from tests.channels.sinks import MailSink, self_signed, smtp_server
+from tests.channels.world import World
+
+
+@pytest.fixture
+def world(state_engine: Engine, tmp_path: Path) -> World:
+    return World.make(state_engine, tmp_path)
+
+
+@pytest.fixture
+def smtp(world: World) -> Iterator[MailSink]:
+    with smtp_server() as (sink, port):
+        world.provider(
+            "smtp", host="127.0.0.1", port=port, sender="shop@shop.example", security="none"
+        )
+        yield sink
+
+
+def test_email_arrives_with_html_text_and_one_click_unsubscribe(
+    world: World, smtp: MailSink
+) -> None:
+    world.profile("p_1", email="ann@example.com", name="Ann")
+    world.template(
+        "welcome",
+        "email",
+        "Hello {{ profile.name }}, you looked at {{ event.properties.product }}",
+        subject="Hi {{ profile.name }}",
+        html="<p>Hello {{ profile.name }}</p>",
+    )
+    world.enqueue("k1", "p_1", trigger={"properties": {"product": "Boots"}})
+
+    assert world.deliver() == 1
+
+    [message] = smtp.messages
+    assert message["To"] == "ann@example.com"
+    assert message["Subject"] == "Hi Ann"
+    assert message["Message-ID"] == message_id_for("k1", "shop.example")
+    assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert message["List-Unsubscribe"].startswith("<http://127.0.0.1:8000/v1/unsubscribe/")
+    text = message.get_body(("plain",))
+    html = message.get_body(("html",))
+    assert text is not None and "Hello Ann, you looked at Boots" in text.get_content()
+    assert html is not None and "<p>Hello Ann</p>" in html.get_content()
+    assert world.row("k1").status == "sent"
+
+
+def test_starttls_to_a_server_that_requires_it(world: World, tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    with smtp_server(tls=(cert, key)) as (sink, port):
+        world.provider(
+            "smtp",
+            host="127.0.0.1",
+            port=port,
+            sender="shop@shop.example",
+            security="starttls",
+            ca_file=str(cert),
+            username="u",
+            password="p",
+        )
+        world.profile("p_1", email="ann@example.com")
+        world.template("welcome", "email", "Hi", subject="Hi")
+        world.enqueue("k1", "p_1")
+        world.deliver()
+    assert world.row("k1").status == "sent", world.row("k1").last_error
+    assert len(sink.messages) == 1
+
+
+def test_a_second_enqueue_of_the_same_key_sends_nothing_more(world: World, smtp: MailSink) -> None:
+    world.profile("p_1", email="ann@example.com")
+    world.template("welcome", "email", "Hi", subject="Hi")
+    assert world.enqueue("k1", "p_1") is True
+    world.deliver()
+    assert world.enqueue("k1", "p_1") is False
+    world.deliver()
+    assert len(smtp.messages) == 1
