@@ -22,6 +22,7 @@ from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
 from remarket.errors import ConflictError, RemarketError
+from remarket.journeys import JourneyCatalog
 from remarket.privacy import AuditLog
 from remarket.schema.segment import DefinitionError
 from remarket.segments.backfill import sql_members
@@ -43,6 +44,9 @@ segments_app = typer.Typer(
     help="Segment definitions (as code, in YAML or JSON).", no_args_is_help=True
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+journeys_app = typer.Typer(
+    help="Journey definitions (as code, in YAML or JSON).", no_args_is_help=True
+)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
@@ -50,6 +54,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(segments_app, name="segments")
 app.add_typer(audit_app, name="audit")
+app.add_typer(journeys_app, name="journeys")
 
 console = Console()
 err = Console(stderr=True)
@@ -175,15 +180,15 @@ def quarantine_replay(
     console.print(f"replayed {len(done)}; still invalid {still}")
 
 
-def _definitions(path: Path) -> list[Any]:
-    """The definitions in a YAML or JSON file: one, a list, or ``{segments: [...]}``."""
+def _definitions(path: Path, key: str = "segments") -> list[Any]:
+    """The definitions in a YAML or JSON file: one, a list, or ``{<key>: [...]}``."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
         err.print(f"[red]cannot read {path}:[/] {exc}")
         raise typer.Exit(2) from exc
-    if isinstance(data, dict) and isinstance(data.get("segments"), list):
-        data = data["segments"]
+    if isinstance(data, dict) and isinstance(data.get(key), list):
+        data = data[key]
     return data if isinstance(data, list) else [data]
 
 
@@ -259,6 +264,42 @@ def segments_list() -> None:
             str(reader.size(info.name)),
             str(info.updated_at),
         )
+    console.print(table)
+
+
+@journeys_app.command("apply")
+def journeys_apply(
+    file: Annotated[Path, typer.Argument(help="journeys.yaml: definitions as code.")],
+    activate: Annotated[
+        bool, typer.Option("--activate", help="Also activate drafts and paused ones.")
+    ] = False,
+) -> None:
+    """Create or update the journeys in FILE; unchanged ones make no new version.
+
+    New journeys start as drafts; an edited active journey stays active (profiles in
+    flight finish on their version).
+    """
+    catalog = JourneyCatalog(_engine(_settings()))
+    table = Table("journey", "version", "status", "result")
+    for index, data in enumerate(_definitions(file, "journeys")):
+        journey_id = data.get("id") if isinstance(data, dict) else None
+        try:
+            info, changed = catalog.save(data, actor="cli")
+            if activate and info.status in ("draft", "paused"):
+                info = catalog.transition(info.id, "activate", actor="cli")
+        except (DefinitionError, ConflictError) as exc:
+            raise _invalid(f"{file}[{index}] {journey_id or ''}".strip(), exc) from exc
+        result = "new version" if changed else "unchanged"
+        table.add_row(info.id, str(info.version), info.status, result)
+    console.print(table)
+
+
+@journeys_app.command("list")
+def journeys_list() -> None:
+    """Journeys with their status and newest version."""
+    table = Table("journey", "name", "status", "version", "updated")
+    for info in JourneyCatalog(_engine(_settings())).all():
+        table.add_row(info.id, info.name, info.status, str(info.version), str(info.updated_at))
     console.print(table)
 
 
