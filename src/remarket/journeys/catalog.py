@@ -25,7 +25,7 @@ from remarket.schema.journey import JourneyDefinition, ScheduleEntry, parse_jour
 from remarket.schema.segment import DefinitionError
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import hold_offset
-from remarket.storage.state import journey_instances, journey_steps, journey_versions, journeys
+from remarket.storage.state import journey_instances, journey_versions, journeys
 
 __all__ = ["CONSUMER", "STATUSES", "JourneyCatalog", "JourneyInfo", "JourneyVersion"]
 
@@ -272,29 +272,8 @@ def _first_run(definition: JourneyDefinition, now: datetime, planned: datetime |
 
 
 def _end_all(conn: Connection, journey_id: str, now: datetime) -> None:
-    rows = conn.execute(
-        select(
-            journey_instances.c.id,
-            journey_instances.c.version,
-            journey_instances.c.profile_id,
-            journey_instances.c.node,
-        ).where(
-            journey_instances.c.journey_id == journey_id, journey_instances.c.status == "active"
-        )
-    ).all()
-    if not rows:
-        return
     conn.execute(
         update(journey_instances)
         .where(journey_instances.c.journey_id == journey_id, journey_instances.c.status == "active")
         .values(status="exited", reason="archived", due_at=None, exited_at=now, updated_at=now)
-    )
-    conn.execute(
-        journey_steps.insert(),
-        [
-            {"journey_id": journey_id, "version": r.version, "profile_id": r.profile_id}
-            | {"instance_id": r.id, "node": r.node, "kind": "exited", "reason": "archived"}
-            | {"at": now}
-            for r in rows
-        ],
     )

@@ -1,6 +1,7 @@
 """What journeys did: counts per journey and node (the funnel), and a profile's history.
 
-Walk counts come from ``journey_steps`` and ``journey_instances``; delivery outcomes
+Entered, waiting, exited (by reason and node) and converted come from
+``journey_instances``, nodes reached from ``journey_steps``; delivery outcomes
 (sent, skipped by reason, failed: given up after retries) from the channels'
 :func:`~remarket.channels.counts.delivery_counts`.
 """
@@ -15,7 +16,7 @@ from sqlalchemy import Engine, func, select
 
 from remarket.channels.counts import delivery_counts
 from remarket.schema.events import as_utc
-from remarket.storage.state import journey_instances, journey_steps
+from remarket.storage.state import journey_assignments, journey_instances, journey_steps
 
 __all__ = ["Funnel", "NodeCounts", "StepEntry", "funnel", "history"]
 
@@ -69,46 +70,35 @@ def funnel(engine: Engine, journey_id: str, node_order: list[str]) -> Funnel:
     def at(node: str) -> NodeCounts:
         return nodes.setdefault(node, NodeCounts(node))
 
-    entered = converted = 0
+    entered = converted = active = waiting = 0
     exited: Counter[str] = Counter()
+    i, st = journey_instances.c, journey_steps.c
     with engine.connect() as conn:
-        steps = conn.execute(
-            select(journey_steps.c.node, journey_steps.c.kind, journey_steps.c.reason, func.count())
-            .where(journey_steps.c.journey_id == journey_id)
-            .group_by(journey_steps.c.node, journey_steps.c.kind, journey_steps.c.reason)
-        ).all()
-        for node, kind, reason, n in steps:
+        reached = conn.execute(
+            select(st.node, func.count())
+            .where(st.journey_id == journey_id, st.kind == "reached")
+            .group_by(st.node)
+        )
+        for node, n in reached:
+            at(node).entered = int(n)
+        walks = conn.execute(
+            select(i.status, i.reason, i.node, i.phase, func.count(), func.count(i.converted_at))
+            .where(i.journey_id == journey_id)
+            .group_by(i.status, i.reason, i.node, i.phase)
+        )
+        for status, reason, node, phase, n, wins in walks:
             n = int(n)
-            if kind == "entered" and node is None:
-                entered += n
-            elif kind == "converted":
-                converted += n
-            elif kind == "exited":
+            entered += n
+            converted += int(wins)
+            if status == "active":
+                active += n
+                if phase == "wait" and node is not None:
+                    waiting += n
+                    at(node).waiting += n
+            else:
                 exited[reason or "completed"] += n
                 if node is not None:
                     at(node).exited += n
-            elif node is None:
-                continue
-            elif kind == "reached":
-                at(node).entered += n
-            elif kind == "queued":
-                at(node).queued += n
-            elif kind == "assigned":
-                at(node).arms[reason or ""] = at(node).arms.get(reason or "", 0) + n
-        active_rows = conn.execute(
-            select(journey_instances.c.node, journey_instances.c.phase, func.count())
-            .where(
-                journey_instances.c.journey_id == journey_id,
-                journey_instances.c.status == "active",
-            )
-            .group_by(journey_instances.c.node, journey_instances.c.phase)
-        ).all()
-        active = waiting = 0
-        for node, phase, n in active_rows:
-            active += int(n)
-            if phase == "wait" and node is not None:
-                waiting += int(n)
-                at(node).waiting += int(n)
     skipped: Counter[str] = Counter()
     sent = failed = 0
     for node, delivered in delivery_counts(engine, journey_id).items():
@@ -119,10 +109,13 @@ def funnel(engine: Engine, journey_id: str, node_order: list[str]) -> Funnel:
             delivered.pending,
         )
         counts.skipped = dict(delivered.skipped)
+        counts.queued = counts.sent + counts.failed + counts.pending + sum(counts.skipped.values())
         sent += delivered.sent
         failed += delivered.dead
         skipped.update(delivered.skipped)
-    by_arm = _conversions_by_arm(engine, journey_id)
+    arms, by_arm = _arms(engine, journey_id)
+    for node, counts_by_arm in arms.items():
+        at(node).arms = counts_by_arm
     return Funnel(
         journey_id=journey_id,
         entered=entered,
@@ -138,40 +131,65 @@ def funnel(engine: Engine, journey_id: str, node_order: list[str]) -> Funnel:
     )
 
 
-def _conversions_by_arm(engine: Engine, journey_id: str) -> dict[str, int]:
-    """Conversions of profiles by the holdout / split arm they got (``arm@node``)."""
+def _arms(engine: Engine, journey_id: str) -> tuple[dict[str, dict[str, int]], dict[str, int]]:
+    """Assignments per node and arm, and conversions by ``arm@node`` (of the profiles
+    that converted in any of their walks after the assignment's journey)."""
+    a, i = journey_assignments.c, journey_instances.c
+    arms: dict[str, dict[str, int]] = defaultdict(dict)
+    converted: dict[str, int] = {}
     with engine.connect() as conn:
-        arms = conn.execute(
-            select(journey_steps.c.instance_id, journey_steps.c.node, journey_steps.c.reason).where(
-                journey_steps.c.journey_id == journey_id, journey_steps.c.kind == "assigned"
-            )
-        ).all()
-        if not arms:
-            return {}
-        converted = set(
-            conn.scalars(
-                select(journey_steps.c.instance_id).where(
-                    journey_steps.c.journey_id == journey_id, journey_steps.c.kind == "converted"
-                )
-            )
+        rows = conn.execute(
+            select(a.node, a.arm, func.count())
+            .where(a.journey_id == journey_id)
+            .group_by(a.node, a.arm)
         )
-    out: defaultdict[str, int] = defaultdict(int)
-    for instance_id, node, arm in arms:
-        out[f"{arm}@{node}"] += instance_id in converted
-    return dict(out)
+        for node, arm, n in rows:
+            arms[node][arm] = int(n)
+            converted.setdefault(f"{arm}@{node}", 0)
+        wins = conn.execute(
+            select(a.node, a.arm, func.count(func.distinct(a.profile_id)))
+            .join(
+                journey_instances, (i.journey_id == a.journey_id) & (i.profile_id == a.profile_id)
+            )
+            .where(a.journey_id == journey_id, i.converted_at.is_not(None))
+            .group_by(a.node, a.arm)
+        )
+        for node, arm, n in wins:
+            converted[f"{arm}@{node}"] = int(n)
+    return dict(arms), converted
 
 
 def history(engine: Engine, profile_id: str) -> list[StepEntry]:
-    """A profile's steps in every journey, oldest first."""
+    """A profile's steps in every journey, oldest first: entered, the nodes reached,
+    converted, exited (with the reason)."""
+    out: list[StepEntry] = []
     with engine.connect() as conn:
-        rows = conn.execute(
+        walks = conn.execute(
+            select(journey_instances).where(journey_instances.c.profile_id == profile_id)
+        )
+        for w in walks:
+            out.append(
+                StepEntry(
+                    w.journey_id, w.version, w.id, None, "entered", None, as_utc(w.entered_at)
+                )
+            )
+            if w.converted_at is not None:
+                at = as_utc(w.converted_at)
+                out.append(StepEntry(w.journey_id, w.version, w.id, None, "converted", None, at))
+            if w.exited_at is not None:
+                at = as_utc(w.exited_at)
+                out.append(StepEntry(w.journey_id, w.version, w.id, w.node, "exited", w.reason, at))
+        steps = conn.execute(
             select(journey_steps)
             .where(journey_steps.c.profile_id == profile_id)
             .order_by(journey_steps.c.at, journey_steps.c.id)
         )
-        return [
+        out += [
             StepEntry(
                 r.journey_id, r.version, r.instance_id, r.node, r.kind, r.reason, as_utc(r.at)
             )
-            for r in rows
+            for r in steps
         ]
+    order = {"entered": 0, "reached": 1, "converted": 2, "exited": 3}
+    # Stable: steps of one instant keep the order they were written in.
+    return sorted(out, key=lambda s: (s.at, s.instance_id, order.get(s.kind, 1)))

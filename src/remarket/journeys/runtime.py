@@ -34,11 +34,12 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
-from sqlalchemy import Connection, Engine, bindparam, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.channels.outbox import OutboxMessage, enqueue_many
 from remarket.clock import Clock, SystemClock
+from remarket.journeys.bulk import bulk_insert, bulk_update
 from remarket.journeys.catalog import CONSUMER, JourneyCatalog
 from remarket.journeys.conditions import members_among
 from remarket.journeys.interpreter import Effect, Plan, Position, advance
@@ -102,12 +103,11 @@ class _Changes:
     traits: list[tuple[str, str, str, str, Any]] = field(default_factory=list)
     assignments: list[dict[str, Any]] = field(default_factory=list)
 
-    def step(self, row: Mapping[str, Any], node: str | None, kind: str, at: datetime,
-             reason: str | None = None) -> None:  # fmt: skip
+    def step(self, row: Mapping[str, Any], node: str | None, kind: str, at: datetime) -> None:
         self.steps.append(
             {"journey_id": row["journey_id"], "version": row["version"]}
             | {"profile_id": row["profile_id"], "instance_id": row["id"], "node": node}
-            | {"kind": kind, "reason": reason, "at": at}
+            | {"kind": kind, "reason": None, "at": at}
         )
 
 
@@ -263,7 +263,6 @@ class JourneyRuntime:
         ):
             row["converted_at"] = at
             _dirty(changes, row)["converted_at"] = at
-            changes.step(row, None, "converted", at)
         if row["status"] != "active":
             return
         if any(
@@ -272,7 +271,6 @@ class JourneyRuntime:
             values: dict[str, Any] = {"status": "exited", "reason": "exit_event", "due_at": None}
             row.update(values)
             _dirty(changes, row).update(values | {"exited_at": now, "updated_at": now})
-            changes.step(row, row["node"], "exited", now, "exit_event")
             return
         node = plan.nodes.get(row["node"] or "")
         if (
@@ -331,8 +329,16 @@ class JourneyRuntime:
         }
         mine.append(row)
         changes.inserted.append(row)
-        changes.step(row, None, "entered", now)
         active[journey.id] = active.get(journey.id, 0) + 1
+        if not journey.plan.uses_time_of_day:
+            # Walk on to the first wait or branch in this transaction: the timers would
+            # do the same at once, at the cost of reading the row back. A time-of-day
+            # wait needs the profile's time zone, which the timers read.
+            position = Position(definition.start, "arrive", now)
+            outcome = advance(journey.plan, pid, position, now)
+            self._record(row, position, outcome.effects, now, changes)
+            if outcome.needs is not None:
+                row["due_at"] = _dirty(changes, row)["due_at"] = now
         return True
 
     # -- timers ----------------------------------------------------------------------
@@ -427,8 +433,13 @@ class JourneyRuntime:
             values["exited_at"] = now
         row.update(values)
         _dirty(changes, row).update(values)
+        # Steps record the nodes reached; entering, leaving and converting are on the
+        # instance row, messages, traits and assignments where they land (outbox, log
+        # outbox, assignments).
         for effect in effects:
-            if effect.kind == "message":
+            if effect.kind == "reached":
+                changes.step(row, effect.node, "reached", now)
+            elif effect.kind == "message":
                 data = effect.data
                 changes.messages.append(
                     OutboxMessage(
@@ -444,23 +455,16 @@ class JourneyRuntime:
                         trigger=row["trigger"],
                     )
                 )
-                changes.step(row, effect.node, "queued", now, data["channel"])
             elif effect.kind == "trait":
                 assert effect.node is not None
                 trait, value = effect.data["trait"], effect.data["value"]
                 changes.traits.append((row["profile_id"], row["id"], effect.node, trait, value))
-                changes.step(row, effect.node, "trait", now)
             elif effect.kind == "assign":
                 changes.assignments.append(
                     {"journey_id": row["journey_id"], "node": effect.node}
                     | {"profile_id": row["profile_id"], "version": row["version"]}
                     | {"arm": effect.data["arm"], "assigned_at": now}
                 )
-                changes.step(row, effect.node, "assigned", now, effect.data["arm"])
-            elif effect.kind == "exited":
-                changes.step(row, effect.node, "exited", now, effect.data["reason"])
-            else:
-                changes.step(row, effect.node, effect.kind, now)
 
     # -- schedules -------------------------------------------------------------------
 
@@ -509,27 +513,16 @@ class JourneyRuntime:
     # -- writing ---------------------------------------------------------------------
 
     def _write(self, conn: Connection, changes: _Changes, now: datetime) -> None:
-        for chunk in chunks(changes.inserted, 1000):
-            conn.execute(journey_instances.insert(), list(chunk))
+        # Inserted rows are the dicts later changes mutated: written whole, once.
         inserted = {r["id"] for r in changes.inserted}
-        updates = [
-            {"b_id": key} | values for key, values in changes.updated.items() if key not in inserted
-        ]
-        for row in changes.inserted:  # written whole above, with its final values
-            row.update(changes.updated.get(row["id"], {}))
+        bulk_insert(conn, journey_instances, changes.inserted)
         by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
-        for u in updates:
-            by_columns[tuple(sorted(u))].append(u)
+        for key, values in changes.updated.items():
+            if key not in inserted:
+                by_columns[tuple(sorted(values))].append(values | {"id": key})
         for columns, batch in by_columns.items():
-            stmt = (
-                update(journey_instances)
-                .where(journey_instances.c.id == bindparam("b_id"))
-                .values({c: bindparam(c) for c in columns if c != "b_id"})
-            )
-            conn.execute(stmt, batch)
-        if changes.steps:
-            for chunk in chunks(changes.steps, 2000):
-                conn.execute(journey_steps.insert(), list(chunk))
+            bulk_update(conn, journey_instances, "id", columns, batch)
+        bulk_insert(conn, journey_steps, changes.steps)
         if changes.assignments:
             conn.execute(
                 self._insert(journey_assignments).on_conflict_do_nothing(), changes.assignments
