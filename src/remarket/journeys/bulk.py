@@ -40,8 +40,15 @@ def _tuples(
     ]
 
 
-def bulk_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Insert ``rows`` (dicts with the same keys) into ``table`` in the caller's transaction.
+def bulk_insert(
+    conn: Connection,
+    table: Table,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    skip_existing: bool = False,
+) -> None:
+    """Insert ``rows`` (dicts with the same keys) into ``table`` in the caller's transaction;
+    with ``skip_existing``, rows that would break a unique key are left out.
 
     >>> from sqlalchemy import create_engine, MetaData, Column, Integer, String
     >>> t = Table("t", MetaData(), Column("a", Integer), Column("b", String))
@@ -57,6 +64,8 @@ def bulk_insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]
     names = ", ".join(f'"{c}"' for c in columns)
     marks = ", ".join(_marker(conn) for _ in columns)
     sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks})'
+    if skip_existing:
+        sql += " ON CONFLICT DO NOTHING"  # SQLite 3.24+ and PostgreSQL spell it alike
     conn.exec_driver_sql(sql, _tuples(rows, columns, _processors(conn, table, columns)))
 
 

@@ -203,12 +203,14 @@ def advance(
     """
     outcome = Outcome()
     answers = answers or {}
+    last = position.node  # where a walk that runs out of nodes left
     for _ in range(len(plan.nodes) + 1):
         if position.status != "active":
             return outcome
         if position.node is None:
-            _leave(position, outcome, None, "completed")
+            _leave(position, outcome, last, "completed")
             return outcome
+        last = position.node
         node = plan.nodes.get(position.node)
         if node is None:  # cannot happen for a validated plan; never loop on it
             _leave(position, outcome, position.node, "unknown_node")

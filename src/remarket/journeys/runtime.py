@@ -35,7 +35,6 @@ from typing import Any, Final
 
 import msgspec
 from sqlalchemy import Connection, Engine, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.channels.outbox import OutboxMessage, enqueue_many
 from remarket.clock import Clock, SystemClock
@@ -127,7 +126,6 @@ class JourneyRuntime:
         self._lock = threading.Lock()
         self._plans: dict[tuple[str, int], Plan] = {}
         self._stopped: tuple[float, frozenset[str]] = (-1.0, frozenset())
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def committed(self) -> int:
         with self._engine.connect() as conn:
@@ -523,13 +521,10 @@ class JourneyRuntime:
         for columns, batch in by_columns.items():
             bulk_update(conn, journey_instances, "id", columns, batch)
         bulk_insert(conn, journey_steps, changes.steps)
-        if changes.assignments:
-            conn.execute(
-                self._insert(journey_assignments).on_conflict_do_nothing(), changes.assignments
-            )
+        bulk_insert(conn, journey_assignments, changes.assignments, skip_existing=True)
         enqueue_many(conn, changes.messages, now=now)
         if changes.traits:
-            _publish_traits(conn, changes.traits, now, self._insert)
+            _publish_traits(conn, changes.traits, now)
 
 
 def _dirty(changes: _Changes, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -627,7 +622,6 @@ def _publish_traits(
     conn: Connection,
     traits: list[tuple[str, str, str, str, Any]],
     now: datetime,
-    insert: Any,
 ) -> None:
     """Identify events for ``update_trait`` effects, into the log outbox (the segment
     worker's publisher appends them to the log once; their messageId is deterministic)."""
@@ -657,5 +651,4 @@ def _publish_traits(
             {"message_id": message_id, "profile_id": pid, "payload": encode_message(message)}
             | {"created_at": now}
         )
-    if rows:
-        conn.execute(insert(segment_outbox).on_conflict_do_nothing(), rows)
+    bulk_insert(conn, segment_outbox, rows, skip_existing=True)
