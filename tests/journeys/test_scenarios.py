@@ -231,3 +231,63 @@ def test_invalid_definition_is_422_naming_the_node_path(tmp_path: Path) -> None:
         bad["nodes"][0]["next"] = "nowhere"
         response = world.server.client.post("/v1/journeys", json=bad, headers=world.server.admin)
         assert response.status_code == 422 and response.json()["field"] == "nodes[0].next"
+
+
+def test_dry_run_reports_entries_sends_and_blocks_and_sends_nothing(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    with journey_world(tmp_path / "var", clock) as world:
+        draft = world.put_journey(CART_ABANDONMENT, activate=False)
+        assert draft["status"] == "draft"
+        _customer(world, "ann")
+        _customer(world, "bob")
+        world.send({"type": "identify", "userId": "cy", "traits": {"email": "cy@example.com"}})
+        for user in ("ann", "bob", "cy"):
+            _cart(world, user)
+        world.advance(timedelta(minutes=30))
+        world.send({"type": "track", "userId": "ann", "event": "Order Completed"})
+        world.advance(timedelta(days=1))
+        world.settle()
+        response = world.server.client.post(
+            "/v1/journeys/cart-abandonment/dry-run",
+            json={"start": (T0 - timedelta(hours=1)).isoformat(), "end": clock.now().isoformat()},
+            headers=world.server.admin,
+        )
+        assert response.status_code == 200, response.json()
+        report = response.json()
+        assert report["entered"] == 3
+        assert report["exited"] == {"exit_event": 1, "completed": 2}
+        assert report["converted"] == 1
+        by_profile = {m["profile_id"]: m for m in report["messages"]}
+        bob, cy = world.profile(user_id="bob"), world.profile(user_id="cy")
+        assert set(by_profile) == {bob, cy}
+        assert by_profile[bob]["blocked"] is None
+        assert by_profile[bob]["at"].startswith("2026-03-02T13:00:00")
+        assert by_profile[cy]["blocked"] == "no_consent"
+        assert report["would_send"] == 1 and report["blocked"] == {"no_consent": 1}
+        assert world.outbox() == []  # nothing sent, nothing queued
+
+
+def test_profile_history_and_schema(tmp_path: Path) -> None:
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.put_journey(CART_ABANDONMENT)
+        _cart(world, "ann")
+        world.settle()
+        world.advance(timedelta(hours=2))
+        world.settle()
+        pid = world.profile(user_id="ann")
+        response = world.server.client.get(
+            f"/v1/profiles/{pid}/journeys", headers=world.server.admin
+        )
+        steps = [(s["kind"], s["node"]) for s in response.json()["steps"]]
+        assert steps == [
+            ("entered", None),
+            ("reached", "wait"),
+            ("reached", "ordered"),
+            ("reached", "mail"),
+            ("exited", "mail"),
+        ]
+        schema = world.server.client.get("/v1/schema/journey", headers=world.server.admin).json()
+        assert schema["title"] == "Journey definition" and "nodes" in schema["properties"]
+        audit = world.server.client.get("/v1/audit", headers=world.server.admin).json()
+        actions = [e["action"] for e in audit["entries"]]
+        assert "journey.create" in actions and "journey.activate" in actions

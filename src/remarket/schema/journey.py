@@ -483,9 +483,9 @@ def _find_cycle(edges: Mapping[str, Sequence[str]]) -> list[str] | None:
 
 
 _TAGS: Final = JOURNEY_NODE_TYPES | CORE_NODE_TYPES | SUGAR_NODE_TYPES
+_ENTRY_TAGS: Final = frozenset({"segment_entered", "event", "schedule"})
 _UNION_LABELS: Final = frozenset(
     {"str", "int", "float", "bool", "list", "tuple", "none", "relative", "absolute"}
-    | {"segment_entered", "event", "schedule"}
 )
 
 
@@ -496,8 +496,10 @@ def _format_loc(loc: Iterable[int | str]) -> str:
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
-        elif isinstance(previous, int) and part in _TAGS:
-            pass  # the discriminator tag after a list index
+        elif (isinstance(previous, int) and part in _TAGS) or (
+            previous == "entry" and part in _ENTRY_TAGS
+        ):
+            pass  # a discriminated union's tag
         elif re.fullmatch(r"[a-z_][a-z0-9_]*", part) and part not in _UNION_LABELS:
             out += f".{part}" if out else part
         previous = part
