@@ -21,6 +21,7 @@ from remarket.storage.state import (
     journey_assignments,
     journey_instances,
     profile_traits,
+    segment_members,
     segment_outbox,
     upgrade_state,
 )
@@ -325,3 +326,28 @@ def test_pause_freezes_walks_and_archive_ends_them(rig: Rig) -> None:
         ("p_ann", "completed"),
         ("p_bob", "archived"),
     ]
+
+
+def test_a_schedule_enters_the_segment_members_each_run(rig: Rig) -> None:
+    with rig.engine.begin() as conn:
+        conn.execute(
+            segment_members.insert(),
+            [
+                {"segment": "lapsed", "profile_id": f"p_{u}", "version": 1, "since": T0}
+                for u in ("a", "b")
+            ],
+        )
+    rig.journey(
+        BASE
+        | {
+            "entry": {"type": "schedule", "segment": "lapsed", "every": "1d"},
+            "reentry": {"policy": "after", "after": "1d"},
+        }
+    )
+    assert rig.runtime.run_schedules() == 2
+    assert rig.runtime.run_schedules() == 0  # the next run is a day later
+    rig.run(timedelta(hours=2))
+    assert len(rig.sent()) == 2
+    rig.clock.advance(timedelta(hours=22))
+    assert rig.runtime.run_schedules() == 2
+    assert len(rig.walks()) == 4

@@ -291,3 +291,34 @@ def test_profile_history_and_schema(tmp_path: Path) -> None:
         audit = world.server.client.get("/v1/audit", headers=world.server.admin).json()
         actions = [e["action"] for e in audit["entries"]]
         assert "journey.create" in actions and "journey.activate" in actions
+
+
+def test_entering_a_segment_enters_the_journey(tmp_path: Path) -> None:
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.save(
+            {
+                "name": "big-carts",
+                "entry": "c",
+                "nodes": [
+                    {"id": "c", "type": "performed", "event": "Product Added",
+                     "where": [{"path": "price", "operator": "gt", "value": 100}]}
+                ],
+            }
+        )  # fmt: skip
+        world.put_journey(
+            {
+                "id": "vip",
+                "entry": {"type": "segment_entered", "segment": "big-carts"},
+                "start": "mail",
+                "nodes": [{"id": "mail", "type": "send", "channel": "email", "template": "vip"}],
+            }
+        )
+        world.settle()
+        world.send({"type": "track", "userId": "ann", "event": "Product Added",
+                    "properties": {"price": 250}})  # fmt: skip
+        world.send({"type": "track", "userId": "bob", "event": "Product Added",
+                    "properties": {"price": 20}})  # fmt: skip
+        world.settle()
+        world.settle()
+        ann = world.profile(user_id="ann")
+        assert [(m["profile_id"], m["template_id"]) for m in world.outbox()] == [(ann, "vip")]
