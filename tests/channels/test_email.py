@@ -47,7 +47,7 @@ def test_email_arrives_with_html_text_and_one_click_unsubscribe(
     assert message["Subject"] == "Hi Ann"
     assert message["Message-ID"] == message_id_for("k1", "shop.example")
     assert message["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert message["List-Unsubscribe"].startswith("<http://127.0.0.1:8000/v1/unsubscribe/")
+    assert message["List-Unsubscribe"].strip().startswith("<http://127.0.0.1:8000/v1/unsubscribe/")
     text = message.get_body(("plain",))
     html = message.get_body(("html",))
     assert text is not None and "Hello Ann, you looked at Boots" in text.get_content()

@@ -7,7 +7,7 @@ import logging
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
@@ -68,6 +68,7 @@ class _Outcome:
     error: str | None = None
     failed: bool = False
     attempted: bool = True
+    reserved: bool = False  # counted against the journey's daily limit while in flight
 
 
 @dataclass(slots=True)
@@ -100,6 +101,7 @@ class Delivery:
         *,
         lease: timedelta = timedelta(seconds=60),
         poll_interval: float = 0.2,
+        concurrency: int = 8,
         seed: int | None = None,
     ) -> None:
         self._engine = engine
@@ -109,10 +111,15 @@ class Delivery:
         self._daily_limit = daily_limit
         self._lease = lease
         self._poll = poll_interval
+        self._concurrency = concurrency
+        # Sends of a journey in flight now, so its daily limit holds under concurrency.
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_lock = threading.Lock()
         self._random = random.Random(seed)
         self._box = SecretBox(load_key(settings))
         self._providers = ProviderStore(engine, self._box)
         self._templates = TemplateStore(engine)
+        self._template_cache: dict[str, Template] = {}
         self._consent = ConsentLedger(engine, clock=clock)
         self._live: dict[tuple[str, str], _Live] = {}
         self._refreshed = float("-inf")
@@ -140,12 +147,32 @@ class Delivery:
             await entry.provider.aclose()
 
     async def step(self) -> int:
-        """Handle one batch of due rows; how many were claimed."""
+        """Handle one batch of due rows; how many were claimed.
+
+        One profile's rows go one after the other (so its caps count each send);
+        ``concurrency`` profiles are served side by side. Rows not started before half
+        the lease has passed are left for the next claim.
+        """
         await self._refresh_providers()
         rows = await asyncio.to_thread(self._claim, self._clock.now())
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._lease.total_seconds() / 2
+        by_profile: dict[str, list[Row[Any]]] = {}
         for row in rows:
-            outcome = await self._deliver(row)
-            await asyncio.to_thread(self._record, row, outcome)
+            by_profile.setdefault(row.profile_id, []).append(row)
+        queue = list(by_profile.values())
+
+        async def worker() -> None:
+            while queue:
+                for row in queue.pop():
+                    if loop.time() > deadline:
+                        return
+                    outcome = await self._deliver(row)
+                    await asyncio.to_thread(self._record, row, outcome)
+                    if outcome.reserved and row.journey_id is not None:
+                        self._release(row.journey_id)
+
+        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(queue)))))
         return len(rows)
 
     # -- claiming and recording ----------------------------------------------------
@@ -216,6 +243,9 @@ class Delivery:
         if verdict.action == "defer":
             return _Outcome("pending", verdict.reason, due_at=verdict.until, attempted=False)
         assert envelope is not None and provider is not None
+        return replace(await self._send(row, envelope, provider), reserved=True)
+
+    async def _send(self, row: Row[Any], envelope: Envelope, provider: _Live) -> _Outcome:
         wait = self._rate_wait(provider)
         if wait > _RATE_WAIT_MAX:
             later = self._clock.now() + timedelta(seconds=wait)
@@ -277,16 +307,35 @@ class Delivery:
                 return Verdict("skip", "no_address"), None, None
             if cap_reached(conn, family, channel, now, self._settings):
                 return Verdict("skip", "frequency_cap"), None, None
-            if row.journey_id is not None:
-                limit = self._daily_limit(row.journey_id)
-                if limit is not None and journey_sent_today(conn, row.journey_id, now) >= limit:
-                    return Verdict("skip", "journey_daily_limit"), None, None
-        if channel in MESSAGING:
-            zone = zone_of(traits, self._settings.channels_default_timezone)
-            until = quiet_until(now, zone, self._settings.channels_quiet_hours)
-            if until is not None:
-                return Verdict("defer", "quiet_hours", until), None, None
-        return SEND, self._envelope(row, live_id, traits, to), provider
+            if channel in MESSAGING:
+                zone = zone_of(traits, self._settings.channels_default_timezone)
+                until = quiet_until(now, zone, self._settings.channels_quiet_hours)
+                if until is not None:
+                    return Verdict("defer", "quiet_hours", until), None, None
+            envelope = self._envelope(row, live_id, traits, to)
+            if row.journey_id is not None and not self._reserve(conn, row.journey_id, now):
+                return Verdict("skip", "journey_daily_limit"), None, None
+        return SEND, envelope, provider
+
+    def _reserve(self, conn: Connection, journey_id: str, now: datetime) -> bool:
+        """Count a send against the journey's daily limit (released when recorded)."""
+        limit = self._daily_limit(journey_id)
+        if limit is None:
+            return True
+        sent = journey_sent_today(conn, journey_id, now)
+        with self._in_flight_lock:
+            if sent + self._in_flight.get(journey_id, 0) >= limit:
+                return False
+            self._in_flight[journey_id] = self._in_flight.get(journey_id, 0) + 1
+        return True
+
+    def _release(self, journey_id: str) -> None:
+        with self._in_flight_lock:
+            left = self._in_flight.get(journey_id, 0) - 1
+            if left > 0:
+                self._in_flight[journey_id] = left
+            else:
+                self._in_flight.pop(journey_id, None)
 
     def _consented(self, row: Row[Any], live_id: str) -> bool:
         if row.channel == "audience" and row.variables.get("op") == "remove":
@@ -363,7 +412,8 @@ class Delivery:
         if template_id is None:
             raise InvalidInput("the message names no template", field="template_id")
         try:
-            return self._templates.get(template_id)
+            cached = self._template_cache.get(template_id)
+            return cached if cached is not None else self._templates.get(template_id)
         except NotFound as exc:
             raise InvalidInput(exc.detail, field="template_id") from exc
 
@@ -422,6 +472,9 @@ class Delivery:
         if loop.time() - self._refreshed < _PROVIDER_REFRESH_S:
             return
         self._refreshed = loop.time()
+        # Templates too: an edit reaches the sends within the refresh interval.
+        templates = await asyncio.to_thread(self._templates.all)
+        self._template_cache = {t.id: t for t in templates}
         active = await asyncio.to_thread(self._providers.active)
         known = {e.id: e for e in self._live.values()}
         live: dict[tuple[str, str], _Live] = {}

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from email.message import EmailMessage
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate
 from typing import Any, Literal
 
@@ -25,24 +28,33 @@ def message_id_for(key: str, domain: str) -> str:
     return f"<{hashlib.sha256(key.encode()).hexdigest()[:40]}@{domain}>"
 
 
-def build_email(envelope: Envelope, *, sender: str, sender_name: str | None) -> EmailMessage:
-    """The MIME message: text, with an HTML alternative when the template has one."""
+def build_email(envelope: Envelope, *, sender: str, sender_name: str | None) -> Message:
+    """The MIME message: text, with an HTML alternative when the template has one.
+
+    Built with the compat32 classes: the modern policy folds headers several times
+    slower, and these headers need no folding beyond what compat32 does.
+    """
     if envelope.content is None:
         raise ValueError("an e-mail envelope needs rendered content")
     domain = sender.rpartition("@")[2] or "localhost"
-    message = EmailMessage()
+    text = MIMEText(envelope.content.text, "plain", "utf-8")
+    message: Message
+    if envelope.content.html:
+        message = MIMEMultipart("alternative")
+        message.attach(text)
+        message.attach(MIMEText(envelope.content.html, "html", "utf-8"))
+    else:
+        message = text
     message["From"] = formataddr((sender_name, sender)) if sender_name else sender
     message["To"] = envelope.to
-    message["Subject"] = envelope.content.subject or ""
+    subject = envelope.content.subject or ""
+    message["Subject"] = subject if subject.isascii() else Header(subject, "utf-8").encode()
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id_for(envelope.key, domain)
     if envelope.unsubscribe_url:
         # RFC 2369 link plus RFC 8058: a mail client may POST to it without a page view.
         message["List-Unsubscribe"] = f"<{envelope.unsubscribe_url}>"
         message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message.set_content(envelope.content.text)
-    if envelope.content.html:
-        message.add_alternative(envelope.content.html, subtype="html")
     return message
 
 
@@ -83,11 +95,10 @@ class SmtpProvider:
         else:
             options |= {"start_tls": False}
         self._options = options
-        self._client: aiosmtplib.SMTP | None = None
+        # Idle connections; a send takes one (or opens one), so sends run side by side.
+        self._idle: list[aiosmtplib.SMTP] = []
 
-    async def _connected(self) -> aiosmtplib.SMTP:
-        if self._client is not None and self._client.is_connected:
-            return self._client
+    async def _connect(self) -> aiosmtplib.SMTP:
         client = aiosmtplib.SMTP(**self._options)
         await client.connect()
         try:
@@ -96,33 +107,44 @@ class SmtpProvider:
         except BaseException:
             client.close()
             raise
-        self._client = client
         return client
 
     async def send(self, envelope: Envelope) -> None:
         message = build_email(envelope, sender=self._sender, sender_name=self._sender_name)
+        client: aiosmtplib.SMTP | None = None
+        while self._idle and client is None:
+            candidate = self._idle.pop()
+            client = candidate if candidate.is_connected else None
         try:
-            client = await self._connected()
+            if client is None:
+                client = await self._connect()
             await client.send_message(message)
         except aiosmtplib.SMTPRecipientsRefused as exc:
+            if client is not None:  # it answered, so it is still usable
+                self._idle.append(client)
             permanent = all(500 <= e.code < 600 for e in exc.recipients)
             raise SendFailed(f"recipient refused: {exc}", permanent=permanent) from exc
         except aiosmtplib.SMTPResponseException as exc:
-            await self._drop()
+            _drop(client)
             raise SendFailed(f"SMTP {exc.code}: {exc.message}", permanent=exc.code >= 500) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
-            await self._drop()
+            _drop(client)
             raise SendFailed(f"SMTP: {exc}") from exc
-
-    async def _drop(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and client.is_connected:
-            client.close()
+        except BaseException:
+            _drop(client)
+            raise
+        self._idle.append(client)
 
     async def aclose(self) -> None:
-        client, self._client = self._client, None
-        if client is not None and client.is_connected:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+        idle, self._idle = self._idle, []
+        for client in idle:
+            if client.is_connected:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
+
+
+def _drop(client: aiosmtplib.SMTP | None) -> None:
+    if client is not None and client.is_connected:
+        client.close()

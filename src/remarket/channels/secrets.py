@@ -86,7 +86,9 @@ class SecretBox:
         return value
 
     def sign(self, claims: dict[str, str]) -> str:
-        body = base64.urlsafe_b64encode(json.dumps(claims, sort_keys=True).encode()).rstrip(b"=")
+        body = base64.urlsafe_b64encode(
+            json.dumps(claims, sort_keys=True, separators=(",", ":")).encode()
+        ).rstrip(b"=")
         mac = base64.urlsafe_b64encode(hmac.digest(self._mac_key, body, hashlib.sha256)[:18])
         return f"{body.decode()}.{mac.decode()}"
 

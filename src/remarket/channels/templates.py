@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
+import jinja2
 from jinja2 import ChainableUndefined, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import Engine, delete, select, update
@@ -56,12 +58,17 @@ def template_context(
     }
 
 
+@functools.lru_cache(maxsize=512)
+def _compiled(source: str, html: bool) -> jinja2.Template:
+    # Compiling is most of a render's cost; a template's text is its cache key.
+    return (_ENV_HTML if html else _ENV_TEXT).from_string(source)
+
+
 def _one(source: str | None, context: dict[str, Any], *, html: bool, part: str) -> str | None:
     if source is None:
         return None
-    env = _ENV_HTML if html else _ENV_TEXT
     try:
-        return env.from_string(source).render(context)
+        return _compiled(source, html).render(context)
     except TemplateError as exc:
         # SecurityError (a sandbox escape attempt) is a TemplateError too.
         raise InvalidInput(f"template {part} does not render: {exc}", field=part) from exc
