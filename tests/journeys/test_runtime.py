@@ -13,6 +13,7 @@ from sqlalchemy import Engine, func, select
 
 from remarket.clock import ManualClock
 from remarket.journeys import JourneyRuntime
+from remarket.journeys.bulk import bulk_insert
 from remarket.journeys.funnel import funnel, history
 from remarket.schema.events import Identify, Message, Track
 from remarket.storage.state import (
@@ -20,6 +21,7 @@ from remarket.storage.state import (
     identities,
     journey_assignments,
     journey_instances,
+    journey_steps,
     profile_traits,
     segment_members,
     segment_outbox,
@@ -351,3 +353,26 @@ def test_a_schedule_enters_the_segment_members_each_run(rig: Rig) -> None:
     rig.clock.advance(timedelta(hours=22))
     assert rig.runtime.run_schedules() == 2
     assert len(rig.walks()) == 4
+
+
+def test_bulk_writes_store_what_sqlalchemy_stores(state_engine: Engine) -> None:
+    upgrade_state(state_engine)
+    row = {
+        "journey_id": "j",
+        "version": 1,
+        "profile_id": "p_1",
+        "instance_id": "i",
+        "node": "n",
+        "kind": "reached",
+        "reason": None,
+        "at": datetime(2026, 3, 2, 12, 0, 0, 123456, tzinfo=UTC),
+    }
+    with state_engine.begin() as conn:
+        conn.execute(journey_steps.insert(), [row])
+        bulk_insert(conn, journey_steps, [row | {"instance_id": "k"}])
+        stored = conn.exec_driver_sql(
+            "SELECT instance_id, CAST(at AS TEXT) FROM journey_steps ORDER BY instance_id"
+        ).all()
+        assert stored[0][1] == stored[1][1]
+        newer = conn.scalar(select(func.count()).where(journey_steps.c.at >= row["at"]))
+        assert newer == 2

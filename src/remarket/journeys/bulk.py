@@ -10,6 +10,7 @@ SQLAlchemy itself would have written.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table
@@ -28,12 +29,30 @@ def _processors(
     return [table.c[name].type.dialect_impl(dialect).bind_processor(dialect) for name in columns]
 
 
+def _memo(process: Callable[[Any], Any] | None) -> Callable[[Any], Any] | None:
+    """``process`` remembering its answers for datetimes: a batch's rows share a few
+    instants (its ``now``), and formatting them is the bulk of the per-row cost."""
+    if process is None:
+        return None
+    seen: dict[datetime, Any] = {}
+
+    def memoised(value: Any) -> Any:
+        if not isinstance(value, datetime):
+            return process(value)
+        found = seen.get(value)
+        if found is None:
+            found = seen[value] = process(value)
+        return found
+
+    return memoised
+
+
 def _tuples(
     rows: Sequence[Mapping[str, Any]],
     columns: Sequence[str],
     processors: Sequence[Callable[[Any], Any] | None],
 ) -> list[tuple[Any, ...]]:
-    pairs = list(zip(columns, processors, strict=True))
+    pairs = [(c, _memo(p)) for c, p in zip(columns, processors, strict=True)]
     return [
         tuple(p(row[c]) if p is not None and row[c] is not None else row[c] for c, p in pairs)
         for row in rows
