@@ -13,6 +13,7 @@ from sqlalchemy import Engine, func, select
 
 from remarket.clock import ManualClock
 from remarket.journeys import JourneyRuntime
+from remarket.journeys import runtime as runtime_module
 from remarket.journeys.bulk import bulk_insert
 from remarket.journeys.funnel import funnel, history
 from remarket.schema.events import Identify, Message, Track
@@ -364,7 +365,6 @@ def test_bulk_writes_store_what_sqlalchemy_stores(state_engine: Engine) -> None:
         "instance_id": "i",
         "node": "n",
         "kind": "reached",
-        "reason": None,
         "at": datetime(2026, 3, 2, 12, 0, 0, 123456, tzinfo=UTC),
     }
     with state_engine.begin() as conn:
@@ -376,3 +376,25 @@ def test_bulk_writes_store_what_sqlalchemy_stores(state_engine: Engine) -> None:
         assert stored[0][1] == stored[1][1]
         newer = conn.scalar(select(func.count()).where(journey_steps.c.at >= row["at"]))
         assert newer == 2
+
+
+def test_a_crash_before_the_commit_neither_loses_nor_repeats_the_message(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rig.journey(BASE)
+    rig.track("ann", "Product Added")
+    rig.clock.advance(timedelta(minutes=61))
+
+    def crash(*_args: object) -> None:
+        raise RuntimeError("the process dies after queueing the e-mail, before the commit")
+
+    # _write queues the message, then publishes the trait update: die in between.
+    monkeypatch.setattr(runtime_module, "_publish_traits", crash)
+    with pytest.raises(RuntimeError):
+        rig.runtime.run_due()
+    assert rig.sent() == []  # rolled back with the step that decided it
+    monkeypatch.undo()
+    assert rig.run() == 1  # the timer is still due
+    assert rig.sent() == [("p_ann", "m", "t")]
+    assert rig.run(timedelta(days=1)) == 0
+    assert rig.sent() == [("p_ann", "m", "t")]

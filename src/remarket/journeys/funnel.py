@@ -185,9 +185,7 @@ def history(engine: Engine, profile_id: str) -> list[StepEntry]:
             .order_by(journey_steps.c.at, journey_steps.c.id)
         )
         out += [
-            StepEntry(
-                r.journey_id, r.version, r.instance_id, r.node, r.kind, r.reason, as_utc(r.at)
-            )
+            StepEntry(r.journey_id, r.version, r.instance_id, r.node, r.kind, None, as_utc(r.at))
             for r in steps
         ]
     order = {"entered": 0, "reached": 1, "converted": 2, "exited": 3}

@@ -106,7 +106,7 @@ class _Changes:
         self.steps.append(
             {"journey_id": row["journey_id"], "version": row["version"]}
             | {"profile_id": row["profile_id"], "instance_id": row["id"], "node": node}
-            | {"kind": kind, "reason": None, "at": at}
+            | {"kind": kind, "at": at}
         )
 
 

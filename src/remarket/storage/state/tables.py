@@ -467,14 +467,14 @@ journey_steps = Table(
     Column("version", Integer, nullable=False),
     Column("profile_id", String(40), nullable=False, index=True),
     Column("instance_id", String(120), nullable=False),
-    # None for journey-level steps (entered, exited by an exit event, converted).
     Column("node", String(64), nullable=True),
+    # "reached" (entering, leaving and converting are on the instance row).
     Column("kind", String(16), nullable=False),
-    Column("reason", String(64), nullable=True),
     Column("at", _TS, nullable=False),
     Index("ix_journey_steps_journey_id_node_kind", "journey_id", "node", "kind"),
 )
-"""What happened to whom in which journey, in order. Personal: erase by profile_id."""
+"""The nodes each profile reached in each journey, in order. Personal: erase by
+profile_id."""
 
 journey_assignments = Table(
     "journey_assignments",

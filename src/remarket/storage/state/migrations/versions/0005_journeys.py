@@ -86,7 +86,6 @@ def upgrade() -> None:
         sa.Column("instance_id", sa.String(length=120), nullable=False),
         sa.Column("node", sa.String(length=64), nullable=True),
         sa.Column("kind", sa.String(length=16), nullable=False),
-        sa.Column("reason", sa.String(length=64), nullable=True),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_journey_steps")),
     )
