@@ -13,7 +13,7 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Row, or_, select, update
 
-from remarket.channels.audiences import e164
+from remarket.channels.audiences import AudienceStore, e164
 from remarket.channels.guards import (
     MESSAGING,
     SEND,
@@ -49,7 +49,9 @@ _log = logging.getLogger(__name__)
 
 _PAUSED_RECHECK: Final = timedelta(seconds=0.5)
 _RATE_WAIT_MAX: Final = 1.0
-_PROVIDER_REFRESH_S: Final = 2.0
+_PROVIDER_REFRESH_S: Final = 0.5
+_AUDIENCE_SYNC_S: Final = 5.0
+_NO_PROVIDER_WAIT: Final = timedelta(seconds=30)
 
 
 def unsubscribe_url(box: SecretBox, settings: Settings, profile_id: str) -> str:
@@ -115,12 +117,14 @@ class Delivery:
         # Sends of a journey in flight now, so its daily limit holds under concurrency.
         self._in_flight: dict[str, int] = {}
         self._in_flight_lock = threading.Lock()
+        self._write_lock = asyncio.Lock()
         self._random = random.Random(seed)
         self._box = SecretBox(load_key(settings))
         self._providers = ProviderStore(engine, self._box)
         self._templates = TemplateStore(engine)
         self._template_cache: dict[str, Template] = {}
         self._consent = ConsentLedger(engine, clock=clock)
+        self._audiences = AudienceStore(engine)
         self._live: dict[tuple[str, str], _Live] = {}
         self._refreshed = float("-inf")
         self._postgres = engine.dialect.name == "postgresql"
@@ -128,10 +132,16 @@ class Delivery:
     # -- the loop ----------------------------------------------------------------
 
     async def run(self, stop: threading.Event) -> None:
-        """Step until ``stop`` is set; idle steps wait ``poll_interval``."""
+        """Step until ``stop`` is set; idle steps wait ``poll_interval``. Every few
+        seconds, audiences are synced with their segments first."""
+        loop = asyncio.get_running_loop()
+        synced = float("-inf")
         try:
             while not stop.is_set():
                 try:
+                    if loop.time() - synced >= _AUDIENCE_SYNC_S:
+                        synced = loop.time()
+                        await asyncio.to_thread(self._audiences.sync, now=self._clock.now())
                     done = await self.step()
                 except Exception:
                     _log.exception("delivery step failed; retrying")
@@ -153,27 +163,47 @@ class Delivery:
         ``concurrency`` profiles are served side by side. Rows not started before half
         the lease has passed are left for the next claim.
         """
-        await self._refresh_providers()
         rows = await asyncio.to_thread(self._claim, self._clock.now())
+        if not rows:
+            return 0
+        await self._refresh_providers()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._lease.total_seconds() / 2
         by_profile: dict[str, list[Row[Any]]] = {}
         for row in rows:
             by_profile.setdefault(row.profile_id, []).append(row)
         queue = list(by_profile.values())
+        started: set[int] = set()
 
         async def worker() -> None:
             while queue:
                 for row in queue.pop():
                     if loop.time() > deadline:
                         return
+                    started.add(row.id)
                     outcome = await self._deliver(row)
-                    await asyncio.to_thread(self._record, row, outcome)
+                    # One writer at a time: SQLite writers would otherwise wait in its
+                    # busy handler, which sleeps far longer than a write takes.
+                    async with self._write_lock:
+                        await asyncio.to_thread(self._record, row, outcome)
                     if outcome.reserved and row.journey_id is not None:
                         self._release(row.journey_id)
 
         await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(queue)))))
+        left = [row.id for row in rows if row.id not in started]
+        if left:
+            async with self._write_lock:
+                await asyncio.to_thread(self._unclaim, left)
         return len(rows)
+
+    def _unclaim(self, ids: list[int]) -> None:
+        """Give back rows claimed but not started (their attempt did not happen)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(channel_outbox)
+                .where(channel_outbox.c.id.in_(ids), channel_outbox.c.status == "pending")
+                .values(lease_until=None, attempts=channel_outbox.c.attempts - 1)
+            )
 
     # -- claiming and recording ----------------------------------------------------
 
@@ -299,7 +329,8 @@ class Delivery:
             traits = self._traits(conn, live_id)
             provider = self._provider_for(conn, row)
             if provider is None:
-                return Verdict("skip", "no_provider"), None, None
+                # Not the person's doing: the message waits for a provider to be set up.
+                return Verdict("defer", "no_provider", now + _NO_PROVIDER_WAIT), None, None
             if channel == "audience":
                 return self._audience(conn, row, live_id, traits, provider)
             to = self._address(channel, traits, row.variables)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine
 
+from remarket.channels import Delivery
 from remarket.clock import Clock, SystemClock
 from remarket.collect.quarantine import QuarantineStore, Rejection
 from remarket.config import Settings
@@ -36,10 +37,14 @@ class Workers:
     log: EventLog
     segments: SegmentLoop
     journeys: JourneyLoop
+    delivery: Delivery
 
     async def run(self, stop: threading.Event) -> None:
         await asyncio.gather(
-            self.runner.run(stop), self.segments.run(stop), self.journeys.run(stop)
+            self.runner.run(stop),
+            self.segments.run(stop),
+            self.journeys.run(stop),
+            self.delivery.run(stop),
         )
 
 
@@ -99,6 +104,8 @@ async def build_workers(
         log,
         loop,
         JourneyLoop(journeys, poll_interval=settings.worker_poll_interval_s),
+        # The channel outbox: journeys' sends and audience uploads.
+        Delivery(engine, settings, clock or SystemClock(), journeys.is_paused),
     )
 
 
