@@ -103,7 +103,7 @@ def test_send_unsubscribe_and_no_more_mail(server: Server, smtp: tuple[MailSink,
 
     _enqueue(server, "m1", pid)
     assert _status(server, "m1").status == "sent"
-    [message] = sink.messages
+    [message] = sink.messages()
     link = re.search(r"<(http[^>]+)>", str(message["List-Unsubscribe"]).replace("\n ", ""))
     assert link is not None
     path = link.group(1).removeprefix("http://127.0.0.1:8000")
@@ -127,7 +127,7 @@ def test_send_unsubscribe_and_no_more_mail(server: Server, smtp: tuple[MailSink,
     _enqueue(server, "m2", pid)
     row = _status(server, "m2")
     assert (row.status, row.reason) == ("skipped", "no_consent")
-    assert len(sink.messages) == 1
+    assert len(sink.messages()) == 1
 
     counts = server.client.get(
         "/v1/channels/deliveries", params={"journey_id": "j1"}, headers=server.admin
@@ -182,7 +182,7 @@ def test_dead_letters_and_replay(server: Server, smtp: tuple[MailSink, int]) -> 
     )
     assert replayed.json() == {"replayed": 1}
     assert _status(server, "d1").status == "sent"
-    assert len(sink.messages) == 1
+    assert len(sink.messages()) == 1
 
 
 def test_suppressions_and_scopes(server: Server) -> None:

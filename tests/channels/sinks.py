@@ -55,7 +55,7 @@ class MailSink:
             self.distinct.add(message_id)
         return "250 Message accepted for delivery"
 
-    @property
+    # A method, not a property: aiosmtpd inspects the handler's members per connection.
     def messages(self) -> list[EmailMessage]:
         with self.lock:
             raw = list(self.raw)

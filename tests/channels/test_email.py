@@ -42,7 +42,7 @@ def test_email_arrives_with_html_text_and_one_click_unsubscribe(
 
     assert world.deliver() == 1
 
-    [message] = smtp.messages
+    [message] = smtp.messages()
     assert message["To"] == "ann@example.com"
     assert message["Subject"] == "Hi Ann"
     assert message["Message-ID"] == message_id_for("k1", "shop.example")
@@ -73,7 +73,7 @@ def test_starttls_to_a_server_that_requires_it(world: World, tmp_path: Path) -> 
         world.enqueue("k1", "p_1")
         world.deliver()
     assert world.row("k1").status == "sent", world.row("k1").last_error
-    assert len(sink.messages) == 1
+    assert len(sink.messages()) == 1
 
 
 def test_a_second_enqueue_of_the_same_key_sends_nothing_more(world: World, smtp: MailSink) -> None:
@@ -83,4 +83,4 @@ def test_a_second_enqueue_of_the_same_key_sends_nothing_more(world: World, smtp:
     world.deliver()
     assert world.enqueue("k1", "p_1") is False
     world.deliver()
-    assert len(smtp.messages) == 1
+    assert len(smtp.messages()) == 1

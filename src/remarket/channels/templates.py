@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any, Final
 
 import jinja2
-from jinja2 import ChainableUndefined, TemplateError
+from jinja2 import ChainableUndefined, FunctionLoader, TemplateError, Undefined
+from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import Engine, delete, select, update
 
@@ -17,10 +18,30 @@ from remarket.storage.state import channel_templates
 
 __all__ = ["Rendered", "Template", "TemplateStore", "render", "template_context"]
 
-# A trait the profile lacks renders empty (use `| default(...)`), as in Liquid.
-_ENV_TEXT: Final = ImmutableSandboxedEnvironment(autoescape=False, undefined=ChainableUndefined)
+
+class _Sandbox(ImmutableSandboxedEnvironment):
+    """Jinja2's immutable sandbox, stricter in two ways: reaching for an unsafe attribute
+    is an error (not an empty value), and no template can be loaded (``include``,
+    ``import`` and ``extends`` find nothing: no file is ever read)."""
+
+    def unsafe_undefined(self, obj: Any, attribute: str) -> Undefined:
+        raise SecurityError(
+            f"access to attribute {attribute!r} of {type(obj).__name__!r} is unsafe"
+        )
+
+
+def _sandbox(*, autoescape: bool) -> _Sandbox:
+    return _Sandbox(
+        autoescape=autoescape,
+        # A trait the profile lacks renders empty (use `| default(...)`), as in Liquid.
+        undefined=ChainableUndefined,
+        loader=FunctionLoader(lambda _name: None),
+    )
+
+
+_ENV_TEXT: Final = _sandbox(autoescape=False)
 # HTML escapes every value: a trait such as a name cannot inject markup.
-_ENV_HTML: Final = ImmutableSandboxedEnvironment(autoescape=True, undefined=ChainableUndefined)
+_ENV_HTML: Final = _sandbox(autoescape=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +103,7 @@ def render(template: Template, context: dict[str, Any]) -> Rendered:
     '<b>&lt;Ann&gt;</b>'
     >>> render(Template("t", "sms", None, None, "{{ ''.__class__ }}"), {})
     Traceback (most recent call last):
-    remarket.errors.InvalidInput: template text does not render: access to attribute '__class__' of 'str' object is unsafe.
+    remarket.errors.InvalidInput: template text does not render: access to attribute '__class__' of 'str' is unsafe
     """  # noqa: E501
     subject = _one(template.subject, context, html=False, part="subject")
     return Rendered(
