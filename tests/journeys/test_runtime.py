@@ -398,3 +398,11 @@ def test_a_crash_before_the_commit_neither_loses_nor_repeats_the_message(
     assert rig.sent() == [("p_ann", "m", "t")]
     assert rig.run(timedelta(days=1)) == 0
     assert rig.sent() == [("p_ann", "m", "t")]
+
+
+def test_daily_limit_is_read_from_the_newest_version(rig: Rig) -> None:
+    rig.journey(BASE)
+    assert rig.runtime.daily_limit("j") is None
+    rig.journey(BASE | {"daily_limit": 500})
+    assert rig.runtime.daily_limit("j") == 500
+    assert rig.runtime.daily_limit("nope") is None

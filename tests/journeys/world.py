@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -10,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 
 from remarket.api import Runtime, create_app
 from remarket.channels import Delivery
@@ -114,25 +116,44 @@ class JourneyWorld(World):
             now=self.clock.now(),
         )
 
-    def deliver(self) -> int:
-        """Run the channels' deliverer until nothing is due (pausing as the server's
-        journeys runtime says); how many outbox rows it handled."""
+    def deliver(self, timeout: float = 20.0) -> None:
+        """Deliver everything due now: run a deliverer (pausing as the server's journeys
+        runtime says) until nothing is due, and wait for any the server's own deliverer
+        has in hand."""
         runtime = self.runtime
         journeys_now = JourneyRuntime(runtime.engine, runtime.warehouse, self.clock)
 
-        async def main() -> int:
+        async def main() -> None:
             delivery = Delivery(
                 runtime.engine, runtime.settings, self.clock, journeys_now.is_paused, seed=1
             )
-            total = 0
             try:
-                while done := await delivery.step():
-                    total += done
+                while await delivery.step():
+                    pass
             finally:
                 await delivery.aclose()
-            return total
 
-        return asyncio.run(main())
+        deadline = time.monotonic() + timeout
+        while True:
+            asyncio.run(main())
+            if self._undelivered() == 0:
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError("the outbox was not delivered")
+            time.sleep(0.02)
+
+    def _undelivered(self) -> int:
+        """Messages due now that no deliverer has finished with (paused ones aside)."""
+        c = channel_outbox.c
+        with self.runtime.engine.connect() as conn:
+            count = conn.scalar(
+                select(func.count()).where(
+                    c.status == "pending",
+                    c.due_at <= self.clock.now(),
+                    or_(c.reason.is_(None), c.reason != "paused"),
+                )
+            )
+        return int(count or 0)
 
     def outbox(self) -> list[dict[str, Any]]:
         """Every message journeys handed to channels, oldest first."""
@@ -146,6 +167,9 @@ def journey_world(data_dir: Path, clock: ManualClock, **settings: Any) -> Iterat
     """A server on ``data_dir``; a second one on the same folder is a restart.
     No quiet hours unless ``channels_quiet_hours`` is given."""
     settings.setdefault("channels_quiet_hours", None)
+    # A key given, not made on first use: the server and the test's deliverer would race
+    # to create the key file.
+    settings.setdefault("channels_key", base64.urlsafe_b64encode(bytes(range(32))).decode())
     config = Settings(
         data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01, **settings
     )

@@ -156,6 +156,13 @@ class JourneyRuntime:
                 out.append(_Live(r.id, r.status, r.version, plan))
         return out
 
+    def daily_limit(self, journey_id: str) -> int | None:
+        """The journey's ``daily_limit`` (its newest version's), for the deliverer."""
+        with self._engine.connect() as conn:
+            version = conn.scalar(select(journeys.c.version).where(journeys.c.id == journey_id))
+        plan = self.plan(journey_id, version) if version is not None else None
+        return plan.definition.daily_limit if plan is not None else None
+
     def is_paused(self, journey_id: str) -> bool:
         """Whether a journey's sends must stop (paused or archived); at most 0.25 s old,
         so the kill switch takes effect within a second."""

@@ -406,6 +406,8 @@ class JourneyDefinition(_Model):
     entry: Entry
     reentry: Reentry = Reentry()
     max_concurrent: Annotated[int, Field(ge=1)] | None = None
+    daily_limit: Annotated[int, Field(ge=1)] | None = None
+    """Most messages the journey sends per day (UTC); the rest are skipped at delivery."""
     start: NodeId
     nodes: Annotated[tuple[JourneyNode, ...], Field(min_length=1, max_length=200)]
     exit_when: tuple[EventSpec, ...] = ()
