@@ -183,3 +183,21 @@ def test_google_customer_match_job_flow(world: World, sink: HttpSink) -> None:
         }
     ]
     assert run.path == "/v17/customers/1234567890/offlineUserDataJobs/77:run"
+
+
+def test_withdrawn_advertising_consent_removes_a_member(world: World, sink: HttpSink) -> None:
+    from remarket.privacy import ConsentLedger
+
+    world.provider("meta", access_token="t", base_url=sink.url)
+    world.profile("p_1", consent=("advertising",), email="a@example.com")
+    _move(world, "p_1", True)
+    store = AudienceStore(world.engine)
+    store.create("vip", segment="buyers", platform="meta", external_id="1", now=world.clock.now())
+    world.deliver()
+    world.clock.advance(timedelta(seconds=1))
+    ConsentLedger(world.engine, clock=world.clock).set("p_1", {"advertising": False}, actor="t")
+    assert store.sync(now=world.clock.now()) == 1
+    assert store.sync(now=world.clock.now()) == 0
+    world.deliver()
+    # Still a member of the segment, but out of the ad audience.
+    assert [r.method for r in sink.requests] == ["POST", "DELETE"]

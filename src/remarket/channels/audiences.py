@@ -15,7 +15,15 @@ from remarket.channels.http import HttpProvider
 from remarket.channels.outbox import OutboxMessage, enqueue_many
 from remarket.channels.providers import Envelope
 from remarket.errors import ConflictError, InvalidInput, NotFound
-from remarket.storage.state import channel_audiences, segment_history, segment_members, segments
+from remarket.segments.membership import chunks
+from remarket.storage.state import (
+    channel_audiences,
+    channel_outbox,
+    consents,
+    segment_history,
+    segment_members,
+    segments,
+)
 
 __all__ = [
     "PLATFORMS",
@@ -311,7 +319,58 @@ class AudienceStore:
         for audience in self.all():
             with self._engine.begin() as conn:
                 total += self._sync_one(conn, audience, now)
+                total += self._consent_changes(conn, audience, now)
         return total
+
+    @staticmethod
+    def _consent_changes(conn: Connection, audience: Audience, now: datetime) -> int:
+        """A member who withdraws advertising consent is removed from the audience (and
+        added again on a new grant): one upload per consent record, keyed by it."""
+        c = consents.c
+        rows = conn.execute(
+            select(c.profile_id, c.state, c.ref)
+            .join(
+                segment_members,
+                (segment_members.c.profile_id == c.profile_id)
+                & (segment_members.c.segment == audience.segment),
+            )
+            .where(c.purpose == "advertising", c.at > audience.created_at)
+        ).all()
+        if not rows:
+            return 0
+        generation = _generation(audience.id, audience.created_at)
+        wanted = {
+            f"{generation}:c:{hashlib.sha256(r.ref.encode()).hexdigest()[:16]}:{r.profile_id}": r
+            for r in rows
+        }
+        known: set[str] = set()
+        for chunk in chunks(sorted(wanted)):
+            known.update(
+                conn.scalars(
+                    select(channel_outbox.c.idempotency_key).where(
+                        channel_outbox.c.idempotency_key.in_(chunk)
+                    )
+                )
+            )
+        return enqueue_many(
+            conn,
+            [
+                OutboxMessage(
+                    key,
+                    row.profile_id,
+                    "audience",
+                    None,
+                    {
+                        "audience": audience.id,
+                        "op": "add" if row.state == "granted" else "remove",
+                        "cause": "consent",
+                    },
+                )
+                for key, row in wanted.items()
+                if key not in known
+            ],
+            now=now,
+        )
 
     @staticmethod
     def _sync_one(conn: Connection, audience: Audience, now: datetime) -> int:

@@ -469,8 +469,10 @@ class Delivery:
             )
         )
         # Uploads follow membership now: an add for someone who has left since (or a
-        # remove for someone back in) is stale, and a later row carries the change.
-        if (op == "add") != (member is not None):
+        # remove for someone back in) is stale, and a later row carries the change. A
+        # remove for withdrawn consent holds whatever the membership.
+        withdrawn = op == "remove" and row.variables.get("cause") == "consent"
+        if not withdrawn and (op == "add") != (member is not None):
             return Verdict("skip", "stale"), None, None
         email, phone = traits.get("email"), traits.get("phone")
         if not isinstance(email, str) and not isinstance(phone, str):
