@@ -2,9 +2,10 @@
 
 Delivery guarantee: every outbox row is sent at most once per attempt and its outcome
 is recorded right after the provider answers. A crash between the provider's answer
-and that record (one message per deliverer) sends that message again on restart, with
-the same idempotency key: the same ``Message-ID`` for e-mail, the same
-``Idempotency-Key`` header for webhooks, the same upload session for Meta. So the
+and that record (at most one message per concurrent sender of a deliverer, 8 by
+default) sends those messages again after restart, with the same idempotency key:
+the same ``Message-ID`` for e-mail, the same ``Idempotency-Key`` header for webhooks,
+the same upload session for Meta. So the
 provider may see a message twice, never two different messages: effectively once for
 any receiver that de-duplicates by that id.
 """

@@ -88,7 +88,7 @@ class Delivery:
     ``step()`` claims a batch of due rows (a lease keeps other deliverers off them),
     and for each: a paused journey's row is put back; the guards decide send, skip or
     defer; the template is rendered; the provider sends; the outcome is recorded at
-    once, so a crash repeats at most the message in flight (see :mod:`remarket.channels`
+    once, so a crash repeats at most the messages in flight (see :mod:`remarket.channels`
     for the guarantee). ``is_paused(journey_id)`` and ``daily_limit(journey_id)`` come
     from the journeys runtime.
     """
