@@ -5,9 +5,9 @@ is recorded right after the provider answers. A crash between the provider's ans
 and that record (at most one message per concurrent sender of a deliverer, 8 by
 default) sends those messages again after restart, with the same idempotency key:
 the same ``Message-ID`` for e-mail, the same ``Idempotency-Key`` header for webhooks,
-the same upload session for Meta. So the
-provider may see a message twice, never two different messages: effectively once for
-any receiver that de-duplicates by that id.
+the same upload session for Meta. So a provider may see a message twice, never two
+different messages: effectively once for any receiver that de-duplicates by that id
+(SMS through Twilio has no such id: a crash may repeat an SMS).
 """
 
 from __future__ import annotations
