@@ -6,8 +6,8 @@ that first locks the journeys sink's offset row (so they never interleave, in th
 process or another):
 
 - :meth:`JourneyRuntime.apply`, the log sink: events enter profiles (entry event, or a
-  published ``Segment Entered``), end walks (``exit_when``), wake ``until_event`` waits
-  and record conversions; it only marks instances due, it runs no node;
+  published ``Segment Entered``) and walk them to their first wait or branch, end walks
+  (``exit_when``), wake ``until_event`` waits (due now) and record conversions;
 - :meth:`JourneyRuntime.run_due`: instances whose timer is due are walked on with
   :func:`~remarket.journeys.interpreter.advance`; their effects are committed with the
   new position: messages into the channel outbox (idempotency key
