@@ -193,7 +193,7 @@ def test_healthz_reports_log_and_lag(server: Server) -> None:
     assert health == {
         "status": "ok",
         "log_end_offset": 1,
-        "lag": {"warehouse": 0, "profiles": 0, "segments": 0, "consent": 0},
+        "lag": {"warehouse": 0, "profiles": 0, "segments": 0, "consent": 0, "journeys": 0},
     }
 
 

@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 REMARKET = Path(sys.executable).with_name("remarket")
-CONSUMERS = ("warehouse", "profiles", "segments", "consent")
+CONSUMERS = ("warehouse", "profiles", "segments", "consent", "journeys")
 START_TIMEOUT_S = 60.0
 
 

@@ -276,4 +276,10 @@ def test_health_lag_reaches_zero_after_restart_when_workers_are_caught_up(
     server.start()
     health = server.wait_for_lag_zero(timeout=10)
 
-    assert health["lag"] == {"warehouse": 0, "profiles": 0, "segments": 0, "consent": 0}
+    assert health["lag"] == {
+        "warehouse": 0,
+        "profiles": 0,
+        "segments": 0,
+        "consent": 0,
+        "journeys": 0,
+    }
