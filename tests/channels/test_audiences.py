@@ -201,3 +201,22 @@ def test_withdrawn_advertising_consent_removes_a_member(world: World, sink: Http
     world.deliver()
     # Still a member of the segment, but out of the ad audience.
     assert [r.method for r in sink.requests] == ["POST", "DELETE"]
+
+
+def test_members_are_uploaded_together(world: World, sink: HttpSink) -> None:
+    world.provider("meta", access_token="t", base_url=sink.url)
+    for i in range(5):
+        world.profile(f"p_{i}", consent=("advertising",), email=f"m{i}@example.com")
+        _move(world, f"p_{i}", True)
+    AudienceStore(world.engine).create(
+        "vip", segment="buyers", platform="meta", external_id="9", now=world.clock.now()
+    )
+    world.deliver()
+    [request] = sink.requests
+    body = request.json()
+    assert body["payload"]["schema"] == ["EMAIL"]
+    assert sorted(body["payload"]["data"]) == sorted(
+        [[hashlib.sha256(f"m{i}@example.com".encode()).hexdigest()] for i in range(5)]
+    )
+    assert body["session"]["estimated_num_total"] == 5
+    assert body["session"]["last_batch_flag"] is True

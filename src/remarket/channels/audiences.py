@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
@@ -28,6 +30,7 @@ from remarket.storage.state import (
 __all__ = [
     "PLATFORMS",
     "Audience",
+    "AudienceProvider",
     "AudienceStore",
     "GoogleCustomerMatchProvider",
     "MetaAudienceProvider",
@@ -112,12 +115,23 @@ def google_identifiers(
     return found
 
 
-class MetaAudienceProvider(HttpProvider):
+class AudienceProvider(HttpProvider, ABC):
+    """An ad platform: uploads many identifiers of one audience and operation at once
+    (every envelope given to :meth:`send_many` has the same audience and op)."""
+
+    channel = "audience"
+
+    async def send(self, envelope: Envelope) -> None:
+        await self.send_many([envelope])
+
+    @abstractmethod
+    async def send_many(self, envelopes: Sequence[Envelope]) -> None: ...
+
+
+class MetaAudienceProvider(AudienceProvider):
     """``POST`` (add) / ``DELETE`` (remove) ``{base_url}/{version}/{audience_id}/users``
     with ``{"session": ..., "payload": {"schema": [...], "data": [[...]]}}`` and the
     access token as Bearer (Meta Marketing API, Customer File Custom Audiences)."""
-
-    channel = "audience"
 
     def __init__(
         self,
@@ -133,32 +147,38 @@ class MetaAudienceProvider(HttpProvider):
         self._headers = {"Authorization": f"Bearer {access_token}"}
         self._country_code = country_code
 
-    async def send(self, envelope: Envelope) -> None:
-        data = envelope.data
-        schema, row = meta_row(data.get("email"), data.get("phone"), self._country_code)
-        # The session id derives from the idempotency key: a repeat names the same upload.
-        session = int(hashlib.sha256(envelope.key.encode()).hexdigest()[:12], 16)
-        body = {
-            "session": {
-                "session_id": session,
-                "batch_seq": 1,
-                "last_batch_flag": True,
-                "estimated_num_total": 1,
-            },
-            "payload": {"schema": schema, "data": [row]},
-        }
-        method = "POST" if data["op"] == "add" else "DELETE"
-        url = f"{self._base}/{data['audience']}/users"
-        await self._request(method, url, json=body, headers=self._headers)
+    async def send_many(self, envelopes: Sequence[Envelope]) -> None:
+        """One request per identifier schema (Meta takes up to 10,000 rows in one)."""
+        first = envelopes[0].data
+        by_schema: dict[tuple[str, ...], list[list[str]]] = {}
+        for envelope in envelopes:
+            schema, row = meta_row(
+                envelope.data.get("email"), envelope.data.get("phone"), self._country_code
+            )
+            by_schema.setdefault(tuple(schema), []).append(row)
+        # The session id derives from the idempotency keys: a repeat names the same upload.
+        keys = "\x1f".join(e.key for e in envelopes)
+        session = int(hashlib.sha256(keys.encode()).hexdigest()[:12], 16)
+        method = "POST" if first["op"] == "add" else "DELETE"
+        url = f"{self._base}/{first['audience']}/users"
+        for seq, (fields, rows) in enumerate(sorted(by_schema.items()), start=1):
+            body = {
+                "session": {
+                    "session_id": session,
+                    "batch_seq": seq,
+                    "last_batch_flag": seq == len(by_schema),
+                    "estimated_num_total": len(envelopes),
+                },
+                "payload": {"schema": list(fields), "data": rows},
+            }
+            await self._request(method, url, json=body, headers=self._headers)
 
 
-class GoogleCustomerMatchProvider(HttpProvider):
+class GoogleCustomerMatchProvider(AudienceProvider):
     """Google Ads API ``OfflineUserDataJobService``: ``offlineUserDataJobs:create`` for the
     user list, ``:addOperations`` with ``create`` / ``remove`` of ``userIdentifiers``,
     then ``:run``; headers ``Authorization: Bearer``, ``developer-token`` and
     ``login-customer-id``."""
-
-    channel = "audience"
 
     def __init__(
         self,
@@ -183,10 +203,10 @@ class GoogleCustomerMatchProvider(HttpProvider):
             self._headers["login-customer-id"] = login_customer_id.replace("-", "")
         self._country_code = country_code
 
-    async def send(self, envelope: Envelope) -> None:
-        data = envelope.data
-        identifiers = google_identifiers(data.get("email"), data.get("phone"), self._country_code)
-        user_list = f"customers/{self._customer}/userLists/{data['audience']}"
+    async def send_many(self, envelopes: Sequence[Envelope]) -> None:
+        """One job: create it, add every operation, run it."""
+        first = envelopes[0].data
+        user_list = f"customers/{self._customer}/userLists/{first['audience']}"
         created = await self._post(
             f"{self._base}/customers/{self._customer}/offlineUserDataJobs:create",
             json={
@@ -198,13 +218,20 @@ class GoogleCustomerMatchProvider(HttpProvider):
             headers=self._headers,
         )
         job = created.json()["resourceName"]
-        op = "create" if data["op"] == "add" else "remove"
+        op = "create" if first["op"] == "add" else "remove"
+        operations = [
+            {
+                op: {
+                    "userIdentifiers": google_identifiers(
+                        e.data.get("email"), e.data.get("phone"), self._country_code
+                    )
+                }
+            }
+            for e in envelopes
+        ]
         await self._post(
             f"{self._base}/{job}:addOperations",
-            json={
-                "enablePartialFailure": True,
-                "operations": [{op: {"userIdentifiers": identifiers}}],
-            },
+            json={"enablePartialFailure": True, "operations": operations},
             headers=self._headers,
         )
         await self._post(f"{self._base}/{job}:run", json={}, headers=self._headers)

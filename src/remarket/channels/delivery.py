@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Row, or_, select, update
 
-from remarket.channels.audiences import AudienceStore, e164
+from remarket.channels.audiences import AudienceProvider, AudienceStore, e164
 from remarket.channels.guards import (
     MESSAGING,
     SEND,
@@ -170,10 +171,19 @@ class Delivery:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._lease.total_seconds() / 2
         by_profile: dict[str, list[Row[Any]]] = {}
+        uploads: list[Row[Any]] = []
         for row in rows:
-            by_profile.setdefault(row.profile_id, []).append(row)
+            if row.channel == "audience":
+                uploads.append(row)
+            else:
+                by_profile.setdefault(row.profile_id, []).append(row)
         queue = list(by_profile.values())
-        started: set[int] = set()
+        started: set[int] = {row.id for row in uploads}
+
+        async def upload() -> None:
+            for row, outcome in await self._upload(uploads) if uploads else []:
+                async with self._write_lock:
+                    await asyncio.to_thread(self._record, row, outcome)
 
         async def worker() -> None:
             while queue:
@@ -189,7 +199,9 @@ class Delivery:
                     if outcome.reserved and row.journey_id is not None:
                         self._release(row.journey_id)
 
-        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(queue)))))
+        await asyncio.gather(
+            upload(), *(worker() for _ in range(min(self._concurrency, len(queue))))
+        )
         left = [row.id for row in rows if row.id not in started]
         if left:
             async with self._write_lock:
@@ -260,7 +272,9 @@ class Delivery:
 
     # -- one message -----------------------------------------------------------------
 
-    async def _deliver(self, row: Row[Any]) -> _Outcome:
+    async def _decide(self, row: Row[Any]) -> _Outcome | tuple[Envelope, _Live]:
+        """The outcome without sending (paused, skipped, deferred, unrenderable), or
+        what to send through which provider."""
         if row.journey_id is not None and self._is_paused(row.journey_id):
             return _Outcome("pending", "paused", due_at=as_utc(row.due_at), attempted=False)
         try:
@@ -273,20 +287,55 @@ class Delivery:
         if verdict.action == "defer":
             return _Outcome("pending", verdict.reason, due_at=verdict.until, attempted=False)
         assert envelope is not None and provider is not None
-        return replace(await self._send(row, envelope, provider), reserved=True)
+        return envelope, provider
 
-    async def _send(self, row: Row[Any], envelope: Envelope, provider: _Live) -> _Outcome:
+    async def _deliver(self, row: Row[Any]) -> _Outcome:
+        decided = await self._decide(row)
+        if isinstance(decided, _Outcome):
+            return decided
+        envelope, provider = decided
+        outcomes = await self._send([row], provider, lambda: provider.provider.send(envelope))
+        return replace(outcomes[0], reserved=True)
+
+    async def _send(
+        self, rows: list[Row[Any]], provider: _Live, send: Callable[[], Awaitable[None]]
+    ) -> list[_Outcome]:
+        """Run ``send`` (one message, or one upload of many rows) within the provider's
+        rate limit; the provider's answer is every row's outcome."""
         wait = self._rate_wait(provider)
         if wait > _RATE_WAIT_MAX:
             later = self._clock.now() + timedelta(seconds=wait)
-            return _Outcome("pending", "rate_limited", due_at=later, attempted=False)
+            return [_Outcome("pending", "rate_limited", due_at=later, attempted=False)] * len(rows)
         if wait > 0:
             await asyncio.sleep(wait)
         try:
-            await provider.provider.send(envelope)
+            await send()
         except SendFailed as exc:
-            return self._failure(row, exc)
-        return _Outcome("sent")
+            return [self._failure(row, exc) for row in rows]
+        return [_Outcome("sent")] * len(rows)
+
+    async def _upload(self, rows: list[Row[Any]]) -> list[tuple[Row[Any], _Outcome]]:
+        """Audience rows: guarded one by one, uploaded together per audience and op."""
+        decided = await asyncio.gather(*(self._decide(row) for row in rows))
+        done: list[tuple[Row[Any], _Outcome]] = []
+        groups: dict[tuple[str, str, str], list[tuple[Row[Any], Envelope, _Live]]] = {}
+        for row, result in zip(rows, decided, strict=True):
+            if isinstance(result, _Outcome):
+                done.append((row, result))
+                continue
+            envelope, provider = result
+            group = (provider.id, str(envelope.data["audience"]), str(envelope.data["op"]))
+            groups.setdefault(group, []).append((row, envelope, provider))
+        for members in groups.values():
+            provider = members[0][2]
+            uploader = provider.provider
+            assert isinstance(uploader, AudienceProvider)
+            envelopes = [m[1] for m in members]
+            outcomes = await self._send(
+                [m[0] for m in members], provider, functools.partial(uploader.send_many, envelopes)
+            )
+            done.extend(zip([m[0] for m in members], outcomes, strict=True))
+        return done
 
     def _failure(self, row: Row[Any], exc: SendFailed) -> _Outcome:
         attempts = int(row.attempts) + 1
