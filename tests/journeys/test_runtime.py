@@ -246,6 +246,8 @@ def test_exit_event_ends_the_walk_and_the_goal_counts_conversions(rig: Rig) -> N
     counts = funnel(rig.engine, "j", ["w", "m", "x"])
     assert counts.entered == 2 and counts.converted == 2
     assert counts.exited == {"exit_event": 1, "completed": 1}
+    per_node = {n.node: (n.entered, n.converted, n.exited) for n in counts.nodes}
+    assert per_node == {"w": (2, 2, 1), "m": (1, 1, 0), "x": (1, 1, 1)}
     assert rig.sent() == [("p_bob", "m", "t")]
 
 

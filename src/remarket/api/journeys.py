@@ -56,6 +56,7 @@ class NodeCountsOut(BaseModel):
     entered: int = Field(description="Profiles that reached the node.")
     waiting: int = Field(description="Profiles waiting at it now.")
     exited: int = Field(description="Profiles that left the journey here.")
+    converted: int = Field(description="Profiles that reached the node and converted.")
     queued: int = Field(description="Messages handed to the channel outbox.")
     sent: int
     failed: int = Field(description="Messages given up after retries.")

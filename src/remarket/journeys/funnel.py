@@ -29,6 +29,7 @@ class NodeCounts:
     entered: int = 0
     waiting: int = 0
     exited: int = 0
+    converted: int = 0
     queued: int = 0
     sent: int = 0
     failed: int = 0
@@ -81,6 +82,16 @@ def funnel(engine: Engine, journey_id: str, node_order: list[str]) -> Funnel:
         )
         for node, n in reached:
             at(node).entered = int(n)
+        # Per node: walks through it that converted (a conversion counts at every node
+        # the walk reached, so each node says how many of its profiles converted).
+        wins = conn.execute(
+            select(st.node, func.count(func.distinct(st.instance_id)))
+            .join(journey_instances, i.id == st.instance_id)
+            .where(st.journey_id == journey_id, i.converted_at.is_not(None))
+            .group_by(st.node)
+        )
+        for node, n in wins:
+            at(node).converted = int(n)
         walks = conn.execute(
             select(i.status, i.reason, i.node, i.phase, func.count(), func.count(i.converted_at))
             .where(i.journey_id == journey_id)
