@@ -326,3 +326,22 @@ def test_entering_a_segment_enters_the_journey(tmp_path: Path) -> None:
         world.settle()
         ann = world.profile(user_id="ann")
         assert [(m["profile_id"], m["template_id"]) for m in world.outbox()] == [(ann, "vip")]
+
+
+def test_daily_limit_skips_the_journeys_messages_beyond_it(
+    tmp_path: Path, smtp: tuple[Inbox, int]
+) -> None:
+    sink, port = smtp
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.email_provider(port)
+        world.put_journey(CART_ABANDONMENT | {"daily_limit": 1})
+        for user in ("ann", "bob"):
+            _customer(world, user)
+            _cart(world, user)
+        world.settle()
+        world.advance(timedelta(hours=1, minutes=1))
+        world.settle()
+        world.deliver()
+        assert len(_recipients(sink)) == 1
+        funnel = world.funnel("cart-abandonment")
+        assert funnel["sent"] == 1 and funnel["skipped"] == {"journey_daily_limit": 1}

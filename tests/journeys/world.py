@@ -125,7 +125,12 @@ class JourneyWorld(World):
 
         async def main() -> None:
             delivery = Delivery(
-                runtime.engine, runtime.settings, self.clock, journeys_now.is_paused, seed=1
+                runtime.engine,
+                runtime.settings,
+                self.clock,
+                journeys_now.is_paused,
+                journeys_now.daily_limit,
+                seed=1,
             )
             try:
                 while await delivery.step():

@@ -70,6 +70,7 @@ PUBLISHER_SOURCE: Final = "journeys"
 
 _OBJECT: Final = msgspec.json.Decoder(dict[str, Any])
 _PAUSE_TTL_S: Final = 0.25
+_LIMIT_TTL_S: Final = 1.0
 
 
 def filters_hold(where: Iterable[PropertyFilter], properties: Mapping[str, Any]) -> bool:
@@ -126,6 +127,7 @@ class JourneyRuntime:
         self._lock = threading.Lock()
         self._plans: dict[tuple[str, int], Plan] = {}
         self._stopped: tuple[float, frozenset[str]] = (-1.0, frozenset())
+        self._limits: dict[str, tuple[float, int | None]] = {}
 
     def committed(self) -> int:
         with self._engine.connect() as conn:
@@ -157,11 +159,17 @@ class JourneyRuntime:
         return out
 
     def daily_limit(self, journey_id: str) -> int | None:
-        """The journey's ``daily_limit`` (its newest version's), for the deliverer."""
+        """The journey's ``daily_limit`` (its newest version's, at most 1 s old), for the
+        deliverer, which asks before every message."""
+        at, limit = self._limits.get(journey_id, (-1.0, None))
+        if time.monotonic() - at <= _LIMIT_TTL_S:
+            return limit
         with self._engine.connect() as conn:
             version = conn.scalar(select(journeys.c.version).where(journeys.c.id == journey_id))
         plan = self.plan(journey_id, version) if version is not None else None
-        return plan.definition.daily_limit if plan is not None else None
+        limit = plan.definition.daily_limit if plan is not None else None
+        self._limits[journey_id] = (time.monotonic(), limit)
+        return limit
 
     def is_paused(self, journey_id: str) -> bool:
         """Whether a journey's sends must stop (paused or archived); at most 0.25 s old,

@@ -105,7 +105,9 @@ async def build_workers(
         loop,
         JourneyLoop(journeys, poll_interval=settings.worker_poll_interval_s),
         # The channel outbox: journeys' sends and audience uploads.
-        Delivery(engine, settings, clock or SystemClock(), journeys.is_paused),
+        Delivery(
+            engine, settings, clock or SystemClock(), journeys.is_paused, journeys.daily_limit
+        ),
     )
 
 
