@@ -24,6 +24,7 @@ from remarket.storage.state import (
     journey_instances,
     journey_steps,
     profile_traits,
+    profiles,
     segment_members,
     segment_outbox,
     upgrade_state,
@@ -410,3 +411,36 @@ def test_daily_limit_is_read_from_the_newest_version(rig: Rig) -> None:
     fresh = JourneyRuntime(rig.engine, rig.warehouse, rig.clock)
     assert fresh.daily_limit("j") == 500
     assert fresh.daily_limit("nope") is None
+
+
+def test_a_branch_asks_about_the_profile_a_walker_was_merged_into(rig: Rig) -> None:
+    definition = copy.deepcopy(BASE)
+    definition["nodes"][0]["next"] = "b"
+    definition["nodes"].append(
+        {
+            "id": "b",
+            "type": "branch",
+            "condition": {
+                "entry": "t",
+                "nodes": [
+                    {"id": "t", "type": "trait", "path": "plan", "operator": "eq", "value": "pro"}
+                ],
+            },
+            "then": "m",
+        }
+    )
+    rig.journey(definition)
+    rig.track("ann", "Product Added")
+    rig.identify("bob", plan="pro")
+    # ann turns out to be bob: the store merges p_ann into p_bob and repoints ann's id.
+    with rig.engine.begin() as conn:
+        conn.execute(
+            profiles.insert(),
+            [
+                {"profile_id": "p_bob", "event_count": 1, "merged_into": None},
+                {"profile_id": "p_ann", "event_count": 0, "merged_into": "p_bob"},
+            ],
+        )
+    rig.warehouse.upsert_identities([("user_id", "ann", "p_bob")])
+    rig.run(timedelta(minutes=61))
+    assert rig.sent() == [("p_ann", "m", "t")]

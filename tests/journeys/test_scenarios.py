@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from remarket.clock import ManualClock
+from remarket.profiles.identity import ANONYMOUS_ID, USER_ID, profile_id_of
 from tests.journeys.smtp import Inbox, smtp_server
 from tests.journeys.world import CART_ABANDONMENT, JourneyWorld, journey_world
 
@@ -345,3 +346,27 @@ def test_daily_limit_skips_the_journeys_messages_beyond_it(
         assert len(_recipients(sink)) == 1
         funnel = world.funnel("cart-abandonment")
         assert funnel["sent"] == 1 and funnel["skipped"] == {"journey_daily_limit": 1}
+
+
+def test_an_order_after_logging_in_ends_the_anonymous_cart_walk(tmp_path: Path) -> None:
+    anonymous = "a-1"
+    # A user whose profile id sorts first, so the merge keeps the user's profile and the
+    # walk stays under the anonymous one's id.
+    user = next(
+        f"u{i}"
+        for i in range(1000)
+        if profile_id_of((USER_ID, f"u{i}")) < profile_id_of((ANONYMOUS_ID, anonymous))
+    )
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.put_journey(CART_ABANDONMENT)
+        world.send({"type": "track", "anonymousId": anonymous, "event": "Product Added"})
+        world.settle()
+        world.advance(timedelta(minutes=10))
+        world.send({"type": "identify", "anonymousId": anonymous, "userId": user})
+        world.send({"type": "track", "userId": user, "event": "Order Completed"})
+        world.settle()
+        world.advance(timedelta(hours=2))
+        world.settle()
+        assert world.outbox() == []
+        funnel = world.funnel("cart-abandonment")
+        assert funnel["exited"] == {"exit_event": 1} and funnel["converted"] == 1

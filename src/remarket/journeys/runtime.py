@@ -55,6 +55,7 @@ from remarket.storage.state import (
     journey_steps,
     journeys,
     profile_traits,
+    profiles,
     segment_members,
     segment_outbox,
 )
@@ -418,11 +419,14 @@ class JourneyRuntime:
             for (journey_id, version, node), waiting in asks.items():
                 plan = plans[(journey_id, version)]
                 assert plan is not None
+                # Asked of the person as they are now: a merged profile's events are
+                # under the profile it was merged into.
+                live = _survivors(conn, [r["profile_id"] for r in waiting])
                 held = members_among(
-                    self._warehouse, plan.conditions[node], [r["profile_id"] for r in waiting], now
+                    self._warehouse, plan.conditions[node], list(live.values()), now
                 )
                 for row in waiting:
-                    answers[row["id"]][node] = row["profile_id"] in held
+                    answers[row["id"]][node] = live[row["profile_id"]] in held
                 pending.extend(waiting)
 
     def _record(
@@ -576,14 +580,39 @@ def _owners(conn: Connection, wanted: set[Identifier]) -> dict[Identifier, str]:
 
 def _instances_of(conn: Connection, pids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """Every instance of these profiles (active ones move, past ones decide re-entry and
-    may still convert)."""
-    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    may still convert), including those of profiles merged into them: a cart added
+    anonymously and an order placed after logging in are one person's."""
+    owner = {pid: pid for pid in pids}
     for chunk in chunks(list(pids)):
+        # The store keeps merged_into pointing at the final survivor: one level.
+        merged = conn.execute(
+            select(profiles.c.profile_id, profiles.c.merged_into).where(
+                profiles.c.merged_into.in_(chunk)
+            )
+        )
+        for old, new in merged:
+            owner.setdefault(old, new)
+    out: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for chunk in chunks(list(owner)):
         rows = conn.execute(
             select(journey_instances).where(journey_instances.c.profile_id.in_(chunk))
         )
         for r in rows:
-            out[r.profile_id].append(dict(r._mapping))
+            out[owner[r.profile_id]].append(dict(r._mapping))
+    return out
+
+
+def _survivors(conn: Connection, pids: Sequence[str]) -> dict[str, str]:
+    """Each profile id's surviving profile (itself unless it was merged into another)."""
+    out = {pid: pid for pid in pids}
+    for chunk in chunks(sorted(set(pids))):
+        rows = conn.execute(
+            select(profiles.c.profile_id, profiles.c.merged_into).where(
+                profiles.c.profile_id.in_(chunk), profiles.c.merged_into.is_not(None)
+            )
+        )
+        for old, new in rows:
+            out[old] = new
     return out
 
 
