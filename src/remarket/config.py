@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
@@ -131,6 +132,15 @@ class Settings(BaseSettings):
     )
     channels_backoff_max_s: float = Field(3600.0, gt=0, description="Longest retry delay.")
     channels_batch_size: int = Field(200, ge=1, description="Messages claimed per delivery step.")
+
+    @field_validator("channels_default_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"not an IANA time zone: {value!r}") from exc
+        return value
 
     @field_validator("cors_origins", mode="before")
     @classmethod
