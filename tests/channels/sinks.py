@@ -111,19 +111,22 @@ def self_signed(folder: Path) -> tuple[Path, Path]:
 
 
 @contextmanager
-def smtp_server(tls: tuple[Path, Path] | None = None) -> Iterator[tuple[MailSink, int]]:
-    """An aiosmtpd server on 127.0.0.1; with ``tls`` (cert, key) it requires STARTTLS."""
+def smtp_server(
+    tls: tuple[Path, Path] | None = None, *, implicit: bool = False
+) -> Iterator[tuple[MailSink, int]]:
+    """An aiosmtpd server on 127.0.0.1; with ``tls`` (cert, key) it requires STARTTLS,
+    or with ``implicit`` speaks TLS from the first byte (port 465 style)."""
     sink = MailSink()
     port = free_port()
     options: dict[str, Any] = {}
     if tls is not None:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(str(tls[0]), str(tls[1]))
-        options = {
-            "tls_context": context,
-            "require_starttls": True,
-            "authenticator": _authenticate,
-        }
+        options = {"authenticator": _authenticate}
+        if implicit:
+            options |= {"ssl_context": context, "auth_require_tls": False}
+        else:
+            options |= {"tls_context": context, "require_starttls": True}
     controller = Controller(sink, hostname="127.0.0.1", port=port, **options)
     controller.start()
     try:

@@ -55,15 +55,16 @@ def test_email_arrives_with_html_text_and_one_click_unsubscribe(
     assert world.row("k1").status == "sent"
 
 
-def test_starttls_to_a_server_that_requires_it(world: World, tmp_path: Path) -> None:
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_tls_with_login(world: World, tmp_path: Path, security: str) -> None:
     cert, key = self_signed(tmp_path)
-    with smtp_server(tls=(cert, key)) as (sink, port):
+    with smtp_server(tls=(cert, key), implicit=security == "tls") as (sink, port):
         world.provider(
             "smtp",
             host="127.0.0.1",
             port=port,
             sender="shop@shop.example",
-            security="starttls",
+            security=security,
             ca_file=str(cert),
             username="u",
             password="p",
