@@ -109,9 +109,9 @@ class Settings(BaseSettings):
         pattern=r"^[1-9][0-9]{0,2}$",
         description="Calling code added to phone numbers written without one.",
     )
-    channels_webhook_purpose: str = Field(
-        "personalization", description="Consent purpose a webhook send requires."
-    )
+    channels_webhook_purpose: Literal[
+        "analytics", "personalization", "email", "sms", "push", "advertising"
+    ] = Field("personalization", description="Consent purpose a webhook send requires.")
     channels_quiet_hours: tuple[int, int] | None = Field(
         (21, 8),
         description="Local hours [start, end) in which e-mail, SMS and push wait (deferred).",
