@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import socket
 import threading
 import time
@@ -17,7 +16,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from remarket.api import ROLES, ApiKeyStore, Runtime, create_app
+from remarket.api import ROLES, ApiKeyStore, Runtime, WorkersMode, create_app
 from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
@@ -29,7 +28,7 @@ from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import MembershipReader
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import open_warehouse
-from remarket.workers import build_workers
+from remarket.workers import run_worker_process, run_workers
 
 __all__ = ["app", "main"]
 
@@ -149,7 +148,7 @@ def quarantine_replay(
     settings = _settings()
 
     async def replay() -> tuple[list[int], int]:
-        runtime = await Runtime.start(settings, workers=False)
+        runtime = await Runtime.start(settings, workers="none")
         try:
             pending = runtime.quarantine.list(limit=1_000_000)
             if ids:
@@ -291,9 +290,16 @@ def audit_list(
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
-    workers: Annotated[bool, typer.Option(help="Run the workers in this process.")] = True,
+    workers: Annotated[
+        WorkersMode,
+        typer.Option(
+            help="Where the workers run: 'process' (a child process with its own core, "
+            "the default), 'thread' (inside the API process) or 'none' (run "
+            "`remarket worker` elsewhere)."
+        ),
+    ] = "process",
 ) -> None:
-    """Run the API and (by default) the workers in one process."""
+    """Run the API and (by default) the workers."""
     settings = _settings()
     uvicorn.run(
         create_app(settings, workers=workers),
@@ -305,28 +311,15 @@ def serve(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    spec: Annotated[Path | None, typer.Option(hidden=True, help="Set by `serve`.")] = None,
+) -> None:
     """Run only the workers (scale-out: the API runs elsewhere)."""
-    settings = _settings()
-    engine = _engine(settings)
-    warehouse = open_warehouse(settings)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-
-    async def run() -> None:
-        workers = await build_workers(settings, engine, warehouse)
-        try:
-            await workers.run(stop)
-        finally:
-            await workers.log.close()
-
+    if spec is not None:
+        run_worker_process(spec)
+        return
     console.print("workers running; Ctrl+C to stop")
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        stop.set()
-    finally:
-        warehouse.close()
+    run_workers(_settings())
 
 
 def _free_port(host: str, wanted: int) -> int:
@@ -380,3 +373,7 @@ def demo(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

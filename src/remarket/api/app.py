@@ -16,7 +16,7 @@ from remarket import __version__
 from remarket.api import admin, collect, health, privacy, profiles, segments
 from remarket.api.models import Ingested
 from remarket.api.problems import install_problem_handlers
-from remarket.api.runtime import Runtime
+from remarket.api.runtime import Runtime, WorkersMode
 from remarket.clock import Clock
 from remarket.config import Settings
 from remarket.metrics import REQUEST_LATENCY
@@ -69,9 +69,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None, workers: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, workers: WorkersMode = "thread"
+) -> FastAPI:
     """The server: opens the stores on start-up (migrating the state store) and starts
-    the workers in the background unless ``workers`` is False."""
+    the workers (see :data:`~remarket.api.runtime.WorkersMode`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

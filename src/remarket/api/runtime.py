@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import Engine
 
@@ -16,9 +17,13 @@ from remarket.profiles import ProfileStore
 from remarket.storage.log import EventLog, open_log
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import Warehouse, open_warehouse
-from remarket.workers import WorkerThread
+from remarket.workers import WorkerProcess, WorkerThread
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "WorkersMode"]
+
+WorkersMode = Literal["process", "thread", "none"]
+"""Where a server's workers run: a child process, a thread of the API process, or
+elsewhere (`remarket worker`)."""
 
 _log = logging.getLogger(__name__)
 
@@ -37,17 +42,23 @@ class Runtime:
     keys: ApiKeyStore
     quarantine: QuarantineStore
     profiles: ProfileStore
-    workers: WorkerThread | None
+    workers: WorkerThread | WorkerProcess | None
 
     @classmethod
     async def start(
-        cls, settings: Settings, *, clock: Clock | None = None, workers: bool = True
+        cls, settings: Settings, *, clock: Clock | None = None, workers: WorkersMode = "thread"
     ) -> Runtime:
+        if workers == "process" and clock is not None:
+            raise ValueError(
+                "a worker process keeps its own time: use workers='thread' with a clock"
+            )
         clock = clock or SystemClock()
         engine = connect_state(settings.resolved_database_url())
         upgrade_state(engine)
         log = await open_log(settings)
-        warehouse = open_warehouse(settings)
+        process = WorkerProcess(settings) if workers == "process" else None
+        # The child takes its own copy of the settings and serves the warehouse to us.
+        warehouse = process.start() if process is not None else open_warehouse(settings)
         quarantine = QuarantineStore(engine)
         collector = Collector(settings, log, quarantine, clock)
         warmed = await collector.warm_up(settings.dedupe_capacity)
@@ -57,7 +68,7 @@ class Runtime:
         # millions of objects on the ingest path.
         gc.collect()
         gc.freeze()
-        thread = WorkerThread(settings, engine, warehouse, clock) if workers else None
+        thread = WorkerThread(settings, engine, warehouse, clock) if workers == "thread" else None
         if thread is not None:
             thread.start()
         return cls(
@@ -71,7 +82,7 @@ class Runtime:
             keys=ApiKeyStore(engine, clock=clock),
             quarantine=quarantine,
             profiles=ProfileStore(engine),
-            workers=thread,
+            workers=process or thread,
         )
 
     async def stop(self) -> None:

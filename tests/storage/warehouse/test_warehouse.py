@@ -24,6 +24,7 @@ from remarket.schema.events import Alias, Group, Identify, Message, Page, Screen
 from remarket.storage.warehouse import EVENT_COLUMNS, DuckDBWarehouse, Warehouse
 from remarket.storage.warehouse.base import decode_cursor, encode_cursor
 from remarket.storage.warehouse.postgres import PostgresWarehouse
+from tests.storage.warehouse.served import ServedDuckDB
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 JSON_COLUMNS = ("properties", "traits", "context")
@@ -41,13 +42,16 @@ class Backend:
 @pytest.fixture(
     params=[
         pytest.param("duckdb", id="duckdb"),
+        pytest.param("remote", id="duckdb-over-socket"),
         pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    path = tmp_path / "warehouse.duckdb"
     if request.param == "duckdb":
-        path = tmp_path / "warehouse.duckdb"
         return Backend(lambda: DuckDBWarehouse(path), duckdb.ConstraintException)
+    if request.param == "remote":
+        return Backend(lambda: ServedDuckDB(path), duckdb.ConstraintException)
     url: str = request.getfixturevalue("pg_database")
     return Backend(lambda: PostgresWarehouse(url), psycopg.errors.NotNullViolation)
 
