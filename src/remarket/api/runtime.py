@@ -11,7 +11,10 @@ from sqlalchemy import Engine
 from remarket.api.keys import ApiKeyStore
 from remarket.clock import Clock, SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.collect.seal import SealPII
 from remarket.config import Settings
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.seal import Sealer
 from remarket.profiles import ProfileStore
 from remarket.storage.log import EventLog, open_log
 from remarket.storage.state import connect_state, upgrade_state
@@ -38,6 +41,7 @@ class Runtime:
     quarantine: QuarantineStore
     profiles: ProfileStore
     workers: WorkerThread | None
+    keyring: Keyring
 
     @classmethod
     async def start(
@@ -49,7 +53,12 @@ class Runtime:
         log = await open_log(settings)
         warehouse = open_warehouse(settings)
         quarantine = QuarantineStore(engine)
-        collector = Collector(settings, log, quarantine, clock)
+        keyring = Keyring(engine, clock=clock)
+        sealer = Sealer(keyring, settings.pii_fields) if settings.pii_encryption else None
+        seal = SealPII(sealer, keyring)
+        collector = Collector(
+            settings, log, quarantine, clock, extra_stages=[seal], barriers=[seal.durable]
+        )
         warmed = await collector.warm_up(settings.dedupe_capacity)
         _log.info("remembered %d recent messageIds from the log", warmed)
         # Everything built so far (modules, the dedupe memory) lives as long as the
@@ -57,7 +66,7 @@ class Runtime:
         # millions of objects on the ingest path.
         gc.collect()
         gc.freeze()
-        thread = WorkerThread(settings, engine, warehouse, clock) if workers else None
+        thread = WorkerThread(settings, engine, warehouse, clock, keyring) if workers else None
         if thread is not None:
             thread.start()
         return cls(
@@ -72,6 +81,7 @@ class Runtime:
             quarantine=quarantine,
             profiles=ProfileStore(engine),
             workers=thread,
+            keyring=keyring,
         )
 
     async def stop(self) -> None:
