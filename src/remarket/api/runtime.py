@@ -14,6 +14,7 @@ from remarket.collect import Collector, QuarantineStore, SourceRegistry
 from remarket.collect.seal import SealPII
 from remarket.config import Settings
 from remarket.privacy.keyring import Keyring
+from remarket.privacy.rights import Rights, build_rights
 from remarket.privacy.seal import Sealer
 from remarket.profiles import ProfileStore
 from remarket.storage.log import EventLog, open_log
@@ -42,6 +43,7 @@ class Runtime:
     profiles: ProfileStore
     workers: WorkerThread | None
     keyring: Keyring
+    rights: Rights
 
     @classmethod
     async def start(
@@ -82,6 +84,7 @@ class Runtime:
             profiles=ProfileStore(engine),
             workers=thread,
             keyring=keyring,
+            rights=build_rights(settings, engine, warehouse, keyring, clock),
         )
 
     async def stop(self) -> None:

@@ -209,11 +209,14 @@ class Keyring:
 
     # -- erasure ----------------------------------------------------------------------
 
-    def epoch(self) -> int:
-        """The number of the newest erasure record (0 if none): it changes whenever
-        anyone, in any process, erases someone."""
+    def epoch(self) -> tuple[int, str]:
+        """The newest erasure record's number and the latest completion time: it changes
+        whenever anyone, in any process, begins or completes an erasure."""
         with self._engine.connect() as conn:
-            return int(conn.scalar(select(func.max(erasures.c.id))) or 0)
+            row = conn.execute(
+                select(func.max(erasures.c.id), func.max(erasures.c.completed_at))
+            ).one()
+        return int(row[0] or 0), str(row[1])
 
     def _refresh_due(self) -> bool:
         return time.monotonic() - self._refreshed_at >= self._refresh_interval

@@ -92,8 +92,10 @@ async def build_workers(
         poll_interval=settings.worker_poll_interval_s,
         unseal=Opener(keyring, on_erasure=[profiles.forget]),
     )
+    # Segment transitions name the profile in their properties: sealed with the PII.
+    sealer = Sealer(keyring, [*settings.pii_fields, "profile_id"])
     published = (
-        SealingLog(log, Sealer(keyring, settings.pii_fields), keyring, settings.log_partitions)
+        SealingLog(log, sealer, keyring, settings.log_partitions)
         if settings.pii_encryption
         else log
     )
