@@ -17,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import itertools
+import os
 import secrets
 import threading
 import time
@@ -77,6 +79,12 @@ class Keyring:
         self._opening: dict[tuple[str, str], AESGCM] = {}
         self._pending: list[tuple[str, str, bytes]] = []
         self._made = 0
+        self._nonce_prefix = secrets.token_bytes(4)
+        self._key_prefix = secrets.token_hex(4)
+        self._key_ids = itertools.count(1)
+        self._pool = b""
+        self._nonces = itertools.count(1)
+        self._flushing: asyncio.Future[None] | None = None
         self._durable = 0
         self._epoch = self.epoch()
         self._refresh_interval = refresh_interval
@@ -118,6 +126,21 @@ class Keyring:
 
     # -- sealing (collect) ----------------------------------------------------------
 
+    def nonce(self) -> bytes:
+        """A 96-bit AES-GCM nonce never used before with any key this keyring made: a
+        random prefix per keyring and a counter (NIST SP 800-38D, 8.2.1). A key seals
+        only in the process that made it, so no other process shares its nonces; a
+        counter is also much cheaper than asking the kernel for 12 random bytes per event."""
+        return self._nonce_prefix + next(self._nonces).to_bytes(8, "big")
+
+    def _random(self, size: int) -> bytes:
+        """Fresh random bytes from the kernel, fetched in bulk (the caller holds the
+        lock): one system call per key costs more than the rest of sealing an event."""
+        if len(self._pool) < size:
+            self._pool = os.urandom(size * 256)
+        taken, self._pool = self._pool[:size], self._pool[size:]
+        return taken
+
     def key_for(self, handle: str) -> tuple[str, AESGCM]:
         """The key to seal new events of ``handle`` under: ``(key_id, cipher)``.
 
@@ -130,7 +153,7 @@ class Keyring:
             found = self._sealing.get(handle)
             if found is not None:
                 return found
-            key_id, secret = secrets.token_hex(8), AESGCM.generate_key(256)
+            key_id, secret = f"{self._key_prefix}{next(self._key_ids):08x}", self._random(32)
             found = (key_id, AESGCM(secret))
             if len(self._sealing) >= _CACHE_LIMIT:
                 self._sealing.clear()
@@ -142,10 +165,20 @@ class Keyring:
 
     async def durable(self) -> None:
         """Return once every key made so far is committed (a group commit: requests that
-        arrive while one is being written share the next)."""
-        if self._durable >= self._made and not self._refresh_due():
+        arrive while one is being written wait for it, then share the next)."""
+        target = self._made
+        if self._durable >= target and not self._refresh_due():
             return
-        await asyncio.to_thread(self._durable_and_fresh)
+        loop = asyncio.get_running_loop()
+        while True:
+            running = self._flushing
+            if running is None or running.done() or running.get_loop() is not loop:
+                running = self._flushing = asyncio.ensure_future(
+                    asyncio.to_thread(self._durable_and_fresh)
+                )
+            await asyncio.shield(running)
+            if self._durable >= target:
+                return
 
     def _durable_and_fresh(self) -> None:
         self.flush()

@@ -1,30 +1,38 @@
 """Sealed events: PII fields and identifiers encrypted under the person's key for the log.
 
 A sealed event keeps in the clear what the pipeline needs without the person: type,
-messageId (dedupe), timestamps, event name, non-PII properties, and in place of each
-identifier its handle (so partitioning by device still holds). The identifiers and the
-declared PII fields of ``traits``, ``properties``, ``context`` and ``context.traits``
-go into ``sealed``: ``1.<key handle>.<key id>.<base64(nonce | AES-256-GCM ciphertext)>``,
+messageId (dedupe), timestamps, event name, the objects that name no PII field, and in
+place of each identifier its handle (so partitioning by device still holds). The
+identifiers, and each of ``traits``, ``properties`` and ``context`` that names a declared
+PII field anywhere in it (``context.ip``, ``context.traits.email``, ``properties.name``…),
+go whole into ``sealed``: ``1.<key handle>.<key id>.<base64(nonce | AES-256-GCM ciphertext)>``,
 authenticated together with the messageId and key handle (so a sealed blob cannot be
 moved onto another event). The key is the one of the event's anonymousId, else its
 userId (:mod:`remarket.privacy.keyring`). Once erasure destroys it, the event can be
 neither read nor linked to anyone: workers skip it and count it.
+
+Whole objects rather than single fields: finding a field is one byte search, while
+taking it out and putting it back means parsing and re-encoding the object, which costs
+more than the encryption itself on the ingest and worker hot paths. A field name that
+only occurs nested (``context.library.name``) seals the object too: more is hidden, never
+less.
 """
 
 from __future__ import annotations
 
-import base64
 import binascii
-import os
+import json
+import re
+from binascii import a2b_base64, b2a_base64
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 from cryptography.exceptions import InvalidTag
 
 from remarket.metrics import EVENTS_UNREADABLE
 from remarket.privacy.keyring import Keyring
-from remarket.schema.events import Alias, Group, Identify, Message, Page, Screen, Track
+from remarket.schema.events import EMPTY_OBJECT, Alias, Group, Identify, Message
 
 __all__ = ["DEFAULT_PII_FIELDS", "Opener", "Sealer"]
 
@@ -35,64 +43,26 @@ _NONCE: Final = 12
 _ANONYMOUS_ID: Final = "anonymous_id"
 _USER_ID: Final = "user_id"
 _PREVIOUS_ID: Final = "previous_id"
+_ABSENT: Final = msgspec.Raw(b"")
 
 
 class _Secret(msgspec.Struct, omit_defaults=True, gc=False):
-    """What a sealed event hides: its ids and the PII taken out of each object."""
+    """What a sealed event hides: its ids and, whole, the objects that name PII."""
 
     a: str | None = None
     u: str | None = None
     p: str | None = None
-    t: dict[str, Any] | None = None
-    r: dict[str, Any] | None = None
-    c: dict[str, Any] | None = None
-    ct: dict[str, Any] | None = None
+    t: msgspec.Raw = _ABSENT
+    r: msgspec.Raw = _ABSENT
+    c: msgspec.Raw = _ABSENT
 
 
 _ENCODER: Final = msgspec.json.Encoder()
 _SECRET: Final = msgspec.json.Decoder(_Secret)
-_OBJECT: Final = msgspec.json.Decoder(dict[str, Any])
-_ABSENT: Final = msgspec.Raw(b"")
 
 
 def _aad(message_id: str | None, handle: str) -> bytes:
     return f"{message_id or ''}\x1f{handle}".encode()
-
-
-class _Fields:
-    """The declared PII keys and a cheap test for whether an object may hold one.
-
-    The test is a byte search, then (only on a hit) a decode into a struct of just those
-    keys, which skips everything else without building it: ``"name"`` turns up in most
-    contexts (``library.name``), so the byte search alone would decode every context.
-    """
-
-    def __init__(self, fields: Iterable[str]) -> None:
-        self.names = tuple(dict.fromkeys(fields))
-        if not self.names or not all(isinstance(f, str) and f for f in self.names):
-            raise ValueError("pii_fields must be non-empty field names")
-        self._tokens = tuple(f'"{name}"'.encode() for name in self.names)
-        spec = [(f"f{i}", msgspec.Raw, _ABSENT) for i in range(len(self.names))]
-        rename = {f"f{i}": name for i, name in enumerate(self.names)}
-        probe = msgspec.defstruct(
-            "_Probe", [*spec, ("traits", msgspec.Raw, _ABSENT)], rename=rename
-        )
-        self._probe = msgspec.json.Decoder(probe)
-        self._count = len(self.names)
-
-    def mentioned(self, data: bytes) -> bool:
-        return any(token in data for token in self._tokens)
-
-    def probe(self, raw: msgspec.Raw) -> tuple[bool, msgspec.Raw | None]:
-        """(a declared key is at the top level, the raw ``traits`` member)."""
-        found = self._probe.decode(raw)
-        top = any(len(getattr(found, f"f{i}")) for i in range(self._count))
-        traits: msgspec.Raw = found.traits  # type: ignore[attr-defined]
-        return top, traits if len(traits) else None
-
-    def take(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        taken = {name: obj.pop(name) for name in self.names if name in obj}
-        return taken or None
 
 
 class Sealer:
@@ -105,20 +75,28 @@ class Sealer:
     >>> m = Identify(message_id="m1", user_id="u-42", traits=traits)
     >>> Sealer(ring).seal(m)
     >>> m.user_id.startswith("h_"), bytes(m.traits), m.sealed is not None
-    (True, b'{"plan":"pro"}', True)
+    (True, b'{}', True)
     >>> ring.flush(); (_, opened), = Opener(ring).open([(1, m)])[0]
     >>> opened.user_id, bytes(opened.traits)
-    ('u-42', b'{"plan":"pro","email":"a@b.c"}')
+    ('u-42', b'{"email":"a@b.c","plan":"pro"}')
     """
 
     def __init__(self, keyring: Keyring, fields: Iterable[str] = DEFAULT_PII_FIELDS) -> None:
+        names = tuple(dict.fromkeys(fields))
+        if not names or not all(isinstance(f, str) and f for f in names):
+            raise ValueError("pii_fields must be non-empty field names")
         self._ring = keyring
-        self._fields = _Fields(fields)
+        # One search for any of the names as a JSON key (or string: rare, and sealing
+        # too much is safe).
+        self._mentions = re.compile(
+            b"|".join(re.escape(json.dumps(n).encode()) for n in names)
+        ).search
 
     def seal(self, m: Message) -> None:
         if m.sealed is not None:
             raise ValueError("message is sealed already")
         ring = self._ring
+        mentions = self._mentions
         secret = _Secret()
         key_handle = ""
         if m.anonymous_id is not None:
@@ -130,39 +108,23 @@ class Sealer:
             key_handle = key_handle or m.user_id
         if not key_handle:
             raise ValueError("a message needs anonymousId or userId to be sealed")
-        if isinstance(m, Alias):
-            secret.p = str(m.previous_id)
-            m.previous_id = ring.handle(_PREVIOUS_ID, secret.p)
-        fields = self._fields
-        if isinstance(m, Identify | Group):
-            m.traits, secret.t = self._split(m.traits)
-        elif isinstance(m, Track | Page | Screen):
-            m.properties, secret.r = self._split(m.properties)
-        data = bytes(m.context)
-        if fields.mentioned(data):
-            top, traits = fields.probe(m.context)
-            if top or (traits is not None and fields.mentioned(bytes(traits))):
-                context = _OBJECT.decode(data)
-                secret.c = fields.take(context)
-                inner = context.get("traits")
-                if isinstance(inner, dict):
-                    secret.ct = fields.take(inner)
-                if secret.c is not None or secret.ct is not None:
-                    m.context = msgspec.Raw(_ENCODER.encode(context))
+        kind = type(m)
+        if kind is Alias:
+            secret.p = str(m.previous_id)  # type: ignore[union-attr]
+            m.previous_id = ring.handle(_PREVIOUS_ID, secret.p)  # type: ignore[union-attr]
+        elif kind is Identify or kind is Group:
+            if mentions(m.traits) is not None:  # type: ignore[union-attr]
+                secret.t, m.traits = m.traits, EMPTY_OBJECT  # type: ignore[union-attr]
+        elif mentions(m.properties) is not None:  # type: ignore[union-attr]
+            secret.r, m.properties = m.properties, EMPTY_OBJECT  # type: ignore[union-attr]
+        if mentions(m.context) is not None:
+            secret.c, m.context = m.context, EMPTY_OBJECT
         key_id, cipher = ring.key_for(key_handle)
-        nonce = os.urandom(_NONCE)
+        nonce = ring.nonce()
         blob = cipher.encrypt(nonce, _ENCODER.encode(secret), _aad(m.message_id, key_handle))
-        text = base64.b64encode(nonce + blob).decode()
-        m.sealed = f"{_VERSION}.{key_handle}.{key_id}.{text}"
-
-    def _split(self, raw: msgspec.Raw) -> tuple[msgspec.Raw, dict[str, Any] | None]:
-        fields = self._fields
-        data = bytes(raw)
-        if not fields.mentioned(data) or not fields.probe(raw)[0]:
-            return raw, None
-        obj = _OBJECT.decode(data)
-        taken = fields.take(obj)
-        return (raw, None) if taken is None else (msgspec.Raw(_ENCODER.encode(obj)), taken)
+        m.sealed = (
+            f"{_VERSION}.{key_handle}.{key_id}.{b2a_base64(nonce + blob, newline=False).decode()}"
+        )
 
 
 def _parse(sealed: str) -> tuple[str, str, bytes] | None:
@@ -170,18 +132,10 @@ def _parse(sealed: str) -> tuple[str, str, bytes] | None:
     if len(parts) != 4 or parts[0] != _VERSION:
         return None
     try:
-        blob = base64.b64decode(parts[3], validate=True)
+        blob = a2b_base64(parts[3], strict_mode=True)
     except (binascii.Error, ValueError):
         return None
     return (parts[1], parts[2], blob) if len(blob) > _NONCE else None
-
-
-def _merge(raw: msgspec.Raw, taken: dict[str, Any] | None) -> msgspec.Raw:
-    if not taken:
-        return raw
-    obj = _OBJECT.decode(raw)
-    obj.update(taken)
-    return msgspec.Raw(_ENCODER.encode(obj))
 
 
 class Opener:
@@ -190,7 +144,9 @@ class Opener:
     def __init__(self, keyring: Keyring, *, on_erasure: Sequence[Callable[[], None]] = ()) -> None:
         self._ring = keyring
         self._on_erasure = list(on_erasure)
-        self._epoch = keyring.epoch()
+        # Unknown until the first batch: keys cached before this opener existed are
+        # dropped then, whatever was erased meanwhile.
+        self._epoch: tuple[int, str] | None = None
 
     def __call__(self, rows: Sequence[tuple[int, Message]]) -> list[tuple[int, Message]]:
         """For a worker, per batch: look for erasures first (any process's); after one,
@@ -247,17 +203,15 @@ class Opener:
 def _restore(m: Message, secret: _Secret) -> None:
     m.anonymous_id = secret.a
     m.user_id = secret.u
-    if isinstance(m, Alias) and secret.p is not None:
-        m.previous_id = secret.p
-    if isinstance(m, Identify | Group):
-        m.traits = _merge(m.traits, secret.t)
-    elif isinstance(m, Track | Page | Screen):
-        m.properties = _merge(m.properties, secret.r)
-    if secret.c is not None or secret.ct is not None:
-        context = _OBJECT.decode(m.context)
-        context.update(secret.c or {})
-        inner = context.get("traits")
-        if secret.ct and isinstance(inner, dict):
-            inner.update(secret.ct)
-        m.context = msgspec.Raw(_ENCODER.encode(context))
+    kind = type(m)
+    if kind is Alias:
+        if secret.p is not None:
+            m.previous_id = secret.p  # type: ignore[union-attr]
+    elif kind is Identify or kind is Group:
+        if secret.t:
+            m.traits = secret.t  # type: ignore[union-attr]
+    elif secret.r:
+        m.properties = secret.r  # type: ignore[union-attr]
+    if secret.c:
+        m.context = secret.c
     m.sealed = None
