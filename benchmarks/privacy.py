@@ -14,8 +14,8 @@
     wall second and per CPU second of the process: the collector is CPU-bound, so on a
     shared machine (other load steals the cores at random) the ratio of CPU rates is the
     stable measure of the throughput ratio at saturation, and the target is judged on it.
-(3) Worker side: decoding sealed log records and opening them (keys cached), vs decoding
-    plain records.
+(3) Worker side: decoding sealed log records and opening them (keys cached, or read from
+    the state store), vs decoding plain records; per CPU second, best of three.
 
     .venv/bin/python benchmarks/privacy.py [--quick]
 """
@@ -27,6 +27,7 @@ import asyncio
 import itertools
 import statistics
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -175,8 +176,10 @@ def _shop_requests(events: int, seed: int) -> list[bytes]:
     return bodies
 
 
-async def _collect_round(root: Path, bodies: list[bytes], encrypt: bool) -> tuple[float, float]:
-    """(events per wall second, events per CPU second of this process)."""
+async def _collect_round(root: Path, bodies: list[bytes], mode: str) -> tuple[float, float]:
+    """(events per wall second, events per CPU second of this process). ``mode``: off,
+    on (every device new to the keyring, as in the shop), cached (every device's key made
+    and committed beforehand: returning visitors)."""
     from remarket.collect import parse_batch
 
     root.mkdir(parents=True)
@@ -185,7 +188,13 @@ async def _collect_round(root: Path, bodies: list[bytes], encrypt: bool) -> tupl
     upgrade_state(engine)
     log = SQLiteLog(root / "log.db", fsync="normal")
     keyring = Keyring(engine)
-    stage = SealPII(Sealer(keyring, settings.pii_fields) if encrypt else None, keyring)
+    if mode == "cached":
+        for body in bodies:
+            for event in msgspec.json.decode(body)["batch"]:
+                keyring.key_for(keyring.handle("anonymous_id", event["anonymousId"]))
+        keyring.flush()
+    sealer = Sealer(keyring, settings.pii_fields) if mode != "off" else None
+    stage = SealPII(sealer, keyring)
     collector = Collector(
         settings,
         log,
@@ -217,12 +226,13 @@ async def _collect_round(root: Path, bodies: list[bytes], encrypt: bool) -> tupl
 
 
 async def measure_collect(root: Path, events: int, rounds: int) -> dict[str, list[float]]:
-    """Wall-clock and CPU-time rates per mode ("off", "on", "off_cpu", "on_cpu")."""
+    """Wall-clock and CPU-time rates per mode (``off``, ``on``, ``cached``; ``<mode>_cpu``)."""
     bodies = _shop_requests(events, seed=7)
-    rates: dict[str, list[float]] = {"off": [], "on": [], "off_cpu": [], "on_cpu": []}
+    modes = ("off", "on", "cached")
+    rates: dict[str, list[float]] = {k: [] for m in modes for k in (m, f"{m}_cpu")}
     for n in range(rounds):
-        for mode in ("off", "on"):
-            wall, cpu = await _collect_round(root / f"collect-{mode}-{n}", bodies, mode == "on")
+        for mode in modes:
+            wall, cpu = await _collect_round(root / f"collect-{mode}-{n}", bodies, mode)
             rates[mode].append(wall)
             rates[f"{mode}_cpu"].append(cpu)
             common.progress(
@@ -252,18 +262,21 @@ def measure_open(root: Path, events: int) -> dict[str, float]:
         sealed.append(msgspec.json.encode(message))
     keyring.flush()
 
-    def rate(payloads: list[bytes], opener: Opener | None) -> float:
-        start = time.perf_counter()
-        rows = [(i, decode_log_message(p)) for i, p in enumerate(payloads)]
-        if opener is not None:
-            kept, dropped = opener.open(rows)
-            if dropped or len(kept) != len(rows):
-                raise RuntimeError("sealed events did not open")
-        return len(payloads) / (time.perf_counter() - start)
+    def rate(payloads: list[bytes], opener: Callable[[], Opener] | None) -> float:
+        best = float("inf")
+        for _ in range(3):  # the best of three: other load on a shared machine only slows
+            with_keys = opener() if opener is not None else None
+            start = time.process_time()
+            rows = [(i, decode_log_message(p)) for i, p in enumerate(payloads)]
+            if with_keys is not None:
+                kept, dropped = with_keys.open(rows)
+                if dropped or len(kept) != len(rows):
+                    raise RuntimeError("sealed events did not open")
+            best = min(best, time.process_time() - start)
+        return len(payloads) / best
 
-    cold = rate(sealed, Opener(Keyring(engine)))  # keys read from the state store
-    warm_opener = Opener(keyring)
-    warm = rate(sealed, warm_opener)
+    cold = rate(sealed, lambda: Opener(Keyring(engine)))  # keys read from the state store
+    warm = rate(sealed, lambda: Opener(keyring))
     base = rate(plain, None)
     engine.dispose()
     return {"decode_only": base, "decode_open_warm": warm, "decode_open_cold": cold}
@@ -282,6 +295,7 @@ def main() -> None:
         opening = measure_open(root, open_events)
     off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
     off_cpu, on_cpu = statistics.median(rates["off_cpu"]), statistics.median(rates["on_cpu"])
+    cached, cached_cpu = statistics.median(rates["cached"]), statistics.median(rates["cached_cpu"])
     residue_total = sum(erase["residue"].values())
     print(
         common.table(
@@ -303,14 +317,16 @@ def main() -> None:
             [
                 ["PII encryption off (median)", off, off_cpu, len(rates["off"])],
                 ["PII encryption on (median)", on, on_cpu, len(rates["on"])],
+                ["on, devices' keys cached (median)", cached, cached_cpu, len(rates["cached"])],
                 ["ratio on / off", on / off, on_cpu / off_cpu, ""],
+                ["ratio cached / off", cached / off, cached_cpu / off_cpu, ""],
             ],
         )
     )
     print()
     print(
         common.table(
-            ["worker read path", "events/s"],
+            ["worker read path", "events per CPU second"],
             [
                 ["decode plain records", opening["decode_only"]],
                 ["decode + open sealed (keys cached)", opening["decode_open_warm"]],
@@ -330,6 +346,8 @@ def main() -> None:
         "collect_off_events_per_cpu_s": round(off_cpu),
         "collect_on_events_per_cpu_s": round(on_cpu),
         "collect_ratio_on_to_off": round(on_cpu / off_cpu, 3),
+        "collect_cached_events_per_cpu_s": round(cached_cpu),
+        "collect_ratio_cached_to_off": round(cached_cpu / off_cpu, 3),
         "open_decode_only_events_per_s": round(opening["decode_only"]),
         "open_warm_events_per_s": round(opening["decode_open_warm"]),
         "open_cold_events_per_s": round(opening["decode_open_cold"]),

@@ -131,7 +131,7 @@ def test_a_sealed_blob_moved_onto_another_event_does_not_open(ring: Keyring) -> 
     two.sealed = one.sealed
     assert Opener(ring).open([(1, two)])[1] == 1
     garbled = _sealed(ring, "ann", "m-3")
-    garbled.sealed = "1.h_x.y.not-base64!"
+    garbled.sealed = b"\x01garbage"
     assert Opener(ring).open([(1, garbled)])[1] == 1
 
 

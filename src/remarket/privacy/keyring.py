@@ -23,6 +23,7 @@ import secrets
 import threading
 import time
 from collections.abc import Collection, Iterable
+from datetime import datetime
 from typing import Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -30,6 +31,7 @@ from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.clock import Clock, SystemClock
+from remarket.schema.events import as_utc
 from remarket.storage.state.tables import erasures, pii_keys, privacy_secrets
 
 __all__ = ["HANDLE_PREFIX", "Keyring"]
@@ -71,6 +73,11 @@ class Keyring:
         self._engine = engine
         self._clock = clock or SystemClock()
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        mark = "?" if engine.dialect.name == "sqlite" else "%s"
+        self._insert_keys = (
+            f"INSERT INTO {pii_keys.name} (handle, key_id, secret, created_at) "
+            f"VALUES ({mark}, {mark}, {mark}, {mark})"
+        )
         self._secret = self._load_secret()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -82,7 +89,6 @@ class Keyring:
         self._nonce_prefix = secrets.token_bytes(4)
         self._key_prefix = secrets.token_hex(4)
         self._key_ids = itertools.count(1)
-        self._pool = b""
         self._nonces = itertools.count(1)
         self._flushing: asyncio.Future[None] | None = None
         self._durable = 0
@@ -133,14 +139,6 @@ class Keyring:
         counter is also much cheaper than asking the kernel for 12 random bytes per event."""
         return self._nonce_prefix + next(self._nonces).to_bytes(8, "big")
 
-    def _random(self, size: int) -> bytes:
-        """Fresh random bytes from the kernel, fetched in bulk (the caller holds the
-        lock): one system call per key costs more than the rest of sealing an event."""
-        if len(self._pool) < size:
-            self._pool = os.urandom(size * 256)
-        taken, self._pool = self._pool[:size], self._pool[size:]
-        return taken
-
     def key_for(self, handle: str) -> tuple[str, AESGCM]:
         """The key to seal new events of ``handle`` under: ``(key_id, cipher)``.
 
@@ -153,7 +151,8 @@ class Keyring:
             found = self._sealing.get(handle)
             if found is not None:
                 return found
-            key_id, secret = f"{self._key_prefix}{next(self._key_ids):08x}", self._random(32)
+            key_id = f"{self._key_prefix}{next(self._key_ids) & 0xFFFFFFFF:08x}"
+            secret = os.urandom(32)
             found = (key_id, AESGCM(secret))
             if len(self._sealing) >= _CACHE_LIMIT:
                 self._sealing.clear()
@@ -185,6 +184,12 @@ class Keyring:
         if self._refresh_due():
             self.refresh()
 
+    def _stored_time(self, at: datetime) -> datetime | str:
+        # SQLite has no time type: the text SQLAlchemy's DateTime would store.
+        if self._engine.dialect.name == "sqlite":
+            return as_utc(at).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return at
+
     def flush(self) -> None:
         """Write every key made so far (blocking)."""
         target = self._made
@@ -196,14 +201,12 @@ class Keyring:
                 made = self._made
             try:
                 if batch:
-                    now = self._clock.now()
+                    now = self._stored_time(self._clock.now())
                     with self._engine.begin() as conn:
-                        conn.execute(
-                            pii_keys.insert(),
-                            [
-                                {"handle": h, "key_id": k, "secret": s, "created_at": now}
-                                for h, k, s in batch
-                            ],
+                        # The driver's executemany: SQLAlchemy's per-row work would
+                        # cost more than the rest of making a key.
+                        conn.exec_driver_sql(
+                            self._insert_keys, [(h, k, s, now) for h, k, s in batch]
                         )
             except BaseException:
                 with self._lock:

@@ -5,7 +5,8 @@ messageId (dedupe), timestamps, event name, the objects that name no PII field, 
 place of each identifier its handle (so partitioning by device still holds). The
 identifiers, and each of ``traits``, ``properties`` and ``context`` that names a declared
 PII field anywhere in it (``context.ip``, ``context.traits.email``, ``properties.name``…),
-go whole into ``sealed``: ``1.<key handle>.<key id>.<base64(nonce | AES-256-GCM ciphertext)>``,
+go whole into ``sealed`` (bytes, base64 in JSON): version 1, the key's handle (16 bytes)
+and id (8 bytes), the nonce (12 bytes) and the AES-256-GCM ciphertext,
 authenticated together with the messageId and key handle (so a sealed blob cannot be
 moved onto another event). The key is the one of the event's anonymousId, else its
 userId (:mod:`remarket.privacy.keyring`). Once erasure destroys it, the event can be
@@ -20,10 +21,8 @@ less.
 
 from __future__ import annotations
 
-import binascii
 import json
 import re
-from binascii import a2b_base64, b2a_base64
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final
 
@@ -31,14 +30,18 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 
 from remarket.metrics import EVENTS_UNREADABLE
-from remarket.privacy.keyring import Keyring
+from remarket.privacy.keyring import HANDLE_PREFIX, Keyring
 from remarket.schema.events import EMPTY_OBJECT, Alias, Group, Identify, Message
 
 __all__ = ["DEFAULT_PII_FIELDS", "Opener", "Sealer"]
 
 DEFAULT_PII_FIELDS: Final = ("email", "phone", "name", "address", "ip")
-_VERSION: Final = "1"
+_VERSION: Final = b"\x01"
 _NONCE: Final = 12
+_PREFIX: Final = len(HANDLE_PREFIX)
+_HANDLE_BYTES: Final = 16
+_HEADER: Final = 1 + _HANDLE_BYTES + 8
+_HEADER_CACHE: Final = 1_000_000
 # The identifier kinds of remarket.profiles.identity (a layer above this one).
 _ANONYMOUS_ID: Final = "anonymous_id"
 _USER_ID: Final = "user_id"
@@ -89,8 +92,9 @@ class Sealer:
         # One search for any of the names as a JSON key (or string: rare, and sealing
         # too much is safe).
         self._mentions = re.compile(
-            b"|".join(re.escape(json.dumps(n).encode()) for n in names)
+            b'"(?:' + b"|".join(re.escape(json.dumps(n)[1:-1].encode()) for n in names) + b')"'
         ).search
+        self._headers: dict[tuple[str, str], bytes] = {}
 
     def seal(self, m: Message) -> None:
         if m.sealed is not None:
@@ -122,20 +126,22 @@ class Sealer:
         key_id, cipher = ring.key_for(key_handle)
         nonce = ring.nonce()
         blob = cipher.encrypt(nonce, _ENCODER.encode(secret), _aad(m.message_id, key_handle))
-        m.sealed = (
-            f"{_VERSION}.{key_handle}.{key_id}.{b2a_base64(nonce + blob, newline=False).decode()}"
-        )
+        header = self._headers.get((key_handle, key_id))
+        if header is None:
+            header = _VERSION + bytes.fromhex(key_handle[_PREFIX:]) + bytes.fromhex(key_id)
+            if len(self._headers) >= _HEADER_CACHE:
+                self._headers.clear()
+            self._headers[(key_handle, key_id)] = header
+        m.sealed = header + nonce + blob
 
 
-def _parse(sealed: str) -> tuple[str, str, bytes] | None:
-    parts = sealed.split(".")
-    if len(parts) != 4 or parts[0] != _VERSION:
+def _parse(sealed: bytes) -> tuple[str, str, bytes, bytes] | None:
+    """(key handle, key id, nonce, ciphertext), or None if this is no sealed blob."""
+    if len(sealed) <= _HEADER + _NONCE or sealed[:1] != _VERSION:
         return None
-    try:
-        blob = a2b_base64(parts[3], strict_mode=True)
-    except (binascii.Error, ValueError):
-        return None
-    return (parts[1], parts[2], blob) if len(blob) > _NONCE else None
+    handle = HANDLE_PREFIX + sealed[1 : 1 + _HANDLE_BYTES].hex()
+    key_id = sealed[1 + _HANDLE_BYTES : _HEADER].hex()
+    return handle, key_id, sealed[_HEADER : _HEADER + _NONCE], sealed[_HEADER + _NONCE :]
 
 
 class Opener:
@@ -168,7 +174,7 @@ class Opener:
 
         Messages that were never sealed pass through unchanged.
         """
-        parsed: dict[int, tuple[str, str, bytes] | None] = {}
+        parsed: dict[int, tuple[str, str, bytes, bytes] | None] = {}
         for index, (_, m) in enumerate(rows):
             if m.sealed is not None:
                 parsed[index] = _parse(m.sealed)
@@ -188,9 +194,7 @@ class Opener:
                 continue
             m = row[1]
             try:
-                plain = cipher.decrypt(
-                    found[2][:_NONCE], found[2][_NONCE:], _aad(m.message_id, found[0])
-                )
+                plain = cipher.decrypt(found[2], found[3], _aad(m.message_id, found[0]))
                 secret = _SECRET.decode(plain)
             except (InvalidTag, msgspec.MsgspecError):
                 dropped += 1

@@ -72,7 +72,7 @@ class _Base(
     source_id: str | None = None
     # Set by the server only (collect refuses it from clients): the PII and ids of the
     # event, encrypted under the person's key (see remarket.privacy.seal).
-    sealed: str | None = None
+    sealed: bytes | None = None
 
 
 class Track(_Base, tag="track"):
