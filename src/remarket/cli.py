@@ -17,15 +17,21 @@ from rich.console import Console
 from rich.table import Table
 
 from remarket.api import ROLES, ApiKeyStore, Runtime, WorkersMode, create_app
+from remarket.api.erasure import subject_for_value
 from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
 from remarket.errors import ConflictError, RemarketError
 from remarket.privacy import AuditLog
+from remarket.privacy.erasers import needles, scan_log
+from remarket.privacy.export import export_document
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.rights import Rights, build_rights
 from remarket.schema.segment import DefinitionError
 from remarket.segments.backfill import sql_members
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import MembershipReader
+from remarket.storage.log import open_log
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import open_warehouse
 from remarket.workers import run_worker_process, run_workers
@@ -42,6 +48,7 @@ segments_app = typer.Typer(
     help="Segment definitions (as code, in YAML or JSON).", no_args_is_help=True
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+privacy_app = typer.Typer(help="Data-subject rights: erasure and export.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
@@ -49,6 +56,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(segments_app, name="segments")
 app.add_typer(audit_app, name="audit")
+app.add_typer(privacy_app, name="privacy")
 
 console = Console()
 err = Console(stderr=True)
@@ -284,6 +292,94 @@ def audit_list(
     for e in AuditLog(_engine(_settings())).entries(after=after, limit=limit):
         table.add_row(str(e.seq), str(e.at), e.actor, e.action, e.target, e.details)
     console.print(table)
+
+
+def _rights(settings: Settings) -> tuple[Any, Rights, Any]:
+    """(engine, rights, warehouse) for the privacy commands; close the warehouse after."""
+    engine = _engine(settings)
+    warehouse = open_warehouse(settings)
+    return engine, build_rights(settings, engine, warehouse, Keyring(engine)), warehouse
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    value: Annotated[str, typer.Argument(help="A profile id, user id, anonymous id or e-mail.")],
+) -> None:
+    """Erase the person holding VALUE from every store and destroy their keys.
+
+    On the embedded stores, stop `remarket serve` first (the DuckDB file has one opener);
+    erasing through the API (DELETE /v1/profiles/…) also sweeps what workers had in flight.
+    """
+    settings = _settings()
+    _, rights, warehouse = _rights(settings)
+    try:
+        subject = subject_for_value(rights.erasure, value)
+        if not rights.erasure.known(subject):
+            err.print(f"[red]no profile holds {value!r}[/]")
+            raise typer.Exit(1)
+        record = rights.erasure.erase(subject, "cli")
+    finally:
+        warehouse.close()
+    table = Table("store", "rows removed")
+    for store, count in record.counts.items():
+        table.add_row(store, str(count))
+    console.print(table)
+    console.print(f"erasure {record.id} recorded for profile hash {record.profile_hash}")
+
+
+@privacy_app.command("verify-erased")
+def privacy_verify_erased(
+    value: Annotated[str, typer.Argument(help="A profile id, user id, anonymous id or e-mail.")],
+) -> None:
+    """Scan every store (and the whole event log, for VALUE in the clear) for what remains
+    of a person; exit 1 if anything does."""
+    settings = _settings()
+    _, rights, warehouse = _rights(settings)
+    try:
+        subject = subject_for_value(rights.erasure, value)
+        residue = rights.erasure.residue(subject)
+    finally:
+        warehouse.close()
+
+    async def scan() -> int:
+        log = await open_log(settings)
+        try:
+            return await scan_log(log, needles(subject.profile_ids, subject.identities))
+        finally:
+            await log.close()
+
+    residue["log (in the clear)"] = asyncio.run(scan())
+    table = Table("store", "rows left")
+    for store, count in residue.items():
+        table.add_row(store, str(count))
+    console.print(table)
+    total = sum(residue.values())
+    if total:
+        err.print(f"[red]{total} rows of {value!r} remain[/]")
+        raise typer.Exit(1)
+    console.print(f"nothing of {value!r} remains")
+
+
+@privacy_app.command("export")
+def privacy_export(
+    profile_id: Annotated[str, typer.Argument(help="The profile id.")],
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Everything held about a profile as one JSON document (GDPR art. 15 and 20)."""
+    settings = _settings()
+    engine, rights, warehouse = _rights(settings)
+    try:
+        subject = rights.erasure.subject([profile_id])
+        document = export_document(subject, rights.exporters)
+    finally:
+        warehouse.close()
+    AuditLog(engine).record("cli", "profile.export", rights.erasure.profile_hash(subject))
+    text = json.dumps(document, indent=2, default=str)
+    if output is None:
+        print(text)
+    else:
+        output.write_text(text)
+        console.print(f"written to {output}")
 
 
 @app.command()

@@ -91,6 +91,22 @@ class Settings(BaseSettings):
         0.05, gt=0, description="How often an idle worker looks for new log records."
     )
 
+    # -- privacy: erasure --
+    pii_encryption: bool = Field(
+        True,
+        description="Encrypt PII fields and identifiers of every event under a per-person "
+        "key before it enters the log, so that erasure can destroy the key "
+        "(crypto-shredding) of what the log and its backups cannot rewrite.",
+    )
+    pii_fields: list[str] = Field(
+        ["email", "phone", "name", "address", "ip"],
+        description="Keys of traits, properties, context and context.traits that hold PII "
+        "(encrypted in the log, erased with the person).",
+    )
+    parquet_export_dirs: list[Path] = Field(
+        [], description="Folders of Parquet exports of the warehouse; erasure rewrites them."
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:

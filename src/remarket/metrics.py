@@ -10,6 +10,7 @@ __all__ = [
     "EVENTS_ACCEPTED",
     "EVENTS_DUPLICATE",
     "EVENTS_REJECTED",
+    "EVENTS_UNREADABLE",
     "LOG_LAG",
     "REQUEST_LATENCY",
     "WORKER_EVENTS",
@@ -35,4 +36,8 @@ REQUEST_LATENCY: Final = Histogram(
     "HTTP request latency by route and status class.",
     ["route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+EVENTS_UNREADABLE: Final = Counter(
+    "remarket_events_unreadable",
+    "Sealed log records skipped by workers because their key was destroyed (erasure).",
 )

@@ -13,7 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remarket import __version__
-from remarket.api import admin, collect, health, privacy, profiles, segments
+from remarket.api import admin, collect, erasure, health, privacy, profiles, segments
 from remarket.api.models import Ingested
 from remarket.api.problems import install_problem_handlers
 from remarket.api.runtime import Runtime, WorkersMode
@@ -95,6 +95,7 @@ def create_app(
     app.include_router(profiles.router)
     app.include_router(segments.router)
     app.include_router(privacy.router)
+    app.include_router(erasure.router)
     app.include_router(admin.router)
     app.include_router(health.router)
     app.add_middleware(

@@ -12,7 +12,11 @@ from sqlalchemy import Engine
 from remarket.api.keys import ApiKeyStore
 from remarket.clock import Clock, SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.collect.seal import SealPII
 from remarket.config import Settings
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.rights import Rights, build_rights
+from remarket.privacy.seal import Sealer
 from remarket.profiles import ProfileStore
 from remarket.storage.log import EventLog, open_log
 from remarket.storage.state import connect_state, upgrade_state
@@ -43,6 +47,8 @@ class Runtime:
     quarantine: QuarantineStore
     profiles: ProfileStore
     workers: WorkerThread | WorkerProcess | None
+    keyring: Keyring
+    rights: Rights
 
     @classmethod
     async def start(
@@ -60,7 +66,12 @@ class Runtime:
         # The child takes its own copy of the settings and serves the warehouse to us.
         warehouse = process.start() if process is not None else open_warehouse(settings)
         quarantine = QuarantineStore(engine)
-        collector = Collector(settings, log, quarantine, clock)
+        keyring = Keyring(engine, clock=clock)
+        sealer = Sealer(keyring, settings.pii_fields) if settings.pii_encryption else None
+        seal = SealPII(sealer, keyring)
+        collector = Collector(
+            settings, log, quarantine, clock, extra_stages=[seal], barriers=[seal.durable]
+        )
         warmed = await collector.warm_up(settings.dedupe_capacity)
         _log.info("remembered %d recent messageIds from the log", warmed)
         # Everything built so far (modules, the dedupe memory) lives as long as the
@@ -68,7 +79,11 @@ class Runtime:
         # millions of objects on the ingest path.
         gc.collect()
         gc.freeze()
-        thread = WorkerThread(settings, engine, warehouse, clock) if workers == "thread" else None
+        thread = (
+            WorkerThread(settings, engine, warehouse, clock, keyring)
+            if workers == "thread"
+            else None
+        )
         if thread is not None:
             thread.start()
         return cls(
@@ -83,6 +98,8 @@ class Runtime:
             quarantine=quarantine,
             profiles=ProfileStore(engine),
             workers=process or thread,
+            keyring=keyring,
+            rights=build_rights(settings, engine, warehouse, keyring, clock),
         )
 
     async def stop(self) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -76,6 +76,7 @@ class Collector:
         clock: Clock,
         *,
         extra_stages: Sequence[Stage] = (),
+        barriers: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self._log = log
         self._quarantine = quarantine
@@ -87,6 +88,9 @@ class Collector:
         # Dedupe last: once an event's messageId is claimed nothing may reject it, or a
         # corrected resend of that event would be answered "duplicate".
         self._stages: list[Stage] = [Enrich(), *extra_stages, Dedupe(self.deduper)]
+        # Awaited after the stages, before the append: what a stage made that the events
+        # depend on (the keys they are sealed under) must be durable first.
+        self._barriers = list(barriers)
 
     async def warm_up(self, capacity: int) -> int:
         """Remember the messageIds of the newest events in the log (after a restart).
@@ -156,6 +160,8 @@ class Collector:
         try:
             for stage in self._stages:
                 stage(batch)
+            for barrier in self._barriers:
+                await barrier()
             partitions = self._partitions
             entries = [
                 LogEntry(encode_message(e.message), partition_of(e.message, partitions), e.key)

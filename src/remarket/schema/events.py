@@ -70,6 +70,9 @@ class _Base(
     context: msgspec.Raw = _OBJECT_FIELD
     integrations: msgspec.Raw = _OBJECT_FIELD
     source_id: str | None = None
+    # Set by the server only (collect refuses it from clients): the PII and ids of the
+    # event, encrypted under the person's key (see remarket.privacy.seal).
+    sealed: bytes | None = None
 
 
 class Track(_Base, tag="track"):

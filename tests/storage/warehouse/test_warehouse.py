@@ -280,6 +280,23 @@ def test_upsert_identities_inserts_and_repoints(warehouse: Warehouse) -> None:
     ]
 
 
+def test_erase_removes_the_persons_events_and_identities_only(warehouse: Warehouse) -> None:
+    rows = [
+        (1, track(anonymous_id="gone-a")),
+        (2, track(anonymous_id=None, user_id="gone-u")),
+        (3, track(anonymous_id="kept-a")),
+    ]
+    warehouse.write_events("w", rows, 3, expected=0)
+    gone = [("anonymous_id", "gone-a", "p-gone"), ("user_id", "gone-u", "p-gone")]
+    warehouse.upsert_identities([*gone, ("anonymous_id", "kept-a", "p-kept")])
+    ids, profiles = ["gone-a", "gone-u"], ["p-gone"]
+    assert warehouse.residue(ids, profiles) == 4  # two events, two identity rows
+    assert warehouse.erase(ids, profiles) == 4
+    assert warehouse.residue(ids, profiles) == 0
+    assert warehouse.count_events() == 1
+    assert warehouse.query("SELECT profile_id FROM identities") == [("p-kept",)]
+
+
 def test_query_binds_params_in_its_dialect(warehouse: Warehouse) -> None:
     warehouse.write_events("w", [(1, track(event="Order Completed")), (2, track())], 2, expected=0)
     # Written once with ? placeholders and transpiled, as generated SQL is.

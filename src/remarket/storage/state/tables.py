@@ -28,8 +28,11 @@ __all__ = [
     "consent_history",
     "consents",
     "consumer_offsets",
+    "erasures",
     "identities",
     "metadata",
+    "pii_keys",
+    "privacy_secrets",
     "profile_traits",
     "profiles",
     "quarantine",
@@ -295,3 +298,46 @@ audit_head = Table(
 """One row (id 1, written by the first append): the last entry of the audit chain.
 Appends lock it, so two writers never fork the chain; verification checks that the
 chain ends where it says."""
+
+# --- erasure ------------------------------------------------------------------
+# pii_keys rows are found by handle (an HMAC of an identifier, computed from the
+# person's identities at erasure); erasure deletes them, which is what makes the
+# person's events in the log unreadable. erasures holds no PII: a keyed hash of the
+# profile id and counts.
+
+pii_keys = Table(
+    "pii_keys",
+    metadata,
+    # HMAC(handle secret, "kind:value") of the identifier whose key this is.
+    Column("handle", String(40), primary_key=True),
+    # A handle may get several keys (one per process that met it first, or after an
+    # erasure): the sealed event names the one it used.
+    Column("key_id", String(16), primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", _TS, nullable=False),
+)
+"""Per-identity AES-256-GCM keys for the PII of events in the log (crypto-shredding)."""
+
+privacy_secrets = Table(
+    "privacy_secrets",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_at", _TS, nullable=False),
+)
+"""Server-wide secrets of the privacy layer (the HMAC key that names identities)."""
+
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # HMAC-SHA256 of the erased profile id: proves which erasure a later request
+    # refers to without keeping the id.
+    Column("profile_hash", String(64), nullable=False, index=True),
+    Column("actor", String(64), nullable=False),
+    Column("requested_at", _TS, nullable=False),
+    Column("completed_at", _TS, nullable=False),
+    # Rows removed per store, and keys destroyed.
+    Column("counts", JSON, nullable=False),
+)
+"""Every erasure: who, when, which profile (as a keyed hash), what was removed. No PII."""

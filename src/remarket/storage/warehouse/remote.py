@@ -32,7 +32,16 @@ _log = logging.getLogger(__name__)
 
 # What a remote caller may invoke: the Warehouse protocol, and nothing else of the object.
 _CALLS: Final = frozenset(
-    {"committed", "write_events", "upsert_identities", "profile_events", "count_events", "query"}
+    {
+        "committed",
+        "write_events",
+        "upsert_identities",
+        "profile_events",
+        "count_events",
+        "erase",
+        "residue",
+        "query",
+    }
 )
 _DIALECT: Final = "dialect"
 
@@ -221,6 +230,12 @@ class RemoteWarehouse:
 
     def count_events(self) -> int:
         return cast(int, self._call("count_events"))
+
+    def erase(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
+        return cast(int, self._call("erase", list(ids), list(profile_ids)))
+
+    def residue(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
+        return cast(int, self._call("residue", list(ids), list(profile_ids)))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return cast(list[tuple[Any, ...]], self._call("query", sql, list(params)))
