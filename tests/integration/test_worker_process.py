@@ -104,3 +104,18 @@ def test_the_worker_process_dies_with_a_killed_server_and_a_restart_takes_over(
     _send(server, "wp-restart", 3)
     server.wait_for_lag_zero()
     assert _events_of(server, "wp-restart") == [f"wp-restart-{i}" for i in range(3)]
+
+
+def test_erasure_reaches_the_warehouse_the_worker_process_owns(server: ServerProcess) -> None:
+    _send(server, "wp-erased", 4)
+    _send(server, "wp-kept", 1)
+    server.wait_for_lag_zero()
+    with server.api() as api:
+        erased = api.delete("/v1/profiles", params={"anonymous_id": "wp-erased"})
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["counts"]["warehouse.duckdb"] >= 4  # through the socket
+        gone = api.get("/v1/profiles", params={"anonymous_id": "wp-erased"})
+        assert gone.status_code == 404
+        stats = api.get("/v1/stats").json()
+    assert stats["warehouse_events"] == 1
+    assert _events_of(server, "wp-kept") == ["wp-kept-0"]
