@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from remarket.api.keys import ApiKeyStore
 from remarket.clock import Clock, SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.collect.protection import Protection
 from remarket.config import Settings
 from remarket.profiles import ProfileStore
 from remarket.storage.log import EventLog, open_log
@@ -38,6 +39,7 @@ class Runtime:
     quarantine: QuarantineStore
     profiles: ProfileStore
     workers: WorkerThread | None
+    protection: Protection
 
     @classmethod
     async def start(
@@ -49,7 +51,8 @@ class Runtime:
         log = await open_log(settings)
         warehouse = open_warehouse(settings)
         quarantine = QuarantineStore(engine)
-        collector = Collector(settings, log, quarantine, clock)
+        protection = Protection.build(settings, engine, clock)
+        collector = Collector(settings, log, quarantine, clock, extra_stages=protection.stages)
         warmed = await collector.warm_up(settings.dedupe_capacity)
         _log.info("remembered %d recent messageIds from the log", warmed)
         # Everything built so far (modules, the dedupe memory) lives as long as the
@@ -60,6 +63,7 @@ class Runtime:
         thread = WorkerThread(settings, engine, warehouse, clock) if workers else None
         if thread is not None:
             thread.start()
+        protection.start()
         return cls(
             settings=settings,
             clock=clock,
@@ -72,10 +76,12 @@ class Runtime:
             quarantine=quarantine,
             profiles=ProfileStore(engine),
             workers=thread,
+            protection=protection,
         )
 
     async def stop(self) -> None:
         gc.unfreeze()  # let shutdown free what start-up froze
+        await self.protection.close()
         if self.workers is not None:
             self.workers.stop()
         await self.log.close()

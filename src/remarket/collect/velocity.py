@@ -1,0 +1,76 @@
+"""Velocity anomalies: a profile or an IP suddenly sending far more than it usually does."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import islice
+from typing import Final
+
+__all__ = ["Spike", "Velocity"]
+
+_ALPHA: Final = 0.2
+"""Weight of the newest window in the usual rate (an exponential moving average)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spike:
+    """A subject over its threshold in one window (reported once per window)."""
+
+    subject: str
+    window: int
+    baseline: float
+    threshold: float
+
+
+class Velocity:
+    """Counts events per subject in fixed windows against the subject's usual rate.
+
+    The usual rate (baseline) is a moving average of the counts of the windows the
+    subject was active in, never below ``floor``; a window whose count passes
+    ``factor`` times the baseline is a spike, and every event past the threshold is
+    over. An anomalous window does not feed the baseline, so a sustained flood stays
+    anomalous. At most ``max_subjects`` are remembered (the oldest are forgotten).
+
+    >>> v = Velocity(factor=10, floor=1)
+    >>> [v.hit("u1", window=0) for _ in range(3)]
+    [0, 0, 0]
+    >>> sum(v.hit("u1", window=1) for _ in range(40)) > 0  # 40 > 10 * baseline 3
+    True
+    >>> v.take_spikes()[0].subject
+    'u1'
+    """
+
+    def __init__(self, factor: float, floor: float, max_subjects: int = 1_000_000) -> None:
+        self._factor = factor
+        self._floor = floor
+        self._max = max_subjects
+        # subject -> [window, count in it, baseline (0: none yet), reported this window]
+        self._state: dict[str, list[float]] = {}
+        self._spikes: list[Spike] = []
+
+    def hit(self, subject: str, window: int, n: int = 1) -> int:
+        """Count ``n`` events of ``subject`` in ``window``; return how many are over."""
+        state = self._state.get(subject)
+        if state is None:
+            if len(self._state) >= self._max:
+                for old in list(islice(self._state, self._max // 10 or 1)):
+                    del self._state[old]
+            state = self._state[subject] = [window, 0.0, 0.0, 0.0]
+        elif state[0] != window:
+            if not state[3] and state[1]:
+                state[2] = state[1] if not state[2] else state[2] + _ALPHA * (state[1] - state[2])
+            state[0], state[1], state[3] = window, 0.0, 0.0
+        before = state[1]
+        state[1] = count = before + n
+        threshold = self._factor * max(state[2], self._floor)
+        if count <= threshold:
+            return 0
+        if not state[3]:
+            state[3] = 1.0
+            self._spikes.append(Spike(subject, window, max(state[2], self._floor), threshold))
+        return int(count - max(before, threshold))
+
+    def take_spikes(self) -> list[Spike]:
+        """The spikes found since the last call."""
+        spikes, self._spikes = self._spikes, []
+        return spikes
