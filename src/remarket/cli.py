@@ -22,11 +22,12 @@ from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
 from remarket.errors import ConflictError, RemarketError
-from remarket.privacy import AuditLog
+from remarket.privacy import AuditLog, RetentionJob, RetentionReport, RetentionRules
 from remarket.schema.segment import DefinitionError
 from remarket.segments.backfill import sql_members
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import MembershipReader
+from remarket.storage.log import open_log
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import open_warehouse
 from remarket.workers import build_workers
@@ -43,6 +44,7 @@ segments_app = typer.Typer(
     help="Segment definitions (as code, in YAML or JSON).", no_args_is_help=True
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+retention_app = typer.Typer(help="How long events are kept.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
@@ -50,6 +52,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(segments_app, name="segments")
 app.add_typer(audit_app, name="audit")
+app.add_typer(retention_app, name="retention")
 
 console = Console()
 err = Console(stderr=True)
@@ -284,6 +287,42 @@ def audit_list(
     table = Table("seq", "at", "actor", "action", "target", "details")
     for e in AuditLog(_engine(_settings())).entries(after=after, limit=limit):
         table.add_row(str(e.seq), str(e.at), e.actor, e.action, e.target, e.details)
+    console.print(table)
+
+
+@retention_app.command("run")
+def retention_run() -> None:
+    """Delete expired events from the warehouse, the quarantine and the embedded log."""
+    settings = _settings()
+    engine = _engine(settings)
+    warehouse = open_warehouse(settings)
+
+    async def run() -> RetentionReport:
+        log = await open_log(settings)
+        try:
+            return await RetentionJob(engine, warehouse, log, settings).run(actor="cli")
+        finally:
+            await log.close()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        warehouse.close()
+    console.print(
+        f"deleted {report.warehouse} warehouse events, {report.quarantine} quarantined, "
+        f"{report.log} from the log"
+    )
+
+
+@retention_app.command("rules")
+def retention_rules_list() -> None:
+    """The retention windows in force."""
+    settings = _settings()
+    rules = RetentionRules(_engine(settings), default_days=settings.retention_default_days)
+    table = Table("id", "source", "event type", "days")
+    for rule in rules.list():
+        table.add_row(str(rule.id), rule.source_id, rule.event_type, str(rule.days))
+    table.add_row("-", "(default)", "", str(settings.retention_default_days or "forever"))
     console.print(table)
 
 

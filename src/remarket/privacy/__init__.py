@@ -1,4 +1,4 @@
-"""Privacy: the consent ledger (API, events, TCF strings) and the hash-chained audit log."""
+"""Privacy: the consent ledger (API, events, TCF strings), the audit log, retention."""
 
 from __future__ import annotations
 
@@ -21,6 +21,12 @@ from remarket.privacy.consent import (
     State,
     is_allowed,
 )
+from remarket.privacy.retention import (
+    RetentionJob,
+    RetentionReport,
+    RetentionRule,
+    RetentionRules,
+)
 from remarket.privacy.sink import ConsentSink, consents_in
 from remarket.privacy.tcf import TCF_PURPOSES, TCString, decode_tc_string, tcf_consents
 from remarket.privacy.transactions import immediate
@@ -39,6 +45,10 @@ __all__ = [
     "ConsentSink",
     "LegalBasis",
     "Purpose",
+    "RetentionJob",
+    "RetentionReport",
+    "RetentionRule",
+    "RetentionRules",
     "State",
     "TCString",
     "consents_in",

@@ -12,7 +12,7 @@ from sqlalchemy import Engine
 from remarket.clock import Clock, SystemClock
 from remarket.collect.quarantine import QuarantineStore, Rejection
 from remarket.config import Settings
-from remarket.privacy import ConsentLedger, ConsentSink
+from remarket.privacy import ConsentLedger, ConsentSink, RetentionJob
 from remarket.profiles.store import ProfileStore
 from remarket.segments.live import LiveSegments
 from remarket.segments.sink import SegmentLoop, SegmentPublisher, SegmentsSink
@@ -28,14 +28,18 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Workers:
-    """The log runner and the segment worker's loop (backfills, timers, publishing)."""
+    """The log runner, the segment worker's loop (backfills, timers, publishing) and the
+    periodic retention job."""
 
     runner: Runner
     log: EventLog
     segments: SegmentLoop
+    retention: RetentionJob
 
     async def run(self, stop: threading.Event) -> None:
-        await asyncio.gather(self.runner.run(stop), self.segments.run(stop))
+        await asyncio.gather(
+            self.runner.run(stop), self.segments.run(stop), self.retention.run_every(stop)
+        )
 
 
 async def build_runner(
@@ -86,7 +90,8 @@ async def build_workers(
         SegmentPublisher(engine, log, settings),
         poll_interval=settings.worker_poll_interval_s,
     )
-    return Workers(runner, log, loop)
+    retention = RetentionJob(engine, warehouse, log, settings, clock)
+    return Workers(runner, log, loop, retention)
 
 
 class WorkerThread:
