@@ -66,8 +66,13 @@ class NetworkSet:
                 ip = ipaddress.ip_address(ip)
             except ValueError:
                 return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        if self._matches(ip):
+            return True
+        # An IPv4 client seen through an IPv6 socket: blocked by its IPv4 networks too.
+        mapped = ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) else None
+        return mapped is not None and self._matches(mapped)
+
+    def _matches(self, ip: IPAddress) -> bool:
         value, bits = int(ip), ip.max_prefixlen
         return any(
             value >> (bits - prefix) in heads

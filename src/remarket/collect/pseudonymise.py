@@ -36,6 +36,10 @@ _FAMILIES: Final = (
     ("macintosh", "macOS"),
     ("mac os", "macOS"),
     ("linux", "Linux"),
+    # The reduced forms themselves, so that reducing twice changes nothing.
+    ("(ios)", "iOS"),
+    ("(macos)", "macOS"),
+    ("(chromeos)", "ChromeOS"),
 )
 _CACHE_MAX: Final = 50_000
 
@@ -64,7 +68,9 @@ def reduce_user_agent(agent: str) -> str:
     """
     lowered = agent.lower()
     family = next((name for token, name in _FAMILIES if token in lowered), "Other")
-    products = _VERSION.sub(r"/\1", _COMMENT.sub("", agent)).split()
+    # Comments go whole; an unbalanced parenthesis left over goes too.
+    bare = _COMMENT.sub("", agent).replace("(", " ").replace(")", " ")
+    products = _VERSION.sub(r"/\1", bare).split()
     if not products:
         return f"({family})"
     return " ".join([products[0], f"({family})", *products[1:]])
