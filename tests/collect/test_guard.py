@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from datetime import timedelta
-from pathlib import Path
 
 import msgspec
 import pytest
@@ -17,7 +16,8 @@ from remarket.collect.bots import BotDetector
 from remarket.collect.guard import NetworkSet, TokenBuckets
 from remarket.collect.velocity import Velocity
 from remarket.errors import Blocked, RateLimited
-from tests.collect.protected import SOURCE, pipeline, track
+from tests.collect.conftest import MakePipeline
+from tests.collect.protected import SOURCE, track
 
 CRAWLERS = [
     "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)",
@@ -95,8 +95,8 @@ def test_velocity_flags_a_subject_at_many_times_its_usual_rate() -> None:
     assert velocity.take_spikes() == []
 
 
-def test_a_blocked_network_is_refused_and_counted(tmp_path: Path) -> None:
-    p = pipeline(tmp_path)
+def test_a_blocked_network_is_refused_and_counted(make_pipeline: MakePipeline) -> None:
+    p = make_pipeline()
     store = p.protection.guard.store
     store.add_block("203.0.113.0/24", "scraper", actor="test", at=p.clock.now())
     store.add_block("2001:db8::/32", "scraper", actor="test", at=p.clock.now())
@@ -110,9 +110,8 @@ def test_a_blocked_network_is_refused_and_counted(tmp_path: Path) -> None:
     assert store.totals() == {"blocked": 2}
 
 
-def test_rate_limits_per_write_key_and_per_ip(tmp_path: Path) -> None:
-    p = pipeline(
-        tmp_path,
+def test_rate_limits_per_write_key_and_per_ip(make_pipeline: MakePipeline) -> None:
+    p = make_pipeline(
         guard_key_events_per_s=10,
         guard_key_burst=20,
         guard_ip_events_per_s=5,
@@ -133,8 +132,8 @@ def test_rate_limits_per_write_key_and_per_ip(tmp_path: Path) -> None:
     guard.admit(SOURCE.id, "127.0.0.1", 10)  # loopback is exempt from the IP limit
 
 
-def test_bots_are_flagged_in_the_log_and_counted(tmp_path: Path) -> None:
-    p = pipeline(tmp_path)
+def test_bots_are_flagged_in_the_log_and_counted(make_pipeline: MakePipeline) -> None:
+    p = make_pipeline()
     events = [
         *track("person", context={"userAgent": PEOPLE[0]}),
         *track("crawler", context={"userAgent": CRAWLERS[0]}),
@@ -154,8 +153,8 @@ def test_bots_are_flagged_in_the_log_and_counted(tmp_path: Path) -> None:
     assert p.protection.guard.store.totals() == {"bot_crawler": 1, "bot_headless": 2}
 
 
-def test_a_velocity_anomaly_is_quarantined_and_reported(tmp_path: Path) -> None:
-    p = pipeline(tmp_path, guard_velocity_factor=10, guard_velocity_floor=2)
+def test_a_velocity_anomaly_is_quarantined_and_reported(make_pipeline: MakePipeline) -> None:
+    p = make_pipeline(guard_velocity_factor=10, guard_velocity_floor=2)
     assert p.send(track("calm", 20)).accepted == 20  # at the threshold, 10 x 2
     result = p.send([*track("calm", 5), *track("burst", 25)])
     assert result.accepted == 20 + 0  # calm's 5 are over (20 + 5 > 20); burst's 5 over
@@ -173,8 +172,8 @@ def test_a_velocity_anomaly_is_quarantined_and_reported(tmp_path: Path) -> None:
     assert p.protection.guard.store.totals() == {"anomaly": 10}
 
 
-def test_an_ip_far_above_its_usual_rate_is_held(tmp_path: Path) -> None:
-    p = pipeline(tmp_path, guard_velocity_factor=10, guard_velocity_ip_floor=3)
+def test_an_ip_far_above_its_usual_rate_is_held(make_pipeline: MakePipeline) -> None:
+    p = make_pipeline(guard_velocity_factor=10, guard_velocity_ip_floor=3)
     users = [{"type": "track", "event": "E", "userId": f"u{i}"} for i in range(40)]
     result = p.send(users, ip="198.51.100.9")
     assert result.accepted == 30
@@ -183,17 +182,17 @@ def test_an_ip_far_above_its_usual_rate_is_held(tmp_path: Path) -> None:
 
 
 def test_an_anomaly_from_a_single_event_endpoint_is_quarantined_not_refused(
-    tmp_path: Path,
+    make_pipeline: MakePipeline,
 ) -> None:
-    p = pipeline(tmp_path, guard_velocity_factor=2, guard_velocity_floor=1)
+    p = make_pipeline(guard_velocity_factor=2, guard_velocity_floor=1)
     body = msgspec.json.encode(track("u1")[0])
     results = [asyncio.run(p.collector.ingest_single(SOURCE, body, "track")) for _ in range(3)]
     assert [(r.accepted, len(r.rejected)) for r in results] == [(1, 0), (1, 0), (0, 1)]
     assert [h.reason for h in p.quarantine.list()] == ["velocity_anomaly"]
 
 
-def test_replayed_quarantined_events_skip_the_velocity_check(tmp_path: Path) -> None:
-    p = pipeline(tmp_path, guard_velocity_factor=2, guard_velocity_floor=1)
+def test_replayed_quarantined_events_skip_the_velocity_check(make_pipeline: MakePipeline) -> None:
+    p = make_pipeline(guard_velocity_factor=2, guard_velocity_floor=1)
     source, _ = SourceRegistry(p.engine).create("web")
     body = msgspec.json.encode({"batch": track("u1", 5)})
     first = asyncio.run(p.collector.ingest_batch(source, parse_batch(body)))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -15,7 +14,8 @@ from pydantic import ValidationError
 
 from remarket.collect.pseudonymise import hash_id, reduce_user_agent, truncate_ip
 from remarket.config import Settings
-from tests.collect.protected import pipeline, track
+from tests.collect.conftest import MakePipeline
+from tests.collect.protected import track
 
 KEY = "k" * 32
 CHROME = (
@@ -108,9 +108,9 @@ CONTEXT = {"ip": "198.51.100.77", "userAgent": CHROME, "locale": "de-DE"}
     ids=["keep", "truncate-24", "truncate-16", "drop-ip", "reduce-agent", "drop-agent"],
 )
 def test_context_ip_and_agent_as_configured(
-    tmp_path: Path, settings: dict[str, Any], ip: str | None, agent: str | None
+    make_pipeline: MakePipeline, settings: dict[str, Any], ip: str | None, agent: str | None
 ) -> None:
-    p = pipeline(tmp_path, **settings)
+    p = make_pipeline(**settings)
     p.send(track("u1", context=CONTEXT))
     (event,) = p.logged()
     context = _context(event)
@@ -120,8 +120,8 @@ def test_context_ip_and_agent_as_configured(
     assert event.user_id == "u1"
 
 
-def test_ids_are_replaced_by_their_hmac(tmp_path: Path) -> None:
-    p = pipeline(tmp_path, pseudonymise_ids=True, pseudonymisation_key=KEY)
+def test_ids_are_replaced_by_their_hmac(make_pipeline: MakePipeline) -> None:
+    p = make_pipeline(pseudonymise_ids=True, pseudonymisation_key=KEY)
     p.send(
         [
             {"type": "track", "event": "E", "userId": "u1", "anonymousId": "a1"},
