@@ -23,7 +23,7 @@ from remarket.collect.pseudonymise import Pseudonymiser
 from remarket.collect.stages import InFlight
 from remarket.config import Settings
 from remarket.privacy.sink import consents_in
-from remarket.schema.events import Identify, Message
+from remarket.schema.events import Message
 from remarket.storage.state import consents, identities, profiles
 
 __all__ = ["ConsentCache", "ConsentFilter"]
@@ -42,16 +42,16 @@ def _chunks(values: list[str]) -> Iterable[list[str]]:
 class ConsentCache:
     """Analytics consent by identity, from the ledger: which ids are denied, granted.
 
-    Keys are ``"u:<userId>"`` and ``"a:<anonymousId>"`` as the identities table holds
-    them. :meth:`note` records a decision an event carried; it wins over the ledger for
-    two reloads, time enough for the consent worker to record it.
+    Ids as the identities table holds them, one set per kind (userId, anonymousId), so
+    a lookup builds no key. :meth:`note` records a decision an event carried; it wins
+    over the ledger for two reloads, time enough for the consent worker to record it.
     """
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self.denied: frozenset[str] = frozenset()
-        self.granted: frozenset[str] = frozenset()
-        self._noted: dict[str, tuple[bool, int]] = {}
+        self.denied: dict[str, frozenset[str]] = {"u": frozenset(), "a": frozenset()}
+        self.granted: dict[str, frozenset[str]] = {"u": frozenset(), "a": frozenset()}
+        self._noted: dict[tuple[str, str], tuple[bool, int]] = {}
         self._noted_denials = 0
         self._generation = 0
 
@@ -65,8 +65,8 @@ class ConsentCache:
             .select_from(joined)
             .where(consents.c.purpose == _PURPOSE)
         )
-        denied: set[str] = set()
-        granted: set[str] = set()
+        denied: dict[str, set[str]] = {"u": set(), "a": set()}
+        granted: dict[str, set[str]] = {"u": set(), "a": set()}
         with self._engine.connect() as conn:
             for profile_id, state, at, ref in conn.execute(query):
                 held = newest.get(profile_id)
@@ -79,10 +79,11 @@ class ConsentCache:
                     )
                 )
                 for kind, value, profile_id in rows:
-                    key = f"{_KINDS[kind]}:{value}"
-                    (granted if newest[profile_id][2] == "granted" else denied).add(key)
+                    chosen = granted if newest[profile_id][2] == "granted" else denied
+                    chosen[_KINDS[kind]].add(value)
         # Swapped without a lock: the event loop reads these between its own statements.
-        self.denied, self.granted = frozenset(denied), frozenset(granted)
+        self.denied = {k: frozenset(v) for k, v in denied.items()}
+        self.granted = {k: frozenset(v) for k, v in granted.items()}
         self._generation += 1
         oldest = self._generation - 1
         noted = {k: v for k, v in list(self._noted.items()) if v[1] >= oldest}
@@ -92,32 +93,34 @@ class ConsentCache:
     @property
     def nobody_denied(self) -> bool:
         """Whether no identity is known to be denied (the common case: nothing to do)."""
-        return not self.denied and not self._noted_denials
+        return not self.denied["u"] and not self.denied["a"] and not self._noted_denials
 
-    def note(self, keys: Iterable[str], granted: bool) -> None:
+    def note(self, keys: Iterable[tuple[str, str]], granted: bool) -> None:
         """A decision an event carried, in force until the ledger has it."""
         for key in keys:
             self._noted[key] = (granted, self._generation)
             if not granted:
                 self._noted_denials += 1
 
-    def allows(self, keys: list[str], required: bool) -> bool:
-        """Whether events of a person with these identity keys may be collected."""
-        noted = self._noted
-        decided = [noted[k][0] for k in keys if k in noted]
-        if decided:
-            return all(decided)
-        if any(k in self.denied for k in keys):
+    def allows(self, user_id: str | None, anonymous_id: str | None, required: bool) -> bool:
+        """Whether events of a person with these ids may be collected."""
+        if self._noted:
+            decided = [
+                n[0]
+                for k in (("u", user_id), ("a", anonymous_id))
+                if k[1] is not None and (n := self._noted.get(k)) is not None  # type: ignore[arg-type]
+            ]
+            if decided:
+                return all(decided)
+        denied = self.denied
+        if user_id in denied["u"] or anonymous_id in denied["a"]:
             return False
-        return not required or any(k in self.granted for k in keys)
+        granted = self.granted
+        return not required or user_id in granted["u"] or anonymous_id in granted["a"]
 
 
 def _carried(message: Message) -> bool | None:
     """The analytics decision an event carries, if any (the last one it names)."""
-    if b"consent" not in bytes(message.context) and not (
-        isinstance(message, Identify) and b"consent" in bytes(message.traits)
-    ):
-        return None
     decision = None
     for purpose, granted, _ in consents_in(message):
         if purpose == _PURPOSE:
@@ -141,34 +144,31 @@ class ConsentFilter:
         self._pseudonymiser = pseudonymiser
         self._count = count
 
-    @staticmethod
-    def _keys(m: Message) -> list[str]:
-        # After the pseudonymiser: ids are pseudonyms when configured, as the identities
-        # table holds them.
-        keys = []
-        if m.user_id is not None:
-            keys.append(f"u:{m.user_id}")
-        if m.anonymous_id is not None:
-            keys.append(f"a:{m.anonymous_id}")
-        return keys
-
     def __call__(self, batch: InFlight) -> None:
         cache, required = self._cache, self._required
         if not required and cache.nobody_denied:
-            # Nobody has said no: only events carrying a decision need a look.
-            if not any(_carried(e.message) is not None for e in batch.events):
+            # Nobody has said no: only events carrying a decision need a look, and the
+            # request's bytes say at once whether any may (no copy of each context).
+            if not any(b"consent" in raw for raw in batch.raw):
                 return
         kept = []
         dropped = pseudonymised = 0
+        raws = batch.raw
         for event in batch.events:
             m = event.message
-            keys = self._keys(m)
-            carried = _carried(m)
-            if carried is not None:
-                cache.note(keys, carried)
-                kept.append(event)
-                continue
-            if cache.allows(keys, required):
+            # After the pseudonymiser: ids are pseudonyms when configured, as the
+            # identities table holds them. Validation made them text.
+            user_id: str | None = m.user_id  # type: ignore[assignment]
+            anonymous_id: str | None = m.anonymous_id  # type: ignore[assignment]
+            # The raw event as sent: a byte test without copying the context.
+            if b"consent" in raws[event.index]:
+                carried = _carried(m)
+                if carried is not None:
+                    keys = [("u", user_id), ("a", anonymous_id)]
+                    cache.note([k for k in keys if k[1] is not None], carried)  # type: ignore[misc]
+                    kept.append(event)
+                    continue
+            if cache.allows(user_id, anonymous_id, required):
                 kept.append(event)
             elif self._drop:
                 dropped += 1

@@ -26,7 +26,7 @@ from remarket.clock import Clock
 from remarket.collect.bots import BotDetector
 from remarket.collect.context import context_string
 from remarket.collect.guard_store import GuardStore
-from remarket.collect.stages import InFlight
+from remarket.collect.stages import Event, InFlight
 from remarket.collect.velocity import Spike, Velocity
 from remarket.config import Settings
 from remarket.errors import Blocked, RateLimited
@@ -198,8 +198,10 @@ class Guard:
         events = batch.events
         if not events:
             return
-        bots, source_id, count = self._bots, batch.source.id, self._counts
-        default_agent = batch.user_agent
+        bots, default_agent = self._bots, batch.user_agent
+        people: list[Event] = []  # one pass: flags, and who counts for the velocity check
+        subjects: list[str] = []
+        bot_counts: dict[str, int] = {}
         for event in events:
             m = event.message
             kind = None
@@ -207,13 +209,31 @@ class Guard:
                 agent = context_string(bytes(m.context), "userAgent") or default_agent
                 if agent:
                     kind = bots.kind(agent)
-                    if kind is not None and not batch.replay:
-                        count[source_id, f"bot_{kind}"] += 1
             m.bot = kind  # also clears a flag a client sent
+            if kind is not None:
+                bot_counts[kind] = bot_counts.get(kind, 0) + 1
+                continue  # a bot's rate is not a person's
+            # Ids are text by now (validation made them so).
+            subject = m.user_id if m.user_id is not None else m.anonymous_id
+            if subject is not None:
+                people.append(event)
+                subjects.append(subject)  # type: ignore[arg-type]
         if batch.replay:
-            return  # an operator vouched for these events: no velocity check
+            return  # an operator vouched for these events: not counted, no velocity check
+        source_id = batch.source.id
+        for found, n in bot_counts.items():
+            self._counts[source_id, f"bot_{found}"] += n
         window = int(batch.received_at.timestamp()) // self._window_s
-        held = self._velocity(batch, window)
+        held: dict[int, str] = {}
+        ip = batch.ip
+        if ip is not None and not self._exempt.contains(ip):
+            over = self._ips.hit(ip, window, len(events))
+            for event in events[len(events) - over :] if over else ():
+                held[event.index] = "ip"
+        for at in self._profiles.hit_each(subjects, window):
+            event = people[at]
+            if event.index not in held:
+                held[event.index] = "anonymousId" if event.message.user_id is None else "userId"
         if held:
             kept = []
             for event in events:
@@ -222,28 +242,8 @@ class Guard:
                 else:
                     kept.append(event)
             batch.events = kept
-            count[source_id, "anomaly"] += len(held)
-        self._report(batch, window)
-
-    def _velocity(self, batch: InFlight, window: int) -> dict[int, str]:
-        """Indexes of the events held back, each with the field naming the subject."""
-        held: dict[int, str] = {}
-        ip = batch.ip
-        if ip is not None and not self._exempt.contains(ip):
-            over = self._ips.hit(ip, window, len(batch.events))
-            for event in batch.events[len(batch.events) - over :] if over else ():
-                held[event.index] = "ip"
-        hit = self._profiles.hit
-        for event in batch.events:
-            m = event.message
-            if m.bot is not None:
-                continue  # bots are flagged already; their rate is not a person's
-            subject, name = (
-                (m.user_id, "userId") if m.user_id is not None else (m.anonymous_id, "anonymousId")
-            )
-            if subject is not None and hit(str(subject), window) and event.index not in held:
-                held[event.index] = name
-        return held
+            self._counts[source_id, "anomaly"] += len(held)
+            self._report(batch, window)
 
     def _report(self, batch: InFlight, window: int) -> None:
         spikes = [("profile", s) for s in self._profiles.take_spikes()]

@@ -44,7 +44,8 @@ class Velocity:
         self._factor = factor
         self._floor = floor
         self._max = max_subjects
-        # subject -> [window, count in it, baseline (0: none yet), reported this window]
+        # subject -> [window, count in it, baseline (0: none yet), reported this window,
+        # threshold]
         self._state: dict[str, list[float]] = {}
         self._spikes: list[Spike] = []
 
@@ -55,20 +56,34 @@ class Velocity:
             if len(self._state) >= self._max:
                 for old in list(islice(self._state, self._max // 10 or 1)):
                     del self._state[old]
-            state = self._state[subject] = [window, 0.0, 0.0, 0.0]
+            state = self._state[subject] = [window, 0.0, 0.0, 0.0, self._factor * self._floor]
         elif state[0] != window:
             if not state[3] and state[1]:
                 state[2] = state[1] if not state[2] else state[2] + _ALPHA * (state[1] - state[2])
+                state[4] = self._factor * max(state[2], self._floor)
             state[0], state[1], state[3] = window, 0.0, 0.0
         before = state[1]
         state[1] = count = before + n
-        threshold = self._factor * max(state[2], self._floor)
+        threshold = state[4]
         if count <= threshold:
             return 0
         if not state[3]:
             state[3] = 1.0
             self._spikes.append(Spike(subject, window, max(state[2], self._floor), threshold))
         return int(count - max(before, threshold))
+
+    def hit_each(self, subjects: list[str], window: int) -> list[int]:
+        """:meth:`hit` for one event of each subject in turn; the positions over."""
+        states, hit = self._state, self.hit
+        over = []
+        for at, subject in enumerate(subjects):
+            state = states.get(subject)
+            # The common case inline: a subject seen in this window, under its threshold.
+            if state is not None and state[0] == window and state[1] + 1 <= state[4]:
+                state[1] += 1
+            elif hit(subject, window):
+                over.append(at)
+        return over
 
     def take_spikes(self) -> list[Spike]:
         """The spikes found since the last call."""
