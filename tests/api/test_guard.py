@@ -172,3 +172,8 @@ def test_a_velocity_anomaly_is_quarantined_and_reported(server: Server) -> None:
         "/v1/quarantine/replay", json={"ids": None}, headers=server.admin
     ).json()
     assert len(replayed["replayed"]) == 5  # an operator vouches: no velocity check
+
+
+def test_historical_imports_skip_the_velocity_check(server: Server) -> None:
+    reply = send_from(server, "192.0.2.41", events(15, "loyal"), "/v1/import")
+    assert (reply.json()["accepted"], reply.json()["quarantined"]) == (15, 0)

@@ -89,7 +89,7 @@ async def _single(request: Request, event_type: str) -> Response:
     )
 
 
-async def _batch(request: Request) -> Response:
+async def _batch(request: Request, *, trusted: bool = False) -> Response:
     runtime = runtime_of(request)
     ip = _client(request, runtime)
     body = await read_body(request, runtime.settings.max_request_bytes)
@@ -102,7 +102,11 @@ async def _batch(request: Request) -> Response:
         source = source_for(runtime, None, batch.write_key)
     runtime.protection.guard.admit(source.id, ip, len(batch.batch))
     agent = request.headers.get("user-agent")
-    return _reply(await runtime.collector.ingest_batch(source, batch, ip=ip, user_agent=agent))
+    return _reply(
+        await runtime.collector.ingest_batch(
+            source, batch, ip=ip, user_agent=agent, trusted=trusted
+        )
+    )
 
 
 def _add_single(event_type: str) -> None:
@@ -141,4 +145,5 @@ async def collect_batch(request: Request) -> Response:
     openapi_extra=_body_doc("Batch"),
 )
 async def collect_import(request: Request) -> Response:
-    return await _batch(request)
+    # Historical events: rate limits apply, the velocity check does not.
+    return await _batch(request, trusted=True)

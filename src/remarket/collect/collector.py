@@ -146,11 +146,12 @@ class Collector:
         quarantine: bool = True,
         ip: str | None = None,
         user_agent: str | None = None,
-        replay: bool = False,
+        trusted: bool = False,
     ) -> IngestResult:
         """Events of ``/v1/batch`` or ``/v1/import``: invalid ones go to the quarantine.
 
-        ``replay``: an operator sends quarantined events again (no velocity check).
+        ``trusted``: an operator's own events, a quarantine replay or a historical import
+        (no velocity check: one customer's years of orders are not a flood).
         """
         raws = [bytes(raw) for raw in batch.batch]
         if batch.context is not None:
@@ -163,7 +164,7 @@ class Collector:
             sent_at=sent_at,
             ip=ip,
             user_agent=user_agent,
-            replay=replay,
+            trusted=trusted,
         )
         return await self._run(flight, quarantine=quarantine)
 
@@ -291,7 +292,7 @@ async def replay_quarantined(
             still.append(Rejection(entry.id, "unknown_source", "source_id", entry.source_id, b""))
             continue
         result = await collector.ingest_batch(
-            source, Batch(batch=[msgspec.Raw(entry.payload)]), quarantine=False, replay=True
+            source, Batch(batch=[msgspec.Raw(entry.payload)]), quarantine=False, trusted=True
         )
         if result.rejected:
             first = result.rejected[0]

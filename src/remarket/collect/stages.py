@@ -115,11 +115,12 @@ class InFlight:
     claimed: list[bytes] = field(default_factory=list)
     waiting: list[tuple[Event, asyncio.Future[bool]]] = field(default_factory=list)
     owner: asyncio.Future[bool] | None = None
-    # The request's client (for the guard), whether an operator replays these events
-    # (no velocity check), and how many events a stage dropped on purpose (consent).
+    # The request's client (for the guard), whether the events are an operator's own
+    # (a quarantine replay, /v1/import: no velocity check), and how many events a stage
+    # dropped on purpose (consent).
     ip: str | None = None
     user_agent: str | None = None
-    replay: bool = False
+    trusted: bool = False
     dropped: int = 0
 
     def reject(self, index: int, reason: str, field_: str | None, detail: str) -> None:
