@@ -10,6 +10,7 @@ __all__ = [
     "EVENTS_ACCEPTED",
     "EVENTS_DUPLICATE",
     "EVENTS_REJECTED",
+    "GUARD_EVENTS",
     "LOG_LAG",
     "REQUEST_LATENCY",
     "WORKER_EVENTS",
@@ -23,6 +24,12 @@ EVENTS_DUPLICATE: Final = Counter(
 )
 EVENTS_REJECTED: Final = Counter(
     "remarket_events_rejected", "Events refused or quarantined, by reason.", ["reason"]
+)
+GUARD_EVENTS: Final = Counter(
+    "remarket_guard_events",
+    "Events the guard and the consent filter caught, by kind (bot_crawler, rate_limited_ip, "
+    "blocked, anomaly, consent_dropped, ...); counted when stored, every guard_refresh_s.",
+    ["kind"],
 )
 LOG_LAG: Final = Gauge(
     "remarket_log_lag", "Log records not yet applied by a consumer.", ["consumer"]

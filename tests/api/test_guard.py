@@ -152,6 +152,8 @@ def test_bots_are_counted_but_kept_out_of_profiles_segments_and_warehouse(
     assert viewed == [("person",)]
     totals = server.client.get("/v1/guard", headers=server.admin).json()["totals"]
     assert (totals["bot_crawler"], totals["bot_headless"]) == (2, 1)
+    metrics = server.client.get("/metrics", headers=server.admin).text
+    assert 'remarket_guard_events_total{kind="bot_crawler"}' in metrics
 
 
 def test_a_velocity_anomaly_is_quarantined_and_reported(server: Server) -> None:

@@ -17,6 +17,7 @@ from remarket.collect.guard_store import GuardStore
 from remarket.collect.pseudonymise import Pseudonymiser
 from remarket.collect.stages import Stage
 from remarket.config import Settings
+from remarket.metrics import GUARD_EVENTS
 
 __all__ = ["Protection"]
 
@@ -69,6 +70,8 @@ class Protection:
         except BaseException:
             self.guard.give_back(counts, reports)
             raise
+        for (_, kind), n in counts.items():
+            GUARD_EVENTS.labels(kind).inc(n)
 
     async def sync(self) -> None:
         """Flush, then reload the block lists and the consent cache."""
