@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     nats_duplicate_window_s: int = Field(
         86_400, ge=1, description="JetStream de-duplication window for messageIds (seconds)."
     )
+    nats_max_age_s: float = Field(
+        0,
+        ge=0,
+        description="JetStream: the stream forgets events older than this (seconds; the "
+        "retention of the scale-out log, at least the duplicate window). 0: as the stream "
+        "is configured (unlimited when remarket creates it).",
+    )
     dedupe_capacity: int = Field(
         10_000_000,
         ge=1_000,

@@ -7,9 +7,10 @@ The window of an event is that of the most specific rule: (source, type), then
 (quarantined events: when received) is older than its window.
 
 The embedded SQLite log loses only what every consumer has applied, and only whole
-commit groups whose events have all expired. NATS JetStream is not touched: a stream
-forgets by its own ``max_age`` (set it on the stream to the longest window you need
-the log to replay, e.g. ``nats stream edit REMARKET_EVENTS --max-age 30d``).
+commit groups whose events have all expired. NATS JetStream is not touched here: a
+stream forgets by its ``max_age``, whatever the consumers, which remarket sets from
+``nats_max_age_s`` (choose the longest time the workers may need to replay, and at
+most the shortest retention window that must hold for the log too).
 """
 
 from __future__ import annotations
