@@ -204,3 +204,17 @@ def test_replayed_quarantined_events_skip_the_velocity_check(make_pipeline: Make
     )
     assert len(result.replayed) == 3 and not result.still_invalid
     assert len(p.logged()) == 5
+
+
+def test_the_client_ip_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(
+    make_pipeline: MakePipeline,
+) -> None:
+    guard = make_pipeline(guard_trusted_proxies=["10.0.0.0/8"]).protection.guard
+    forwarded = "203.0.113.5, 198.51.100.1, 10.1.1.1"
+    # The nearest hop that is not one of our proxies: earlier hops are the client's word.
+    assert guard.client_ip("10.0.0.2", forwarded) == "198.51.100.1"
+    assert guard.client_ip("192.0.2.9", forwarded) == "192.0.2.9"  # spoofed header ignored
+    assert guard.client_ip("10.0.0.2", "10.0.0.3") == "10.0.0.2"
+    assert guard.client_ip("2001:DB8::1", None) == "2001:db8::1"
+    assert guard.client_ip("testclient", None) is None
+    assert guard.client_ip(None, forwarded) is None

@@ -155,14 +155,21 @@ class Guard:
 
     def client_ip(self, peer: str | None, forwarded_for: str | None) -> str | None:
         """The client's address: the peer's, or, behind a trusted proxy, the nearest
-        address in X-Forwarded-For that is not a trusted proxy."""
-        if peer is None or forwarded_for is None or not self._proxies.contains(peer):
-            return peer
-        for hop in reversed(forwarded_for.split(",")):
-            hop = hop.strip()
-            if hop and not self._proxies.contains(hop):
-                return hop
-        return peer
+        address in X-Forwarded-For that is not a trusted proxy. None when it is not an
+        IP address (a Unix socket, a test client): no IP checks apply then."""
+        client = peer
+        if peer is not None and forwarded_for is not None and self._proxies.contains(peer):
+            for hop in reversed(forwarded_for.split(",")):
+                hop = hop.strip()
+                if hop and not self._proxies.contains(hop):
+                    client = hop
+                    break
+        if client is None:
+            return None
+        try:
+            return str(ipaddress.ip_address(client))
+        except ValueError:
+            return None
 
     def screen(self, ip: str | None) -> None:
         """Refuse a blocked client before its request body is read."""
