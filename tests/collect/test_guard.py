@@ -218,3 +218,26 @@ def test_the_client_ip_comes_from_x_forwarded_for_only_behind_a_trusted_proxy(
     assert guard.client_ip("2001:DB8::1", None) == "2001:db8::1"
     assert guard.client_ip("testclient", None) is None
     assert guard.client_ip(None, forwarded) is None
+
+
+@given(
+    st.lists(st.integers(0, 40), min_size=1, max_size=12),
+    st.integers(2, 20),
+    st.sampled_from(["one", "each"]),
+)
+def test_velocity_holds_exactly_the_events_past_the_threshold(
+    counts: list[int], factor: int, how: str
+) -> None:
+    """Window by window: the events over factor x max(baseline, floor) are held, whether
+    they arrive as one count or one by one."""
+    velocity, reference = Velocity(factor=factor, floor=1), Velocity(factor=factor, floor=1)
+    for window, n in enumerate(counts):
+        if how == "one":
+            held = velocity.hit("s", window, n)
+        else:
+            held = len(velocity.hit_each(["s"] * n, window))
+        assert held == sum(reference.hit("s", window) for _ in range(n))
+        threshold = velocity.take_spikes()
+        assert len(threshold) == (1 if held else 0)
+        assert held == (max(0, n - int(threshold[0].threshold)) if held else 0)
+        reference.take_spikes()

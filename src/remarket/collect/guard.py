@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from itertools import islice
 from typing import Any, Final
 
+import msgspec
+
 from remarket.clock import Clock
 from remarket.collect.bots import BotDetector
 from remarket.collect.context import context_string
@@ -80,6 +82,13 @@ class NetworkSet:
         )
 
 
+class _Bucket(msgspec.Struct, gc=False):
+    """Tokens left at a time (untracked by the garbage collector, like the messages)."""
+
+    tokens: float
+    at: float
+
+
 class TokenBuckets:
     """A token bucket per key: ``rate`` events per second, at most ``burst`` at once.
 
@@ -92,7 +101,7 @@ class TokenBuckets:
         self.rate = rate
         self.burst = burst
         self._max = max_keys
-        self._buckets: dict[str, list[float]] = {}  # key -> [tokens, time]
+        self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
     def take(self, key: str, n: int, now: float) -> float:
@@ -105,13 +114,13 @@ class TokenBuckets:
                 if len(self._buckets) >= self._max:
                     for old in list(islice(self._buckets, self._max // 10 or 1)):
                         del self._buckets[old]
-                bucket = self._buckets[key] = [float(self.burst), now]
-            tokens = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
-            bucket[1] = now
+                bucket = self._buckets[key] = _Bucket(float(self.burst), now)
+            tokens = min(self.burst, bucket.tokens + (now - bucket.at) * self.rate)
+            bucket.at = now
             if tokens >= n:
-                bucket[0] = tokens - n
+                bucket.tokens = tokens - n
                 return 0.0
-            bucket[0] = tokens
+            bucket.tokens = tokens
             return (n - tokens) / self.rate
 
 
@@ -264,7 +273,7 @@ class Guard:
             "velocity anomaly: %s %s over %d events in %d s (usual %.1f)",
             kind,
             subject,
-            int(spike.threshold),
+            spike.threshold,
             self._window_s,
             spike.baseline,
         )
@@ -274,7 +283,7 @@ class Guard:
             "source_id": source_id,
             "window_start": datetime.fromtimestamp(window * self._window_s, UTC),
             "baseline": round(spike.baseline),
-            "threshold": math.floor(spike.threshold),
+            "threshold": spike.threshold,
             "detected_at": self._clock.now(),
         }
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from itertools import islice
 from typing import Final
+
+import msgspec
 
 __all__ = ["Spike", "Velocity"]
 
@@ -19,7 +22,18 @@ class Spike:
     subject: str
     window: int
     baseline: float
-    threshold: float
+    threshold: int
+
+
+class _Rate(msgspec.Struct, gc=False):
+    """One subject's window. Untracked by the garbage collector: there may be a million,
+    and full collections would walk them all on the ingest path."""
+
+    window: int
+    count: int
+    baseline: float  # 0: none yet
+    reported: bool  # this window's spike was reported
+    threshold: int
 
 
 class Velocity:
@@ -44,9 +58,7 @@ class Velocity:
         self._factor = factor
         self._floor = floor
         self._max = max_subjects
-        # subject -> [window, count in it, baseline (0: none yet), reported this window,
-        # threshold]
-        self._state: dict[str, list[float]] = {}
+        self._state: dict[str, _Rate] = {}
         self._spikes: list[Spike] = []
 
     def hit(self, subject: str, window: int, n: int = 1) -> int:
@@ -56,21 +68,26 @@ class Velocity:
             if len(self._state) >= self._max:
                 for old in list(islice(self._state, self._max // 10 or 1)):
                     del self._state[old]
-            state = self._state[subject] = [window, 0.0, 0.0, 0.0, self._factor * self._floor]
-        elif state[0] != window:
-            if not state[3] and state[1]:
-                state[2] = state[1] if not state[2] else state[2] + _ALPHA * (state[1] - state[2])
-                state[4] = self._factor * max(state[2], self._floor)
-            state[0], state[1], state[3] = window, 0.0, 0.0
-        before = state[1]
-        state[1] = count = before + n
-        threshold = state[4]
+            state = self._state[subject] = _Rate(window, 0, 0.0, False, self._threshold(0.0))
+        elif state.window != window:
+            if not state.reported and state.count:
+                usual = state.baseline
+                state.baseline = usual + _ALPHA * (state.count - usual) if usual else state.count
+                state.threshold = self._threshold(state.baseline)
+            state.window, state.count, state.reported = window, 0, False
+        before = state.count
+        state.count = count = before + n
+        threshold = state.threshold
         if count <= threshold:
             return 0
-        if not state[3]:
-            state[3] = 1.0
-            self._spikes.append(Spike(subject, window, max(state[2], self._floor), threshold))
-        return int(count - max(before, threshold))
+        if not state.reported:
+            state.reported = True
+            self._spikes.append(Spike(subject, window, max(state.baseline, self._floor), threshold))
+        return count - max(before, threshold)
+
+    def _threshold(self, baseline: float) -> int:
+        """Whole events: the count a window may reach before events are over."""
+        return math.floor(self._factor * max(baseline, self._floor))
 
     def hit_each(self, subjects: list[str], window: int) -> list[int]:
         """:meth:`hit` for one event of each subject in turn; the positions over."""
@@ -79,8 +96,8 @@ class Velocity:
         for at, subject in enumerate(subjects):
             state = states.get(subject)
             # The common case inline: a subject seen in this window, under its threshold.
-            if state is not None and state[0] == window and state[1] + 1 <= state[4]:
-                state[1] += 1
+            if state is not None and state.window == window and state.count + 1 <= state.threshold:
+                state.count += 1
             elif hit(subject, window):
                 over.append(at)
         return over
