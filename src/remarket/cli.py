@@ -22,7 +22,7 @@ from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
 from remarket.errors import ConflictError, RemarketError
-from remarket.privacy import AuditLog
+from remarket.privacy import AuditLog, RetentionJob, RetentionReport, RetentionRules
 from remarket.privacy.erasers import needles, scan_log
 from remarket.privacy.export import export_document
 from remarket.privacy.keyring import Keyring
@@ -49,6 +49,7 @@ segments_app = typer.Typer(
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
 privacy_app = typer.Typer(help="Data-subject rights: erasure and export.", no_args_is_help=True)
+retention_app = typer.Typer(help="How long events are kept.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
@@ -57,6 +58,7 @@ app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(segments_app, name="segments")
 app.add_typer(audit_app, name="audit")
 app.add_typer(privacy_app, name="privacy")
+app.add_typer(retention_app, name="retention")
 
 console = Console()
 err = Console(stderr=True)
@@ -380,6 +382,42 @@ def privacy_export(
     else:
         output.write_text(text)
         console.print(f"written to {output}")
+
+
+@retention_app.command("run")
+def retention_run() -> None:
+    """Delete expired events from the warehouse, the quarantine and the embedded log."""
+    settings = _settings()
+    engine = _engine(settings)
+    warehouse = open_warehouse(settings)
+
+    async def run() -> RetentionReport:
+        log = await open_log(settings)
+        try:
+            return await RetentionJob(engine, warehouse, log, settings).run(actor="cli")
+        finally:
+            await log.close()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        warehouse.close()
+    console.print(
+        f"deleted {report.warehouse} warehouse events, {report.quarantine} quarantined, "
+        f"{report.log} from the log"
+    )
+
+
+@retention_app.command("rules")
+def retention_rules_list() -> None:
+    """The retention windows in force."""
+    settings = _settings()
+    rules = RetentionRules(_engine(settings), default_days=settings.retention_default_days)
+    table = Table("id", "source", "event type", "days")
+    for rule in rules.list():
+        table.add_row(str(rule.id), rule.source_id, rule.event_type, str(rule.days))
+    table.add_row("-", "(default)", "", str(settings.retention_default_days or "forever"))
+    console.print(table)
 
 
 @app.command()

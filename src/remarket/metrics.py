@@ -11,6 +11,7 @@ __all__ = [
     "EVENTS_DUPLICATE",
     "EVENTS_REJECTED",
     "EVENTS_UNREADABLE",
+    "GUARD_EVENTS",
     "LOG_LAG",
     "REQUEST_LATENCY",
     "WORKER_EVENTS",
@@ -24,6 +25,12 @@ EVENTS_DUPLICATE: Final = Counter(
 )
 EVENTS_REJECTED: Final = Counter(
     "remarket_events_rejected", "Events refused or quarantined, by reason.", ["reason"]
+)
+GUARD_EVENTS: Final = Counter(
+    "remarket_guard_events",
+    "Events the guard and the consent filter caught, by kind (bot_crawler, rate_limited_ip, "
+    "blocked, anomaly, consent_dropped, ...); counted when stored, every guard_refresh_s.",
+    ["kind"],
 )
 LOG_LAG: Final = Gauge(
     "remarket_log_lag", "Log records not yet applied by a consumer.", ["consumer"]

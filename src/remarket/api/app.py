@@ -13,7 +13,17 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remarket import __version__
-from remarket.api import admin, collect, erasure, health, privacy, profiles, segments
+from remarket.api import (
+    admin,
+    collect,
+    erasure,
+    guard,
+    health,
+    privacy,
+    profiles,
+    retention,
+    segments,
+)
 from remarket.api.models import Ingested
 from remarket.api.problems import install_problem_handlers
 from remarket.api.runtime import Runtime, WorkersMode
@@ -97,6 +107,8 @@ def create_app(
     app.include_router(privacy.router)
     app.include_router(erasure.router)
     app.include_router(admin.router)
+    app.include_router(guard.router)
+    app.include_router(retention.router)
     app.include_router(health.router)
     app.add_middleware(
         CORSMiddleware,

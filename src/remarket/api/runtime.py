@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from remarket.api.keys import ApiKeyStore
 from remarket.clock import Clock, SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.collect.protection import Protection
 from remarket.collect.seal import SealPII
 from remarket.config import Settings
 from remarket.privacy.keyring import Keyring
@@ -49,6 +50,7 @@ class Runtime:
     workers: WorkerThread | WorkerProcess | None
     keyring: Keyring
     rights: Rights
+    protection: Protection
 
     @classmethod
     async def start(
@@ -69,8 +71,15 @@ class Runtime:
         keyring = Keyring(engine, clock=clock)
         sealer = Sealer(keyring, settings.pii_fields) if settings.pii_encryption else None
         seal = SealPII(sealer, keyring)
+        protection = Protection.build(settings, engine, clock)
+        # Sealing last: it encrypts what the guard, pseudonymisation and consent kept.
         collector = Collector(
-            settings, log, quarantine, clock, extra_stages=[seal], barriers=[seal.durable]
+            settings,
+            log,
+            quarantine,
+            clock,
+            extra_stages=[*protection.stages, seal],
+            barriers=[seal.durable],
         )
         warmed = await collector.warm_up(settings.dedupe_capacity)
         _log.info("remembered %d recent messageIds from the log", warmed)
@@ -86,6 +95,7 @@ class Runtime:
         )
         if thread is not None:
             thread.start()
+        protection.start()
         return cls(
             settings=settings,
             clock=clock,
@@ -100,10 +110,12 @@ class Runtime:
             workers=process or thread,
             keyring=keyring,
             rights=build_rights(settings, engine, warehouse, keyring, clock),
+            protection=protection,
         )
 
     async def stop(self) -> None:
         gc.unfreeze()  # let shutdown free what start-up froze
+        await self.protection.close()
         if self.workers is not None:
             self.workers.stop()
         await self.log.close()

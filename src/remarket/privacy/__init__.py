@@ -1,4 +1,5 @@
-"""Privacy: consent ledger, hash-chained audit log, erasure (crypto-shredding) and export."""
+"""Privacy: consent ledger, hash-chained audit log, erasure (crypto-shredding), export and
+retention."""
 
 from __future__ import annotations
 
@@ -41,6 +42,12 @@ from remarket.privacy.erasure import (
 )
 from remarket.privacy.export import Exporter, ExportRegistry, export_document, standard_exporters
 from remarket.privacy.keyring import Keyring
+from remarket.privacy.retention import (
+    RetentionJob,
+    RetentionReport,
+    RetentionRule,
+    RetentionRules,
+)
 from remarket.privacy.rights import Rights, build_rights
 from remarket.privacy.seal import DEFAULT_PII_FIELDS, Opener, Sealer
 from remarket.privacy.sink import ConsentSink, consents_in
@@ -74,6 +81,10 @@ __all__ = [
     "ParquetEraser",
     "Purpose",
     "QuarantineEraser",
+    "RetentionJob",
+    "RetentionReport",
+    "RetentionRule",
+    "RetentionRules",
     "Rights",
     "Sealer",
     "State",

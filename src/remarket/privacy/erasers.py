@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Final, Literal
 
 from sqlalchemy import Engine, Table, func, select
 
@@ -21,6 +21,7 @@ from remarket.storage.log import EventLog
 from remarket.storage.state.tables import (
     consent_history,
     consents,
+    guard_anomalies,
     identities,
     profile_traits,
     profiles,
@@ -91,18 +92,30 @@ def needles(profile_ids: Collection[str], identities: Collection[Identifier]) ->
 
 
 class TableEraser:
-    """Rows of a state table by its profile id column."""
+    """Rows of a state table by a column holding the profile id (``of="profiles"``) or
+    one of the person's identifier values (``of="ids"``: userId, anonymousId, ...)."""
 
-    def __init__(self, engine: Engine, table: Table, column: str = "profile_id") -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        table: Table,
+        column: str = "profile_id",
+        *,
+        of: Literal["profiles", "ids"] = "profiles",
+    ) -> None:
         self.name = f"state.{table.name}"
         self._engine = engine
         self._table = table
         self._column = table.c[column]
+        self._of = of
+
+    def _keys(self, profile_ids: Collection[str], identities: Collection[Identifier]) -> list[str]:
+        return sorted(profile_ids) if self._of == "profiles" else _ids(identities)
 
     def erase(self, profile_ids: Collection[str], identities: Collection[Identifier]) -> int:
         deleted = 0
         with self._engine.begin() as conn:
-            for chunk in _chunks(profile_ids):
+            for chunk in _chunks(self._keys(profile_ids, identities)):
                 deleted += conn.execute(
                     self._table.delete().where(self._column.in_(chunk))
                 ).rowcount
@@ -111,7 +124,7 @@ class TableEraser:
     def residue(self, profile_ids: Collection[str], identities: Collection[Identifier]) -> int:
         total = 0
         with self._engine.connect() as conn:
-            for chunk in _chunks(profile_ids):
+            for chunk in _chunks(self._keys(profile_ids, identities)):
                 total += int(
                     conn.scalar(
                         select(func.count()).select_from(self._table).where(self._column.in_(chunk))
@@ -222,6 +235,8 @@ def standard_erasers(
     registry = ErasureRegistry([KeyEraser(keyring)])
     for table in PERSONAL_TABLES:
         registry.register(TableEraser(engine, table))
+    # The guard's velocity reports name a profile by the id it sent (or an IP).
+    registry.register(TableEraser(engine, guard_anomalies, "subject", of="ids"))
     registry.register(QuarantineEraser(engine, keyring))
     registry.register(WarehouseEraser(warehouse))
     for folder in parquet_dirs:

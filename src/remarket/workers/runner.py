@@ -27,8 +27,9 @@ class Runner:
     """Reads the log once for several sinks; each sink keeps its own offset.
 
     Records are decoded once per batch and handed to every sink that has not applied
-    them yet, in the order given; a tuple of sinks applies its batch concurrently (for
-    sinks that do not depend on each other: their database calls overlap). A record that
+    them yet, in the order given (events the guard flagged as bots are skipped); a tuple
+    of sinks applies its batch concurrently (for sinks that do not depend on each other:
+    their database calls overlap). A record that
     cannot be decoded goes to ``on_poison`` (the quarantine) instead of stopping the
     pipeline.
     """
@@ -118,11 +119,17 @@ class Runner:
         reported = max(self._poisoned_through, *self._offsets.values())
         for record in records:
             try:
-                rows.append((record.offset, decode_log_message(record.payload)))
+                message = decode_log_message(record.payload)
             except msgspec.MsgspecError as exc:
                 if record.offset > reported:
                     _log.error("log record %d cannot be decoded: %s", record.offset, exc)
                     self._on_poison(record, str(exc))
+                continue
+            # Flagged by the collector's guard: counted there, kept in the log, and kept
+            # out of every sink (warehouse, profiles, segments), so the SQL and real-time
+            # segment engines agree on who is a person.
+            if message.bot is None:
+                rows.append((record.offset, message))
         if records:
             self._poisoned_through = max(self._poisoned_through, records[-1].offset)
         return rows

@@ -13,7 +13,7 @@ from remarket.clock import Clock, SystemClock
 from remarket.collect.quarantine import QuarantineStore, Rejection
 from remarket.collect.seal import SealingLog
 from remarket.config import Settings
-from remarket.privacy import ConsentLedger, ConsentSink
+from remarket.privacy import ConsentLedger, ConsentSink, RetentionJob
 from remarket.privacy.keyring import Keyring
 from remarket.privacy.seal import Opener, Sealer
 from remarket.profiles.store import ProfileStore
@@ -31,14 +31,18 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Workers:
-    """The log runner and the segment worker's loop (backfills, timers, publishing)."""
+    """The log runner, the segment worker's loop (backfills, timers, publishing) and the
+    periodic retention job."""
 
     runner: Runner
     log: EventLog
     segments: SegmentLoop
+    retention: RetentionJob
 
     async def run(self, stop: threading.Event) -> None:
-        await asyncio.gather(self.runner.run(stop), self.segments.run(stop))
+        await asyncio.gather(
+            self.runner.run(stop), self.segments.run(stop), self.retention.run_every(stop)
+        )
 
 
 async def build_runner(
@@ -104,7 +108,8 @@ async def build_workers(
         SegmentPublisher(engine, published, settings),
         poll_interval=settings.worker_poll_interval_s,
     )
-    return Workers(runner, log, loop)
+    retention = RetentionJob(engine, warehouse, log, settings, clock)
+    return Workers(runner, log, loop, retention)
 
 
 class WorkerThread:

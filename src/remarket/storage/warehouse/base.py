@@ -77,6 +77,11 @@ class Warehouse(Protocol):
         """How many rows :meth:`erase` would delete (0 after it)."""
         ...
 
+    def delete_events(self, source_id: str | None, event_type: str, before: datetime) -> int:
+        """Delete the events of one source and type older than ``before`` (by timestamp);
+        return how many went (retention)."""
+        ...
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run read-only SQL in this warehouse's dialect."""
         ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -219,6 +220,19 @@ class DuckDBWarehouse:
             _count(cur.execute(f"SELECT count(*) FROM {where}", params))
             for where, params in _subject(ids, profile_ids)
         )
+
+    def delete_events(self, source_id: str | None, event_type: str, before: datetime) -> int:
+        with self._write_lock:
+            row = (
+                self._cursor()
+                .execute(
+                    "DELETE FROM events WHERE source_id IS NOT DISTINCT FROM ? AND type = ?"
+                    " AND timestamp < ?",
+                    [source_id, event_type, before],
+                )
+                .fetchone()
+            )
+        return int(row[0]) if row else 0
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return self._cursor().execute(sql, list(params)).fetchall()

@@ -322,6 +322,15 @@ class PostgresWarehouse:
             total += int(row[0]) if row else 0
         return total
 
+    def delete_events(self, source_id: str | None, event_type: str, before: datetime) -> int:
+        with self._write_lock:
+            cur = self._writer().execute(
+                "DELETE FROM events WHERE source_id IS NOT DISTINCT FROM %s AND type = %s"
+                " AND timestamp < %s",
+                [source_id, event_type, before],
+            )
+            return max(cur.rowcount, 0)
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run SQL with psycopg ``%s`` placeholders (what sqlglot writes for ``postgres``).
 

@@ -20,6 +20,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any, Final, cast
 
@@ -40,6 +41,7 @@ _CALLS: Final = frozenset(
         "count_events",
         "erase",
         "residue",
+        "delete_events",
         "query",
     }
 )
@@ -236,6 +238,9 @@ class RemoteWarehouse:
 
     def residue(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
         return cast(int, self._call("residue", list(ids), list(profile_ids)))
+
+    def delete_events(self, source_id: str | None, event_type: str, before: datetime) -> int:
+        return cast(int, self._call("delete_events", source_id, event_type, before))
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         return cast(list[tuple[Any, ...]], self._call("query", sql, list(params)))
