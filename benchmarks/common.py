@@ -184,9 +184,10 @@ def started(
 
 @contextlib.contextmanager
 def remarket_server(
-    data_dir: Path, *, workers: bool, env: Mapping[str, str] | None = None
+    data_dir: Path, *, workers: str = "process", env: Mapping[str, str] | None = None
 ) -> Iterator[Server]:
-    """`remarket serve` on a free port over ``data_dir``, with a fresh source's write key."""
+    """`remarket serve --workers WORKERS` on a free port over ``data_dir``, with a fresh
+    source's write key."""
     settings_env = {"REMARKET_DATA_DIR": str(data_dir), **(env or {})}
     full_env = {**os.environ, **settings_env}
     created = subprocess.run(
@@ -199,10 +200,8 @@ def remarket_server(
     )
     write_key = [line for line in created.stdout.splitlines() if line.strip()][-1].strip()
     port = free_port()
-    argv = [remarket_bin(), "serve", "--port", str(port)]
-    if not workers:
-        argv.append("--no-workers")
-    name = "remarket-serve" + ("" if workers else "-no-workers")
+    argv = [remarket_bin(), "serve", "--port", str(port), "--workers", workers]
+    name = f"remarket-serve-workers-{workers}"
     with started(name, argv, port, env=settings_env, log_dir=data_dir) as server:
         server.data_dir = data_dir
         server.write_key = write_key

@@ -8,13 +8,17 @@ parses it with `remarket.collect.parse_batch` and decodes each event into the sa
 structs, then answers 200 without storing anything. The ratio to it says how much of the
 web stack's capacity the durable pipeline keeps.
 
-`remarket serve` is one process by design (the embedded SQLite log allows one writer
-process, a DuckDB file one opener), so it is measured twice:
+`remarket serve` is measured three ways:
 
-  (a) `remarket serve`: the default, API plus workers (warehouse + profiles) in a
-      background thread of the same process; afterwards the workers must catch up and the
-      warehouse must hold exactly the events the log holds.
-  (b) `remarket serve --no-workers`: pure ingest, as when the workers run elsewhere.
+  (a) `remarket serve`: the default, the API in one process and the workers (warehouse,
+      profiles, segments, consent) in a child process that owns the DuckDB file;
+      afterwards the workers must catch up and the warehouse must hold exactly the
+      events the log holds.
+  (a') `remarket serve --workers thread`: the workers in a thread of the API process (one
+      GIL for both), with the same checks.
+  (b) `remarket serve --workers none`: pure ingest, as when the workers run elsewhere.
+
+"server cores" and "CPU ms/req" are the API process's; "worker cores" the child's.
 
 After each run the log is checked: rows == distinct dedupe keys, a multiple of 100, between
 the 2xx responses and the requests sent (times 100; wrk drops in-flight requests at the
@@ -43,6 +47,7 @@ from typing import Any, Final
 import common
 
 BATCH: Final = 100
+_KEYS: Final = {"process": "serve", "thread": "serve_thread", "none": "serve_no_workers"}
 LUA: Final = common.BENCH_DIR / "wrk" / "batch.lua"
 NOOP: Final = common.BENCH_DIR / "ingest_noop.py"
 TARGETS: Final[dict[str, float]] = {
@@ -62,6 +67,7 @@ class Run:
     wrk: dict[str, float]
     server_cpu_s: float
     wrk_cpu_s: float
+    worker_cpu_s: float
     checks: dict[str, bool] = field(default_factory=dict)
     facts: dict[str, float] = field(default_factory=dict)
 
@@ -110,6 +116,27 @@ def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The processes ``pid`` started (the worker process of `remarket serve`)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
+            ):
+                found.append(int(entry.name))
+    return found
+
+
+def _tree_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            total += _cpu_seconds(pid)
+    return total
 
 
 def _children_cpu() -> float:
@@ -163,7 +190,8 @@ def load(
         threads=args.threads,
     )
     common.progress(f"{label}: measuring {args.duration:g} s, {args.connections} connections")
-    cpu0, wrk0 = _cpu_seconds(server.pid), _children_cpu()
+    children = _child_pids(server.pid)
+    cpu0, wrk0, workers0 = _cpu_seconds(server.pid), _children_cpu(), _tree_cpu(children)
     out = (profile_dir / f"{key}.collapsed") if profile_dir else Path()
     with _profiled(profile_dir is not None, server.pid, out):
         figures = wrk(
@@ -174,7 +202,14 @@ def load(
             connections=args.connections,
             threads=args.threads,
         )
-    run = Run(key, label, figures, _cpu_seconds(server.pid) - cpu0, _children_cpu() - wrk0)
+    run = Run(
+        key,
+        label,
+        figures,
+        _cpu_seconds(server.pid) - cpu0,
+        _children_cpu() - wrk0,
+        _tree_cpu(children) - workers0,
+    )
     common.progress(
         f"{label}: {run.events_per_s:,.0f} events/s, p99 {run.p99_ms:.1f} ms, {run.errors} errors"
     )
@@ -249,19 +284,19 @@ def measure_ceiling(args: argparse.Namespace, nonce: str, profile_dir: Path | No
 
 
 def measure_serve(
-    args: argparse.Namespace, nonce: str, profile_dir: Path | None, *, workers: bool
+    args: argparse.Namespace, nonce: str, profile_dir: Path | None, *, workers: str
 ) -> Run:
-    key = "serve" if workers else "serve_no_workers"
-    label = "remarket serve" + ("" if workers else " --no-workers")
+    key = _KEYS[workers]
+    label = "remarket serve" + ("" if workers == "process" else f" --workers {workers}")
     with common.tmp_dir(key) as data_dir:
         env = {"REMARKET_LOG_FSYNC": args.fsync}
         with common.remarket_server(data_dir, workers=workers, env=env) as server:
             run, warm = load(server, key, label, args, f"{nonce}{key[-1]}", profile_dir)
-            if workers:
+            if workers != "none":
                 _catch_up(server, run, timeout=args.catch_up_timeout)
         # Checked with the server stopped: its files are closed and complete.
         _log_checks(run, warm, data_dir)
-        if workers:
+        if workers != "none":
             _warehouse_checks(run, data_dir)
     failed = [name for name, passed in run.checks.items() if not passed]
     common.progress(f"{label}: checks {'passed' if not failed else 'FAILED: ' + str(failed)}")
@@ -282,12 +317,13 @@ def report(runs: list[Run], args: argparse.Namespace, profile_dir: Path | None) 
                 run.errors,
                 run.server_cores,
                 run.cpu_ms_per_request,
+                run.worker_cpu_s / run.seconds,
                 run.wrk_cpu_s / run.seconds,
                 run.events_per_s / ceiling.events_per_s,
             ]
         )
     headers = ["server", "events/s", "req/s", "p50 ms", "p99 ms", "errors", "server cores"]
-    headers += ["CPU ms/req", "wrk cores"]
+    headers += ["CPU ms/req", "worker cores", "wrk cores"]
     print(
         f"\nIngest: POST /v1/batch x {BATCH} events (~{ceiling.wrk['body_bytes'] / BATCH:.0f} B "
         f"each), {args.duration:g} s, wrk {args.threads} thread(s) x {args.connections} "
@@ -326,6 +362,7 @@ def figures_of(runs: list[Run], args: argparse.Namespace) -> dict[str, object]:
         out[f"{run.key}_errors"] = run.errors
         out[f"{run.key}_server_cpu_cores"] = round(run.server_cores, 2)
         out[f"{run.key}_cpu_ms_per_request"] = round(run.cpu_ms_per_request, 2)
+        out[f"{run.key}_worker_cpu_cores"] = round(run.worker_cpu_s / run.seconds, 2)
         out[f"{run.key}_wrk_cpu_cores"] = round(run.wrk_cpu_s / run.seconds, 2)
         if run is not ceiling:
             out[f"{run.key}_ratio_to_ceiling"] = round(run.events_per_s / ceiling.events_per_s, 3)
@@ -352,7 +389,7 @@ def main() -> int:
         help="sample each server with py-spy during the run (output in benchmarks/out/)",
     )
     parser.add_argument(
-        "--only", choices=["serve", "serve_no_workers"], help="skip the other remarket run"
+        "--only", choices=list(_KEYS), help="measure only `remarket serve --workers ONLY`"
     )
     args = parser.parse_args()
     args.duration = args.duration or (5.0 if args.quick else 30.0)
@@ -366,10 +403,9 @@ def main() -> int:
     nonce = uuid.uuid4().hex[:8]
 
     runs = [measure_ceiling(args, nonce, profile_dir)]
-    if args.only in (None, "serve"):
-        runs.append(measure_serve(args, nonce, profile_dir, workers=True))
-    if args.only in (None, "serve_no_workers"):
-        runs.append(measure_serve(args, nonce, profile_dir, workers=False))
+    for workers in _KEYS:
+        if args.only in (None, workers):
+            runs.append(measure_serve(args, nonce, profile_dir, workers=workers))
     report(runs, args, profile_dir)
 
     figures = figures_of(runs, args)

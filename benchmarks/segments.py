@@ -651,7 +651,7 @@ def serve(rate: float, seconds: float, wait: float) -> ServeResult:
     """50 segments through the API of a real `remarket serve`, then the offered load."""
     with (
         common.tmp_dir("segments") as data_dir,
-        common.remarket_server(data_dir, workers=True) as server,
+        common.remarket_server(data_dir) as server,
     ):
         env = {"REMARKET_DATA_DIR": str(data_dir)}
         created = subprocess.run(

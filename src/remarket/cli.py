@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import socket
 import threading
 import time
@@ -17,20 +16,26 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from remarket.api import ROLES, ApiKeyStore, Runtime, create_app
+from remarket.api import ROLES, ApiKeyStore, Runtime, WorkersMode, create_app
+from remarket.api.erasure import subject_for_value
 from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
 from remarket.errors import ConflictError, RemarketError
 from remarket.journeys import JourneyCatalog
-from remarket.privacy import AuditLog
+from remarket.privacy import AuditLog, RetentionJob, RetentionReport, RetentionRules
+from remarket.privacy.erasers import needles, scan_log
+from remarket.privacy.export import export_document
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.rights import Rights, build_rights
 from remarket.schema.segment import DefinitionError
 from remarket.segments.backfill import sql_members
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import MembershipReader
+from remarket.storage.log import open_log
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import open_warehouse
-from remarket.workers import build_workers
+from remarket.workers import run_worker_process, run_workers
 
 __all__ = ["app", "main"]
 
@@ -47,6 +52,8 @@ audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True
 journeys_app = typer.Typer(
     help="Journey definitions (as code, in YAML or JSON).", no_args_is_help=True
 )
+privacy_app = typer.Typer(help="Data-subject rights: erasure and export.", no_args_is_help=True)
+retention_app = typer.Typer(help="How long events are kept.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
@@ -55,6 +62,8 @@ app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(segments_app, name="segments")
 app.add_typer(audit_app, name="audit")
 app.add_typer(journeys_app, name="journeys")
+app.add_typer(privacy_app, name="privacy")
+app.add_typer(retention_app, name="retention")
 
 console = Console()
 err = Console(stderr=True)
@@ -154,7 +163,7 @@ def quarantine_replay(
     settings = _settings()
 
     async def replay() -> tuple[list[int], int]:
-        runtime = await Runtime.start(settings, workers=False)
+        runtime = await Runtime.start(settings, workers="none")
         try:
             pending = runtime.quarantine.list(limit=1_000_000)
             if ids:
@@ -328,13 +337,144 @@ def audit_list(
     console.print(table)
 
 
+def _rights(settings: Settings) -> tuple[Any, Rights, Any]:
+    """(engine, rights, warehouse) for the privacy commands; close the warehouse after."""
+    engine = _engine(settings)
+    warehouse = open_warehouse(settings)
+    return engine, build_rights(settings, engine, warehouse, Keyring(engine)), warehouse
+
+
+@privacy_app.command("erase")
+def privacy_erase(
+    value: Annotated[str, typer.Argument(help="A profile id, user id, anonymous id or e-mail.")],
+) -> None:
+    """Erase the person holding VALUE from every store and destroy their keys.
+
+    On the embedded stores, stop `remarket serve` first (the DuckDB file has one opener);
+    erasing through the API (DELETE /v1/profiles/…) also sweeps what workers had in flight.
+    """
+    settings = _settings()
+    _, rights, warehouse = _rights(settings)
+    try:
+        subject = subject_for_value(rights.erasure, value)
+        if not rights.erasure.known(subject):
+            err.print(f"[red]no profile holds {value!r}[/]")
+            raise typer.Exit(1)
+        record = rights.erasure.erase(subject, "cli")
+    finally:
+        warehouse.close()
+    table = Table("store", "rows removed")
+    for store, count in record.counts.items():
+        table.add_row(store, str(count))
+    console.print(table)
+    console.print(f"erasure {record.id} recorded for profile hash {record.profile_hash}")
+
+
+@privacy_app.command("verify-erased")
+def privacy_verify_erased(
+    value: Annotated[str, typer.Argument(help="A profile id, user id, anonymous id or e-mail.")],
+) -> None:
+    """Scan every store (and the whole event log, for VALUE in the clear) for what remains
+    of a person; exit 1 if anything does."""
+    settings = _settings()
+    _, rights, warehouse = _rights(settings)
+    try:
+        subject = subject_for_value(rights.erasure, value)
+        residue = rights.erasure.residue(subject)
+    finally:
+        warehouse.close()
+
+    async def scan() -> int:
+        log = await open_log(settings)
+        try:
+            return await scan_log(log, needles(subject.profile_ids, subject.identities))
+        finally:
+            await log.close()
+
+    residue["log (in the clear)"] = asyncio.run(scan())
+    table = Table("store", "rows left")
+    for store, count in residue.items():
+        table.add_row(store, str(count))
+    console.print(table)
+    total = sum(residue.values())
+    if total:
+        err.print(f"[red]{total} rows of {value!r} remain[/]")
+        raise typer.Exit(1)
+    console.print(f"nothing of {value!r} remains")
+
+
+@privacy_app.command("export")
+def privacy_export(
+    profile_id: Annotated[str, typer.Argument(help="The profile id.")],
+    output: Annotated[Path | None, typer.Option(help="Write here instead of stdout.")] = None,
+) -> None:
+    """Everything held about a profile as one JSON document (GDPR art. 15 and 20)."""
+    settings = _settings()
+    engine, rights, warehouse = _rights(settings)
+    try:
+        subject = rights.erasure.subject([profile_id])
+        document = export_document(subject, rights.exporters)
+    finally:
+        warehouse.close()
+    AuditLog(engine).record("cli", "profile.export", rights.erasure.profile_hash(subject))
+    text = json.dumps(document, indent=2, default=str)
+    if output is None:
+        print(text)
+    else:
+        output.write_text(text)
+        console.print(f"written to {output}")
+
+
+@retention_app.command("run")
+def retention_run() -> None:
+    """Delete expired events from the warehouse, the quarantine and the embedded log."""
+    settings = _settings()
+    engine = _engine(settings)
+    warehouse = open_warehouse(settings)
+
+    async def run() -> RetentionReport:
+        log = await open_log(settings)
+        try:
+            return await RetentionJob(engine, warehouse, log, settings).run(actor="cli")
+        finally:
+            await log.close()
+
+    try:
+        report = asyncio.run(run())
+    finally:
+        warehouse.close()
+    console.print(
+        f"deleted {report.warehouse} warehouse events, {report.quarantine} quarantined, "
+        f"{report.log} from the log"
+    )
+
+
+@retention_app.command("rules")
+def retention_rules_list() -> None:
+    """The retention windows in force."""
+    settings = _settings()
+    rules = RetentionRules(_engine(settings), default_days=settings.retention_default_days)
+    table = Table("id", "source", "event type", "days")
+    for rule in rules.list():
+        table.add_row(str(rule.id), rule.source_id, rule.event_type, str(rule.days))
+    table.add_row("-", "(default)", "", str(settings.retention_default_days or "forever"))
+    console.print(table)
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="Listen address.")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port.")] = None,
-    workers: Annotated[bool, typer.Option(help="Run the workers in this process.")] = True,
+    workers: Annotated[
+        WorkersMode,
+        typer.Option(
+            help="Where the workers run: 'process' (a child process with its own core, "
+            "the default), 'thread' (inside the API process) or 'none' (run "
+            "`remarket worker` elsewhere)."
+        ),
+    ] = "process",
 ) -> None:
-    """Run the API and (by default) the workers in one process."""
+    """Run the API and (by default) the workers."""
     settings = _settings()
     uvicorn.run(
         create_app(settings, workers=workers),
@@ -346,28 +486,15 @@ def serve(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    spec: Annotated[Path | None, typer.Option(hidden=True, help="Set by `serve`.")] = None,
+) -> None:
     """Run only the workers (scale-out: the API runs elsewhere)."""
-    settings = _settings()
-    engine = _engine(settings)
-    warehouse = open_warehouse(settings)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-
-    async def run() -> None:
-        workers = await build_workers(settings, engine, warehouse)
-        try:
-            await workers.run(stop)
-        finally:
-            await workers.log.close()
-
+    if spec is not None:
+        run_worker_process(spec)
+        return
     console.print("workers running; Ctrl+C to stop")
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        stop.set()
-    finally:
-        warehouse.close()
+    run_workers(_settings())
 
 
 def _free_port(host: str, wanted: int) -> int:
@@ -421,3 +548,7 @@ def demo(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,6 +70,13 @@ class Settings(BaseSettings):
     nats_subject_prefix: str = Field("remarket.events", description="JetStream subject prefix.")
     nats_duplicate_window_s: int = Field(
         86_400, ge=1, description="JetStream de-duplication window for messageIds (seconds)."
+    )
+    nats_max_age_s: float = Field(
+        0,
+        ge=0,
+        description="JetStream: the stream forgets events older than this (seconds; the "
+        "retention of the scale-out log, at least the duplicate window). 0: as the stream "
+        "is configured (unlimited when remarket creates it).",
     )
     dedupe_capacity: int = Field(
         10_000_000,
@@ -142,12 +149,124 @@ class Settings(BaseSettings):
             raise ValueError(f"not an IANA time zone: {value!r}") from exc
         return value
 
+    # -- privacy: erasure --
+    pii_encryption: bool = Field(
+        True,
+        description="Encrypt PII fields and identifiers of every event under a per-person "
+        "key before it enters the log, so that erasure can destroy the key "
+        "(crypto-shredding) of what the log and its backups cannot rewrite.",
+    )
+    pii_fields: list[str] = Field(
+        ["email", "phone", "name", "address", "ip"],
+        description="Keys of traits, properties, context and context.traits that hold PII "
+        "(encrypted in the log, erased with the person).",
+    )
+    parquet_export_dirs: list[Path] = Field(
+        [], description="Folders of Parquet exports of the warehouse; erasure rewrites them."
+    )
+    # --- guard, consent at collect, pseudonymisation, retention ---
+    guard_trusted_proxies: list[str] = Field(
+        [],
+        description="Networks (CIDR) of reverse proxies whose X-Forwarded-For names the client.",
+    )
+    guard_exempt_networks: list[str] = Field(
+        ["127.0.0.0/8", "::1/128"],
+        description="Networks (CIDR) exempt from the per-IP rate limit and IP velocity checks "
+        "(server-side senders on this host).",
+    )
+    guard_key_events_per_s: float = Field(
+        0, ge=0, description="Events per second one write key may send (0: no limit)."
+    )
+    guard_key_burst: int = Field(
+        20_000, ge=1, description="Events a write key may send at once above its rate."
+    )
+    guard_ip_events_per_s: float = Field(
+        1_000, ge=0, description="Events per second one client IP may send (0: no limit)."
+    )
+    guard_ip_burst: int = Field(
+        5_000, ge=1, description="Events one client IP may send at once above its rate."
+    )
+    guard_bot_detection: bool = Field(
+        True,
+        description="Flag events from crawlers and headless browsers (by user agent): kept in "
+        "the log, counted, kept out of the warehouse, profiles and segments.",
+    )
+    guard_velocity_factor: float = Field(
+        100,
+        gt=1,
+        description="A profile or IP sending this many times its usual events per window is "
+        "an anomaly: the excess is quarantined and reported.",
+    )
+    guard_velocity_window_s: int = Field(
+        60, ge=1, description="The window of the velocity check (seconds)."
+    )
+    guard_velocity_floor: float = Field(
+        3, gt=0, description="The least usual rate assumed for a profile (events per window)."
+    )
+    guard_velocity_ip_floor: float = Field(
+        100, gt=0, description="The least usual rate assumed for an IP (events per window)."
+    )
+    guard_refresh_s: float = Field(
+        5,
+        gt=0,
+        description="How often the collector reloads block lists and consent, and stores its "
+        "counters and anomaly reports.",
+    )
+    consent_required: bool = Field(
+        False,
+        description="Collect treats a person with no recorded analytics decision as without "
+        "consent. Off: only an explicit denial counts (the behaviour before consent checks).",
+    )
+    consent_action: Literal["drop", "pseudonymise"] = Field(
+        "drop",
+        description="What collect does with events of a person without analytics consent: "
+        "'drop' them (counted), or keep them only pseudonymised (IP dropped, user agent "
+        "reduced, ids hashed, traits emptied: they join no known profile).",
+    )
+    pseudonymise_ip: Literal["keep", "truncate", "drop"] = Field(
+        "keep",
+        description="context.ip of every event: keep, truncate (to the prefixes below) or drop.",
+    )
+    ip_v4_prefix: int = Field(24, ge=0, le=32, description="IPv4 prefix kept by truncation.")
+    ip_v6_prefix: int = Field(48, ge=0, le=128, description="IPv6 prefix kept by truncation.")
+    pseudonymise_user_agent: Literal["keep", "reduce", "drop"] = Field(
+        "keep",
+        description="context.userAgent of every event: keep, reduce (major versions and OS "
+        "family only) or drop.",
+    )
+    pseudonymise_ids: bool = Field(
+        False,
+        description="Replace userId, anonymousId and previousId by a keyed HMAC-SHA256 "
+        "(needs pseudonymisation_key); the same id always maps to the same pseudonym.",
+    )
+    pseudonymisation_key: SecretStr | None = Field(
+        None, description="The HMAC key of pseudonymised ids (keep it secret, keep it stable)."
+    )
+    retention_default_days: int | None = Field(
+        None,
+        ge=1,
+        description="Days events are kept where no retention rule applies (none: forever).",
+    )
+    retention_interval_s: float = Field(
+        3_600, gt=0, description="How often the workers delete expired events."
+    )
+
     @field_validator("cors_origins", mode="before")
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str) and not value.startswith("["):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _hmac_needs_key(self) -> Settings:
+        hashing = self.pseudonymise_ids or self.consent_action == "pseudonymise"
+        if hashing and self.pseudonymisation_key is None:
+            raise ValueError(
+                "pseudonymisation_key is required by pseudonymise_ids and by "
+                "consent_action='pseudonymise'"
+            )
+        return self
 
     @classmethod
     def settings_customise_sources(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 __all__ = [
     "AuthError",
+    "Blocked",
     "ConflictError",
     "ForbiddenError",
     "InvalidInput",
     "NotFound",
     "OffsetConflict",
     "PayloadTooLarge",
+    "RateLimited",
     "RemarketError",
     "StorageError",
 ]
@@ -78,3 +80,21 @@ class StorageError(RemarketError):
     code = "storage_error"
     status = 503
     title = "Storage unavailable"
+
+
+class Blocked(ForbiddenError):
+    """The client's address is on a block list."""
+
+    code = "blocked"
+
+
+class RateLimited(RemarketError):
+    """Too many events from one write key or IP; ``retry_after`` is in whole seconds."""
+
+    code = "rate_limited"
+    status = 429
+    title = "Too many requests"
+
+    def __init__(self, detail: str, *, retry_after: int, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after = retry_after

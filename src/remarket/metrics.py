@@ -10,6 +10,8 @@ __all__ = [
     "EVENTS_ACCEPTED",
     "EVENTS_DUPLICATE",
     "EVENTS_REJECTED",
+    "EVENTS_UNREADABLE",
+    "GUARD_EVENTS",
     "LOG_LAG",
     "REQUEST_LATENCY",
     "WORKER_EVENTS",
@@ -24,6 +26,12 @@ EVENTS_DUPLICATE: Final = Counter(
 EVENTS_REJECTED: Final = Counter(
     "remarket_events_rejected", "Events refused or quarantined, by reason.", ["reason"]
 )
+GUARD_EVENTS: Final = Counter(
+    "remarket_guard_events",
+    "Events the guard and the consent filter caught, by kind (bot_crawler, rate_limited_ip, "
+    "blocked, anomaly, consent_dropped, ...); counted when stored, every guard_refresh_s.",
+    ["kind"],
+)
 LOG_LAG: Final = Gauge(
     "remarket_log_lag", "Log records not yet applied by a consumer.", ["consumer"]
 )
@@ -35,4 +43,8 @@ REQUEST_LATENCY: Final = Histogram(
     "HTTP request latency by route and status class.",
     ["route", "status"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+EVENTS_UNREADABLE: Final = Counter(
+    "remarket_events_unreadable",
+    "Sealed log records skipped by workers because their key was destroyed (erasure).",
 )

@@ -13,10 +13,22 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remarket import __version__
-from remarket.api import admin, channels, collect, health, journeys, privacy, profiles, segments
+from remarket.api import (
+    admin,
+    channels,
+    collect,
+    erasure,
+    guard,
+    health,
+    journeys,
+    privacy,
+    profiles,
+    retention,
+    segments,
+)
 from remarket.api.models import Ingested
 from remarket.api.problems import install_problem_handlers
-from remarket.api.runtime import Runtime
+from remarket.api.runtime import Runtime, WorkersMode
 from remarket.clock import Clock
 from remarket.config import Settings
 from remarket.metrics import REQUEST_LATENCY
@@ -69,9 +81,11 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return app.openapi_schema
 
 
-def create_app(settings: Settings, *, clock: Clock | None = None, workers: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings, *, clock: Clock | None = None, workers: WorkersMode = "thread"
+) -> FastAPI:
     """The server: opens the stores on start-up (migrating the state store) and starts
-    the workers in the background unless ``workers`` is False."""
+    the workers (see :data:`~remarket.api.runtime.WorkersMode`)."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,7 +109,10 @@ def create_app(settings: Settings, *, clock: Clock | None = None, workers: bool 
     app.include_router(journeys.router)
     app.include_router(privacy.router)
     app.include_router(channels.router)
+    app.include_router(erasure.router)
     app.include_router(admin.router)
+    app.include_router(guard.router)
+    app.include_router(retention.router)
     app.include_router(health.router)
     app.add_middleware(
         CORSMiddleware,

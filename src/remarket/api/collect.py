@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from remarket.api.auth import runtime_of, source_for
 from remarket.api.body import read_body
+from remarket.api.runtime import Runtime
 from remarket.collect import IngestResult, parse_batch
 from remarket.schema.events import EVENT_TYPES
 
@@ -28,8 +29,10 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     },
     400: {"description": "Malformed JSON or an invalid event (problem+json names the field)."},
     401: {"description": "Missing or unknown write key."},
+    403: {"description": "The client's IP is on a block list."},
     413: {"description": "Body over max_request_bytes or event over max_event_bytes."},
     415: {"description": "Content-Encoding other than gzip."},
+    429: {"description": "Rate limit of the write key or the IP; see Retry-After."},
     503: {"description": "The event log is unavailable; nothing was accepted, retry."},
 }
 
@@ -50,6 +53,8 @@ def _reply(result: IngestResult) -> Response:
             for r in result.rejected
         ],
     }
+    if result.dropped:  # only then: the reply stays Segment's shape otherwise
+        body["dropped"] = result.dropped
     return Response(_ENCODER.encode(body), media_type="application/json")
 
 
@@ -63,16 +68,30 @@ def _body_write_key(body: bytes) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _client(request: Request, runtime: Runtime) -> str | None:
+    """The client's IP, screened against the block lists before the body is read."""
+    peer = request.client.host if request.client is not None else None
+    ip = runtime.protection.guard.client_ip(peer, request.headers.get("x-forwarded-for"))
+    runtime.protection.guard.screen(ip)
+    return ip
+
+
 async def _single(request: Request, event_type: str) -> Response:
     runtime = runtime_of(request)
+    ip = _client(request, runtime)
     body = await read_body(request, runtime.settings.max_request_bytes)
     header = request.headers.get("authorization")
     source = source_for(runtime, header, None if header else _body_write_key(body))
-    return _reply(await runtime.collector.ingest_single(source, body, event_type))
+    runtime.protection.guard.admit(source.id, ip, 1)
+    agent = request.headers.get("user-agent")
+    return _reply(
+        await runtime.collector.ingest_single(source, body, event_type, ip=ip, user_agent=agent)
+    )
 
 
-async def _batch(request: Request) -> Response:
+async def _batch(request: Request, *, trusted: bool = False) -> Response:
     runtime = runtime_of(request)
+    ip = _client(request, runtime)
     body = await read_body(request, runtime.settings.max_request_bytes)
     header = request.headers.get("authorization")
     if header:
@@ -81,7 +100,13 @@ async def _batch(request: Request) -> Response:
     else:
         batch = parse_batch(body)
         source = source_for(runtime, None, batch.write_key)
-    return _reply(await runtime.collector.ingest_batch(source, batch))
+    runtime.protection.guard.admit(source.id, ip, len(batch.batch))
+    agent = request.headers.get("user-agent")
+    return _reply(
+        await runtime.collector.ingest_batch(
+            source, batch, ip=ip, user_agent=agent, trusted=trusted
+        )
+    )
 
 
 def _add_single(event_type: str) -> None:
@@ -120,4 +145,5 @@ async def collect_batch(request: Request) -> Response:
     openapi_extra=_body_doc("Batch"),
 )
 async def collect_import(request: Request) -> Response:
-    return await _batch(request)
+    # Historical events: rate limits apply, the velocity check does not.
+    return await _batch(request, trusted=True)

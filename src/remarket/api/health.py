@@ -13,6 +13,7 @@ from starlette.responses import Response
 from remarket.api.auth import require, runtime_of
 from remarket.api.keys import ApiKey
 from remarket.api.problems import problem
+from remarket.metrics import LOG_LAG
 
 __all__ = ["router"]
 
@@ -42,8 +43,16 @@ async def healthz(request: Request) -> dict[str, Any] | Response:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(_key: Annotated[ApiKey, Depends(require("metrics:read"))]) -> Response:
+async def metrics(
+    request: Request, _key: Annotated[ApiKey, Depends(require("metrics:read"))]
+) -> Response:
     """Prometheus metrics: events accepted/rejected, log lag per consumer, request latency."""
+    runtime = runtime_of(request)
+    # The lag is read from the log now: the workers may run in another process, whose
+    # own gauges this process cannot see.
+    end = await runtime.log.end_offset()
+    for name, offset in (await runtime.log.committed()).items():
+        LOG_LAG.labels(name).set(max(end - offset, 0))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -28,6 +28,11 @@ class Ingested(BaseModel):
     accepted: int = Field(description="Events now durably in the log.")
     duplicates: int = Field(description="Replays of a messageId already received.")
     quarantined: int = Field(description="Invalid events kept in the quarantine.")
+    dropped: int = Field(
+        0,
+        description="Events left out on purpose (a person without analytics consent); "
+        "present only when not 0.",
+    )
     errors: list[dict[str, Any]] = Field(description="index, reason, field, detail per event.")
 
 

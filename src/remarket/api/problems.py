@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from remarket.errors import RemarketError
+from remarket.errors import RateLimited, RemarketError
 from remarket.schema.segment import DefinitionError
 
 __all__ = ["PROBLEM_JSON", "install_problem_handlers", "problem"]
@@ -51,6 +51,9 @@ def _remarket_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RemarketError)
     headers = {"WWW-Authenticate": 'Basic realm="remarket"'} if exc.status == 401 else None
     extra: dict[str, Any] = {}
+    if isinstance(exc, RateLimited):
+        headers = {"Retry-After": str(exc.retry_after)}
+        extra["retry_after"] = exc.retry_after
     if isinstance(exc, DefinitionError):
         # Every rule broken, each with the path of the node at fault.
         extra["errors"] = [{"field": path, "detail": message} for path, message in exc.errors]

@@ -5,20 +5,30 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass
+from typing import Literal
 
 from sqlalchemy import Engine
 
 from remarket.api.keys import ApiKeyStore
 from remarket.clock import Clock, SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.collect.protection import Protection
+from remarket.collect.seal import SealPII
 from remarket.config import Settings
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.rights import Rights, build_rights
+from remarket.privacy.seal import Sealer
 from remarket.profiles import ProfileStore
 from remarket.storage.log import EventLog, open_log
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import Warehouse, open_warehouse
-from remarket.workers import WorkerThread
+from remarket.workers import WorkerProcess, WorkerThread
 
-__all__ = ["Runtime"]
+__all__ = ["Runtime", "WorkersMode"]
+
+WorkersMode = Literal["process", "thread", "none"]
+"""Where a server's workers run: a child process, a thread of the API process, or
+elsewhere (`remarket worker`)."""
 
 _log = logging.getLogger(__name__)
 
@@ -37,19 +47,40 @@ class Runtime:
     keys: ApiKeyStore
     quarantine: QuarantineStore
     profiles: ProfileStore
-    workers: WorkerThread | None
+    workers: WorkerThread | WorkerProcess | None
+    keyring: Keyring
+    rights: Rights
+    protection: Protection
 
     @classmethod
     async def start(
-        cls, settings: Settings, *, clock: Clock | None = None, workers: bool = True
+        cls, settings: Settings, *, clock: Clock | None = None, workers: WorkersMode = "thread"
     ) -> Runtime:
+        if workers == "process" and clock is not None:
+            raise ValueError(
+                "a worker process keeps its own time: use workers='thread' with a clock"
+            )
         clock = clock or SystemClock()
         engine = connect_state(settings.resolved_database_url())
         upgrade_state(engine)
         log = await open_log(settings)
-        warehouse = open_warehouse(settings)
+        process = WorkerProcess(settings) if workers == "process" else None
+        # The child takes its own copy of the settings and serves the warehouse to us.
+        warehouse = process.start() if process is not None else open_warehouse(settings)
         quarantine = QuarantineStore(engine)
-        collector = Collector(settings, log, quarantine, clock)
+        keyring = Keyring(engine, clock=clock)
+        sealer = Sealer(keyring, settings.pii_fields) if settings.pii_encryption else None
+        seal = SealPII(sealer, keyring)
+        protection = Protection.build(settings, engine, clock)
+        # Sealing last: it encrypts what the guard, pseudonymisation and consent kept.
+        collector = Collector(
+            settings,
+            log,
+            quarantine,
+            clock,
+            extra_stages=[*protection.stages, seal],
+            barriers=[seal.durable],
+        )
         warmed = await collector.warm_up(settings.dedupe_capacity)
         _log.info("remembered %d recent messageIds from the log", warmed)
         # Everything built so far (modules, the dedupe memory) lives as long as the
@@ -57,9 +88,14 @@ class Runtime:
         # millions of objects on the ingest path.
         gc.collect()
         gc.freeze()
-        thread = WorkerThread(settings, engine, warehouse, clock) if workers else None
+        thread = (
+            WorkerThread(settings, engine, warehouse, clock, keyring)
+            if workers == "thread"
+            else None
+        )
         if thread is not None:
             thread.start()
+        protection.start()
         return cls(
             settings=settings,
             clock=clock,
@@ -71,11 +107,15 @@ class Runtime:
             keys=ApiKeyStore(engine, clock=clock),
             quarantine=quarantine,
             profiles=ProfileStore(engine),
-            workers=thread,
+            workers=process or thread,
+            keyring=keyring,
+            rights=build_rights(settings, engine, warehouse, keyring, clock),
+            protection=protection,
         )
 
     async def stop(self) -> None:
         gc.unfreeze()  # let shutdown free what start-up froze
+        await self.protection.close()
         if self.workers is not None:
             self.workers.stop()
         await self.log.close()

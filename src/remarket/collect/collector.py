@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -12,7 +12,7 @@ import msgspec
 
 from remarket.clock import Clock
 from remarket.collect.dedupe import Deduper
-from remarket.collect.quarantine import Quarantined, QuarantineStore, Rejection
+from remarket.collect.quarantine import HELD, Quarantined, QuarantineStore, Rejection
 from remarket.collect.sources import Source, SourceRegistry
 from remarket.collect.stages import (
     Dedupe,
@@ -41,6 +41,8 @@ class IngestResult:
     accepted: int
     duplicates: int
     rejected: list[Rejection] = field(default_factory=list)
+    dropped: int = 0
+    """Events left out on purpose: a person without analytics consent."""
 
 
 def _malformed(exc: msgspec.DecodeError, body: bytes) -> InvalidInput:
@@ -76,6 +78,7 @@ class Collector:
         clock: Clock,
         *,
         extra_stages: Sequence[Stage] = (),
+        barriers: Sequence[Callable[[], Awaitable[None]]] = (),
     ) -> None:
         self._log = log
         self._quarantine = quarantine
@@ -86,7 +89,11 @@ class Collector:
         self._validate = Validate(settings.max_event_bytes)
         # Dedupe last: once an event's messageId is claimed nothing may reject it, or a
         # corrected resend of that event would be answered "duplicate".
-        self._stages: list[Stage] = [Enrich(), *extra_stages, Dedupe(self.deduper)]
+        self._dedupe = Dedupe(self.deduper)
+        self._stages: list[Stage] = [Enrich(), *extra_stages, self._dedupe]
+        # Awaited after the stages, before the append: what a stage made that the events
+        # depend on (the keys they are sealed under) must be durable first.
+        self._barriers = list(barriers)
 
     async def warm_up(self, capacity: int) -> int:
         """Remember the messageIds of the newest events in the log (after a restart).
@@ -99,8 +106,17 @@ class Collector:
         self.deduper.warm(keys)
         return len(keys)
 
-    async def ingest_single(self, source: Source, body: bytes, event_type: str) -> IngestResult:
-        """One event from ``/v1/<type>``: an invalid event is refused, not quarantined."""
+    async def ingest_single(
+        self,
+        source: Source,
+        body: bytes,
+        event_type: str,
+        *,
+        ip: str | None = None,
+        user_agent: str | None = None,
+    ) -> IngestResult:
+        """One event from ``/v1/<type>``: an invalid event is refused, not quarantined
+        (one the guard holds back is quarantined)."""
         if len(body) > self._max_event:
             raise PayloadTooLarge(
                 f"event is {len(body)} bytes; max_event_bytes is {self._max_event}",
@@ -112,41 +128,68 @@ class Collector:
             msgspec.json.decode(body, type=msgspec.Raw)
         except msgspec.DecodeError as exc:
             raise _malformed(exc, body) from exc
-        batch = InFlight(source, self._clock.now(), [body], endpoint_type=event_type)
+        batch = InFlight(
+            source,
+            self._clock.now(),
+            [body],
+            endpoint_type=event_type,
+            ip=ip,
+            user_agent=user_agent,
+        )
         result = await self._run(batch, quarantine=False)
-        if result.rejected:
-            first = result.rejected[0]
-            raise InvalidInput(first.detail, field=first.field)
+        invalid = [r for r in result.rejected if r.reason not in HELD]
+        if invalid:
+            raise InvalidInput(invalid[0].detail, field=invalid[0].field)
         return result
 
     async def ingest_batch(
-        self, source: Source, batch: Batch, *, quarantine: bool = True
+        self,
+        source: Source,
+        batch: Batch,
+        *,
+        quarantine: bool = True,
+        ip: str | None = None,
+        user_agent: str | None = None,
+        trusted: bool = False,
     ) -> IngestResult:
-        """Events of ``/v1/batch`` or ``/v1/import``: invalid ones go to the quarantine."""
+        """Events of ``/v1/batch`` or ``/v1/import``: invalid ones go to the quarantine.
+
+        ``trusted``: an operator's own events, a quarantine replay or a historical import
+        (no velocity check: one customer's years of orders are not a flood).
+        """
         raws = [bytes(raw) for raw in batch.batch]
         if batch.context is not None:
             raws = [_with_batch_context(raw, batch.context) for raw in raws]
         sent_at = as_utc(batch.sent_at) if batch.sent_at is not None else None
-        flight = InFlight(source, self._clock.now(), raws, sent_at=sent_at)
+        flight = InFlight(
+            source,
+            self._clock.now(),
+            raws,
+            sent_at=sent_at,
+            ip=ip,
+            user_agent=user_agent,
+            trusted=trusted,
+        )
         return await self._run(flight, quarantine=quarantine)
 
     async def _run(self, batch: InFlight, *, quarantine: bool) -> IngestResult:
         self._validate(batch)
         accepted, duplicates, rejected = await self._append(batch)
         # After the append: a retry of a request whose append failed must not quarantine
-        # its rejected events twice.
-        if rejected and quarantine:
-            await asyncio.to_thread(
-                self._quarantine.add, batch.source.id, batch.received_at, rejected
-            )
+        # its rejected events twice. Events the guard held back are always kept.
+        kept = rejected if quarantine else [r for r in rejected if r.reason in HELD]
+        if kept:
+            await asyncio.to_thread(self._quarantine.add, batch.source.id, batch.received_at, kept)
         EVENTS_ACCEPTED.labels(batch.source.name).inc(accepted)
         if duplicates:
             EVENTS_DUPLICATE.labels(batch.source.name).inc(duplicates)
         for rejection in rejected:
             EVENTS_REJECTED.labels(rejection.reason).inc()
-        return IngestResult(accepted, duplicates, rejected)
+        return IngestResult(accepted, duplicates, rejected, batch.dropped)
 
-    async def _append(self, batch: InFlight) -> tuple[int, int, list[Rejection]]:
+    async def _append(
+        self, batch: InFlight, stages: Sequence[Stage] | None = None
+    ) -> tuple[int, int, list[Rejection]]:
         """Run the stages after validation and append.
 
         Returns (accepted, duplicates, rejections). Every claim the batch makes is
@@ -154,8 +197,10 @@ class Collector:
         """
         append: asyncio.Future[list[int]] | None = None
         try:
-            for stage in self._stages:
+            for stage in self._stages if stages is None else stages:
                 stage(batch)
+            for barrier in self._barriers:
+                await barrier()
             partitions = self._partitions
             entries = [
                 LogEntry(encode_message(e.message), partition_of(e.message, partitions), e.key)
@@ -195,7 +240,8 @@ class Collector:
                 sent_at=batch.sent_at,
                 events=retry,
             )
-            more = await self._append(again)
+            # They passed every stage already: only their claims are to be made again.
+            more = await self._append(again, [self._dedupe])
             accepted, duplicates = accepted + more[0], duplicates + more[1]
             rejected += more[2]
         return accepted, duplicates, rejected
@@ -252,7 +298,7 @@ async def replay_quarantined(
             still.append(Rejection(entry.id, "unknown_source", "source_id", entry.source_id, b""))
             continue
         result = await collector.ingest_batch(
-            source, Batch(batch=[msgspec.Raw(entry.payload)]), quarantine=False
+            source, Batch(batch=[msgspec.Raw(entry.payload)]), quarantine=False, trusted=True
         )
         if result.rejected:
             first = result.rejected[0]

@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Final
 
 from sqlalchemy import Engine, func, select, update
 
 from remarket.storage.state import quarantine
 
-__all__ = ["QuarantineStore", "Quarantined", "Rejection"]
+__all__ = ["HELD", "QuarantineStore", "Quarantined", "Rejection"]
+
+HELD: Final = frozenset({"velocity_anomaly"})
+"""Reasons of valid events the guard held back: quarantined from every endpoint (an
+invalid event is refused instead where the request held only it)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """The stages of the ingest pipeline: each takes a batch in flight and narrows or enriches it.
 
-Order: validate → dedupe → enrich → (guard, consent: added by the privacy layer) → the
-collector appends what is left. A stage never drops an event silently: it moves it to
-``batch.rejected`` with a reason, or counts it as a duplicate.
+Order: validate → enrich → (guard, consent filter, pseudonymise: extra stages) → dedupe →
+the collector appends what is left. A stage never drops an event silently: it moves it
+to ``batch.rejected`` with a reason, counts it as a duplicate, or counts it as dropped.
 """
 
 from __future__ import annotations
@@ -115,6 +115,13 @@ class InFlight:
     claimed: list[bytes] = field(default_factory=list)
     waiting: list[tuple[Event, asyncio.Future[bool]]] = field(default_factory=list)
     owner: asyncio.Future[bool] | None = None
+    # The request's client (for the guard), whether the events are an operator's own
+    # (a quarantine replay, /v1/import: no velocity check), and how many events a stage
+    # dropped on purpose (consent).
+    ip: str | None = None
+    user_agent: str | None = None
+    trusted: bool = False
+    dropped: int = 0
 
     def reject(self, index: int, reason: str, field_: str | None, detail: str) -> None:
         self.rejected.append(Rejection(index, reason, field_, detail, self.raw[index]))

@@ -9,6 +9,7 @@ from remarket.profiles.identity import (
     Identifier,
     IdentityGraph,
     email_hash,
+    identifiers_for_value,
     identifiers_of,
     profile_id_of,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ProfileStore",
     "ProfileView",
     "email_hash",
+    "identifiers_for_value",
     "identifiers_of",
     "profile_id_of",
 ]

@@ -23,6 +23,7 @@ __all__ = [
     "Identifier",
     "IdentityGraph",
     "email_hash",
+    "identifiers_for_value",
     "identifiers_of",
     "profile_id_of",
 ]
@@ -76,6 +77,18 @@ def identifiers_of(message: Message) -> list[Identifier]:
         email = _email_trait(message.traits)
         if email is not None:
             found.append((EMAIL, email_hash(email)))
+    return found
+
+
+def identifiers_for_value(value: str) -> list[Identifier]:
+    """Every identifier a raw value could be: an anonymous or user id, or an e-mail.
+
+    >>> [kind for kind, _ in identifiers_for_value("ann@example.com")]
+    ['anonymous_id', 'user_id', 'email']
+    """
+    found: list[Identifier] = [(ANONYMOUS_ID, value), (USER_ID, value)]
+    if "@" in value:
+        found.append((EMAIL, email_hash(value)))
     return found
 
 

@@ -173,6 +173,11 @@ class ProfileStore:
             self._merged.clear()
             raise
 
+    def forget(self) -> None:
+        """Drop the cached identity mappings (after an erasure deleted some rows)."""
+        self._cache.clear()
+        self._merged.clear()
+
     def _resolve(self, profile_id: str) -> str:
         while profile_id in self._merged:
             profile_id = self._merged[profile_id]

@@ -70,6 +70,12 @@ class _Base(
     context: msgspec.Raw = _OBJECT_FIELD
     integrations: msgspec.Raw = _OBJECT_FIELD
     source_id: str | None = None
+    # Set by the server only (collect refuses it from clients): the PII and ids of the
+    # event, encrypted under the person's key (see remarket.privacy.seal).
+    sealed: bytes | None = None
+    # Set by the collector's guard ("crawler", "headless"): the workers keep the event out
+    # of the warehouse, profiles and segments. A value a client sends is overwritten.
+    bot: str | None = None
 
 
 class Track(_Base, tag="track"):

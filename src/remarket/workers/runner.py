@@ -20,14 +20,16 @@ __all__ = ["Runner"]
 _log = logging.getLogger(__name__)
 
 PoisonHandler = Callable[[LogRecord, str], None]
+Unsealer = Callable[[list[tuple[int, Message]]], list[tuple[int, Message]]]
 
 
 class Runner:
     """Reads the log once for several sinks; each sink keeps its own offset.
 
     Records are decoded once per batch and handed to every sink that has not applied
-    them yet, in the order given; a tuple of sinks applies its batch concurrently (for
-    sinks that do not depend on each other: their database calls overlap). A record that
+    them yet, in the order given (events the guard flagged as bots are skipped); a tuple
+    of sinks applies its batch concurrently (for sinks that do not depend on each other:
+    their database calls overlap). A record that
     cannot be decoded goes to ``on_poison`` (the quarantine) instead of stopping the
     pipeline.
     """
@@ -40,6 +42,7 @@ class Runner:
         on_poison: PoisonHandler,
         batch_size: int = 10_000,
         poll_interval: float = 0.05,
+        unseal: Unsealer | None = None,
     ) -> None:
         if not sinks:
             raise ValueError("a runner needs at least one sink")
@@ -51,6 +54,8 @@ class Runner:
         self._poll = poll_interval
         self._offsets = {s.name: s.committed() for s in self._sinks}
         self._poisoned_through = 0
+        # Decrypts sealed events; those whose key erasure destroyed are left out.
+        self._unseal = unseal
 
     @property
     def offsets(self) -> dict[str, int]:
@@ -63,6 +68,8 @@ class Runner:
         if not records:
             return 0
         decoded = self._decode(records)
+        if self._unseal is not None:
+            decoded = await asyncio.to_thread(self._unseal, decoded)
         through = records[-1].offset
         for group in self._stages:
             await asyncio.gather(*(self._apply(s, decoded, start, through) for s in group))
@@ -112,11 +119,17 @@ class Runner:
         reported = max(self._poisoned_through, *self._offsets.values())
         for record in records:
             try:
-                rows.append((record.offset, decode_log_message(record.payload)))
+                message = decode_log_message(record.payload)
             except msgspec.MsgspecError as exc:
                 if record.offset > reported:
                     _log.error("log record %d cannot be decoded: %s", record.offset, exc)
                     self._on_poison(record, str(exc))
+                continue
+            # Flagged by the collector's guard: counted there, kept in the log, and kept
+            # out of every sink (warehouse, profiles, segments), so the SQL and real-time
+            # segment engines agree on who is a person.
+            if message.bot is None:
+                rows.append((record.offset, message))
         if records:
             self._poisoned_through = max(self._poisoned_through, records[-1].offset)
         return rows

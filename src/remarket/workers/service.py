@@ -12,9 +12,12 @@ from sqlalchemy import Engine
 from remarket.channels import Delivery
 from remarket.clock import Clock, SystemClock
 from remarket.collect.quarantine import QuarantineStore, Rejection
+from remarket.collect.seal import SealingLog
 from remarket.config import Settings
 from remarket.journeys import JourneyLoop, JourneyRuntime, JourneysSink
-from remarket.privacy import ConsentLedger, ConsentSink
+from remarket.privacy import ConsentLedger, ConsentSink, RetentionJob
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.seal import Opener, Sealer
 from remarket.profiles.store import ProfileStore
 from remarket.segments.live import LiveSegments
 from remarket.segments.sink import SegmentLoop, SegmentPublisher, SegmentsSink
@@ -31,13 +34,14 @@ _log = logging.getLogger(__name__)
 @dataclass(frozen=True, slots=True)
 class Workers:
     """The log runner, the segment worker's loop (backfills, timers, publishing) and the
-    journey worker's loop (schedules, timers)."""
+    journey worker's loop (schedules, timers), the deliverer and the periodic retention job."""
 
     runner: Runner
     log: EventLog
     segments: SegmentLoop
     journeys: JourneyLoop
     delivery: Delivery
+    retention: RetentionJob
 
     async def run(self, stop: threading.Event) -> None:
         await asyncio.gather(
@@ -45,6 +49,7 @@ class Workers:
             self.segments.run(stop),
             self.journeys.run(stop),
             self.delivery.run(stop),
+            self.retention.run_every(stop),
         )
 
 
@@ -58,11 +63,17 @@ async def build_runner(
 
 
 async def build_workers(
-    settings: Settings, engine: Engine, warehouse: Warehouse, clock: Clock | None = None
+    settings: Settings,
+    engine: Engine,
+    warehouse: Warehouse,
+    clock: Clock | None = None,
+    keyring: Keyring | None = None,
 ) -> Workers:
-    """The runner (sinks in order: warehouse, profiles, segments, consent, journeys) and
-    the segment and journey loops."""
+    """The runner (sinks in order: warehouse, profiles, segments, consent, journeys), the
+    segment and journey loops, the deliverer and retention. ``keyring``: the server's, so
+    that an erasure drops cached keys at once (one is made otherwise)."""
     log = await open_log(settings)
+    keyring = keyring or Keyring(engine, clock=clock)
     quarantine = QuarantineStore(engine)
     now = (clock or SystemClock()).now
 
@@ -78,9 +89,10 @@ async def build_workers(
 
     live = LiveSegments(engine, warehouse, clock)
     journeys = JourneyRuntime(engine, warehouse, clock)
+    profiles = ProfileStore(engine)
     sinks: list[Sink | tuple[Sink, ...]] = [
         # Independent of each other: their database writes overlap.
-        (WarehouseSink(warehouse), ProfilesSink(ProfileStore(engine), warehouse)),
+        (WarehouseSink(warehouse), ProfilesSink(profiles, warehouse)),
         # After profiles: events are resolved to profiles through the identities it wrote.
         SegmentsSink(live),
         ConsentSink(ConsentLedger(engine, clock=clock)),
@@ -93,10 +105,18 @@ async def build_workers(
         on_poison=poison,
         batch_size=settings.worker_batch_size,
         poll_interval=settings.worker_poll_interval_s,
+        unseal=Opener(keyring, on_erasure=[profiles.forget]),
+    )
+    # Segment transitions name the profile in their properties: sealed with the PII.
+    sealer = Sealer(keyring, [*settings.pii_fields, "profile_id"])
+    published = (
+        SealingLog(log, sealer, keyring, settings.log_partitions)
+        if settings.pii_encryption
+        else log
     )
     loop = SegmentLoop(
         live,
-        SegmentPublisher(engine, log, settings),
+        SegmentPublisher(engine, published, settings),
         poll_interval=settings.worker_poll_interval_s,
     )
     return Workers(
@@ -108,6 +128,7 @@ async def build_workers(
         Delivery(
             engine, settings, clock or SystemClock(), journeys.is_paused, journeys.daily_limit
         ),
+        RetentionJob(engine, warehouse, log, settings, clock),
     )
 
 
@@ -120,9 +141,11 @@ class WorkerThread:
         engine: Engine,
         warehouse: Warehouse,
         clock: Clock | None = None,
+        keyring: Keyring | None = None,
     ) -> None:
         self._settings = settings
         self._clock = clock
+        self._keyring = keyring
         self._engine = engine
         self._warehouse = warehouse
         self._stop = threading.Event()
@@ -139,7 +162,9 @@ class WorkerThread:
         asyncio.run(self._run())
 
     async def _run(self) -> None:
-        workers = await build_workers(self._settings, self._engine, self._warehouse, self._clock)
+        workers = await build_workers(
+            self._settings, self._engine, self._warehouse, self._clock, self._keyring
+        )
         try:
             await workers.run(self._stop)
         finally:

@@ -24,6 +24,7 @@ from remarket.schema.events import Alias, Group, Identify, Message, Page, Screen
 from remarket.storage.warehouse import EVENT_COLUMNS, DuckDBWarehouse, Warehouse
 from remarket.storage.warehouse.base import decode_cursor, encode_cursor
 from remarket.storage.warehouse.postgres import PostgresWarehouse
+from tests.storage.warehouse.served import ServedDuckDB
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 JSON_COLUMNS = ("properties", "traits", "context")
@@ -41,13 +42,16 @@ class Backend:
 @pytest.fixture(
     params=[
         pytest.param("duckdb", id="duckdb"),
+        pytest.param("remote", id="duckdb-over-socket"),
         pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
     ]
 )
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
+    path = tmp_path / "warehouse.duckdb"
     if request.param == "duckdb":
-        path = tmp_path / "warehouse.duckdb"
         return Backend(lambda: DuckDBWarehouse(path), duckdb.ConstraintException)
+    if request.param == "remote":
+        return Backend(lambda: ServedDuckDB(path), duckdb.ConstraintException)
     url: str = request.getfixturevalue("pg_database")
     return Backend(lambda: PostgresWarehouse(url), psycopg.errors.NotNullViolation)
 
@@ -274,6 +278,23 @@ def test_upsert_identities_inserts_and_repoints(warehouse: Warehouse) -> None:
         ("anonymous_id", "a2", "p2"),
         ("user_id", "u1", "p1"),
     ]
+
+
+def test_erase_removes_the_persons_events_and_identities_only(warehouse: Warehouse) -> None:
+    rows = [
+        (1, track(anonymous_id="gone-a")),
+        (2, track(anonymous_id=None, user_id="gone-u")),
+        (3, track(anonymous_id="kept-a")),
+    ]
+    warehouse.write_events("w", rows, 3, expected=0)
+    gone = [("anonymous_id", "gone-a", "p-gone"), ("user_id", "gone-u", "p-gone")]
+    warehouse.upsert_identities([*gone, ("anonymous_id", "kept-a", "p-kept")])
+    ids, profiles = ["gone-a", "gone-u"], ["p-gone"]
+    assert warehouse.residue(ids, profiles) == 4  # two events, two identity rows
+    assert warehouse.erase(ids, profiles) == 4
+    assert warehouse.residue(ids, profiles) == 0
+    assert warehouse.count_events() == 1
+    assert warehouse.query("SELECT profile_id FROM identities") == [("p-kept",)]
 
 
 def test_query_binds_params_in_its_dialect(warehouse: Warehouse) -> None:

@@ -33,5 +33,6 @@ async def open_log(settings: Settings) -> EventLog:
             subject_prefix=settings.nats_subject_prefix,
             partitions=settings.log_partitions,
             duplicate_window_s=settings.nats_duplicate_window_s,
+            max_age_s=settings.nats_max_age_s,
         )
     raise ValueError(f"log URL must be sqlite:///PATH or nats://HOST:PORT, got {url!r}")

@@ -170,9 +170,14 @@ class NatsLog:
         subject_prefix: str,
         partitions: int,
         duplicate_window_s: float,
+        max_age_s: float = 0.0,
         timeout: float = 10.0,
     ) -> NatsLog:
-        """Connect, then create the stream and the offsets bucket or bring them up to date."""
+        """Connect, then create the stream and the offsets bucket or bring them up to date.
+
+        ``max_age_s`` > 0: the stream forgets messages older than that (retention of the
+        scale-out log); 0 leaves the stream's own setting (unlimited when created here).
+        """
         if not _NAME.fullmatch(stream):
             raise ValueError(f"stream name must match [A-Za-z0-9_-]+, got {stream!r}")
         if not all(_NAME.fullmatch(token) for token in subject_prefix.split(".")):
@@ -181,6 +186,8 @@ class NatsLog:
             )
         if partitions < 1 or duplicate_window_s <= 0:
             raise ValueError("partitions and duplicate_window_s must be positive")
+        if max_age_s < 0 or 0 < max_age_s < duplicate_window_s:
+            raise ValueError("max_age_s must be 0 (unlimited) or at least duplicate_window_s")
         nc = Client()
         try:
             with _storage_errors(f"connect to {urlsplit(url).netloc.rpartition('@')[2]}"):
@@ -198,13 +205,13 @@ class NatsLog:
                 timeout=timeout,
             )
             with _storage_errors(f"setup of stream {stream}"):
-                await log._setup(duplicate_window_s)
+                await log._setup(duplicate_window_s, max_age_s)
         except BaseException:
             await nc.close()
             raise
         return log
 
-    async def _setup(self, duplicate_window: float) -> None:
+    async def _setup(self, duplicate_window: float, max_age: float) -> None:
         js, name, subjects = self._js, self._stream, [f"{self._prefix}.*"]
         try:
             config = (await js.stream_info(name)).config
@@ -214,15 +221,17 @@ class NatsLog:
                 subjects=subjects,
                 storage=StorageType.FILE,
                 duplicate_window=duplicate_window,
+                max_age=max_age or None,
             )
         else:
             if config.storage != StorageType.FILE:
                 raise StorageError(f"stream {name} has {config.storage} storage, needs file")
-            if config.subjects != subjects or config.duplicate_window != duplicate_window:
+            owned = {"subjects": subjects, "duplicate_window": duplicate_window}
+            if max_age:
+                owned["max_age"] = max_age
+            if any(getattr(config, key) != value for key, value in owned.items()):
                 # Keep what an operator tuned (limits, replicas); set only what we own.
-                await js.update_stream(
-                    config.evolve(subjects=subjects, duplicate_window=duplicate_window)
-                )
+                await js.update_stream(config.evolve(**owned))
         try:
             self._offsets = await js.key_value(self._bucket)
         except BucketNotFoundError:

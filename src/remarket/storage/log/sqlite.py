@@ -19,7 +19,7 @@ import asyncio
 import queue
 import sqlite3
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate, chain
 from pathlib import Path
@@ -334,6 +334,38 @@ class SQLiteLog:
         with self._read_lock:
             rows = self._reader.execute("SELECT name, offset FROM consumers").fetchall()
         return {str(name): int(off) for name, off in rows}
+
+    # -- retention ---------------------------------------------------------------
+
+    def expire(self, through: int, expired: Callable[[bytes], bool]) -> int:
+        """Delete the commit groups up to offset ``through`` whose every event payload is
+        ``expired``; return how many events went. Blocking (run it in a thread).
+
+        A group holding one unexpired event stays whole (a row is never rewritten), and
+        the newest group always stays: the next append numbers its offsets from it.
+        """
+        doomed: list[int] = []
+        removed = 0
+        with self._read_lock:
+            rows = self._reader.execute(
+                "SELECT last, events, payload FROM log_rows"
+                " WHERE last <= ? AND last < (SELECT max(last) FROM log_rows) ORDER BY last",
+                (through,),
+            )
+            try:
+                for last, events, payload in rows:
+                    index = _INDEX.decode(events)
+                    if all(expired(payload[start:end]) for _, _, _, start, end in index):
+                        doomed.append(last)
+                        removed += len(index)
+            finally:
+                rows.close()
+            for at in range(0, len(doomed), 500):
+                chunk = doomed[at : at + 500]
+                self._reader.execute(
+                    f"DELETE FROM log_rows WHERE last IN ({','.join('?' * len(chunk))})", chunk
+                )
+        return removed
 
     async def close(self) -> None:
         if self._closed:

@@ -33,6 +33,10 @@ __all__ = [
     "consent_history",
     "consents",
     "consumer_offsets",
+    "erasures",
+    "guard_anomalies",
+    "guard_blocks",
+    "guard_counters",
     "identities",
     "journey_assignments",
     "journey_instances",
@@ -40,9 +44,12 @@ __all__ = [
     "journey_versions",
     "journeys",
     "metadata",
+    "pii_keys",
+    "privacy_secrets",
     "profile_traits",
     "profiles",
     "quarantine",
+    "retention_rules",
     "segment_errors",
     "segment_history",
     "segment_members",
@@ -488,3 +495,102 @@ journey_assignments = Table(
 )
 """Experiment assignments of splits and holdouts (stable per profile). Personal: erase
 by profile_id."""
+# --- erasure ------------------------------------------------------------------
+# pii_keys rows are found by handle (an HMAC of an identifier, computed from the
+# person's identities at erasure); erasure deletes them, which is what makes the
+# person's events in the log unreadable. erasures holds no PII: a keyed hash of the
+# profile id and counts.
+
+pii_keys = Table(
+    "pii_keys",
+    metadata,
+    # HMAC(handle secret, "kind:value") of the identifier whose key this is.
+    Column("handle", String(40), primary_key=True),
+    # A handle may get several keys (one per process that met it first, or after an
+    # erasure): the sealed event names the one it used.
+    Column("key_id", String(16), primary_key=True),
+    Column("secret", LargeBinary, nullable=False),
+    Column("created_at", _TS, nullable=False),
+)
+"""Per-identity AES-256-GCM keys for the PII of events in the log (crypto-shredding)."""
+
+privacy_secrets = Table(
+    "privacy_secrets",
+    metadata,
+    Column("name", String(32), primary_key=True),
+    Column("value", LargeBinary, nullable=False),
+    Column("created_at", _TS, nullable=False),
+)
+"""Server-wide secrets of the privacy layer (the HMAC key that names identities)."""
+
+erasures = Table(
+    "erasures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # HMAC-SHA256 of the erased profile id: proves which erasure a later request
+    # refers to without keeping the id.
+    Column("profile_hash", String(64), nullable=False, index=True),
+    Column("actor", String(64), nullable=False),
+    Column("requested_at", _TS, nullable=False),
+    Column("completed_at", _TS, nullable=False),
+    # Rows removed per store, and keys destroyed.
+    Column("counts", JSON, nullable=False),
+)
+"""Every erasure: who, when, which profile (as a keyed hash), what was removed. No PII."""
+# --- guard ---
+# guard_anomalies.subject is a userId or anonymousId as sent (or a client IP): erasure
+# deletes a person's rows by their identity values (the column is indexed). Block lists,
+# counters and retention rules hold no personal data.
+
+guard_blocks = Table(
+    "guard_blocks",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # Normalised CIDR text (ipaddress.ip_network(..., strict=False)): one row per network.
+    Column("network", String(64), nullable=False, unique=True),
+    Column("reason", Text, nullable=False),
+    Column("created_at", _TS, nullable=False),
+    Column("created_by", String(64), nullable=False),
+)
+"""IPv4 and IPv6 networks whose requests collect refuses (403)."""
+
+guard_counters = Table(
+    "guard_counters",
+    metadata,
+    Column("day", String(10), primary_key=True),
+    Column("source_id", String(32), primary_key=True),
+    # bot_crawler, bot_headless, rate_limited_key, rate_limited_ip, blocked, anomaly,
+    # consent_dropped, consent_pseudonymised
+    Column("kind", String(32), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+"""What the guard caught, per UTC day, source and kind; every collector adds to it."""
+
+guard_anomalies = Table(
+    "guard_anomalies",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),
+    Column("subject", String(512), nullable=False, index=True),
+    Column("source_id", String(32), nullable=False),
+    Column("window_start", _TS, nullable=False),
+    # Usual events per window (rounded) and the count over which events were quarantined.
+    Column("baseline", Integer, nullable=False),
+    Column("threshold", Integer, nullable=False),
+    Column("detected_at", _TS, nullable=False, index=True),
+)
+"""A profile (kind "profile": its userId, else anonymousId) or an IP (kind "ip") over its
+velocity threshold in a window: reported once per window; the excess is quarantined."""
+
+retention_rules = Table(
+    "retention_rules",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # "*" matches any source / any event type; the most specific rule wins.
+    Column("source_id", String(32), nullable=False),
+    Column("event_type", String(16), nullable=False),
+    Column("days", Integer, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+    UniqueConstraint("source_id", "event_type"),
+)
+"""How long events are kept, per source and event type (track, page, identify, ...)."""

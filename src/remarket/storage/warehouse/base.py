@@ -67,6 +67,21 @@ class Warehouse(Protocol):
 
     def count_events(self) -> int: ...
 
+    def erase(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
+        """Delete (in one transaction) the events carrying any of ``ids`` as anonymous,
+        user or previous id, and the identity rows of ``profile_ids`` or with a value
+        in ``ids``; how many rows went (erasure)."""
+        ...
+
+    def residue(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
+        """How many rows :meth:`erase` would delete (0 after it)."""
+        ...
+
+    def delete_events(self, source_id: str | None, event_type: str, before: datetime) -> int:
+        """Delete the events of one source and type older than ``before`` (by timestamp);
+        return how many went (retention)."""
+        ...
+
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run read-only SQL in this warehouse's dialect."""
         ...

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
 
@@ -66,6 +67,24 @@ _INSERT: Final = (
     f"FROM (SELECT \"offset\" AS o, from_json(decode(payload), '{_STRUCTURE}') AS m FROM _batch)"
 )
 _ENCODER: Final = msgspec.json.Encoder()
+
+
+def _subject(ids: Sequence[str], profile_ids: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """The rows of a person: ``table WHERE ...`` and its parameters."""
+    ids, pids = list(ids), list(profile_ids)
+    return [
+        (
+            "events WHERE list_contains(?, anonymous_id) OR list_contains(?, user_id) "
+            "OR list_contains(?, previous_id)",
+            [ids, ids, ids],
+        ),
+        ("identities WHERE list_contains(?, profile_id) OR list_contains(?, value)", [pids, ids]),
+    ]
+
+
+def _count(cur: duckdb.DuckDBPyConnection) -> int:
+    row = cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 class DuckDBWarehouse:
@@ -178,6 +197,41 @@ class DuckDBWarehouse:
 
     def count_events(self) -> int:
         row = self._cursor().execute("SELECT count(*) FROM events").fetchone()
+        return int(row[0]) if row else 0
+
+    def erase(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
+        with self._write_lock:
+            cur = self._cursor()
+            cur.execute("BEGIN")
+            try:
+                deleted = sum(
+                    _count(cur.execute(f"DELETE FROM {where}", params))
+                    for where, params in _subject(ids, profile_ids)
+                )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+        return deleted
+
+    def residue(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
+        cur = self._cursor()
+        return sum(
+            _count(cur.execute(f"SELECT count(*) FROM {where}", params))
+            for where, params in _subject(ids, profile_ids)
+        )
+
+    def delete_events(self, source_id: str | None, event_type: str, before: datetime) -> int:
+        with self._write_lock:
+            row = (
+                self._cursor()
+                .execute(
+                    "DELETE FROM events WHERE source_id IS NOT DISTINCT FROM ? AND type = ?"
+                    " AND timestamp < ?",
+                    [source_id, event_type, before],
+                )
+                .fetchone()
+            )
         return int(row[0]) if row else 0
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:

@@ -132,6 +132,19 @@ def _copy_row(offset: int, m: Message) -> tuple[object, ...]:
     )
 
 
+def _subject(ids: Sequence[str], profile_ids: Sequence[str]) -> list[tuple[str, list[Any]]]:
+    """The rows of a person: ``table WHERE ...`` and its parameters."""
+    ids, pids = list(ids), list(profile_ids)
+    return [
+        (
+            "events WHERE anonymous_id = ANY(%s::text[]) OR user_id = ANY(%s::text[]) "
+            "OR previous_id = ANY(%s::text[])",
+            [ids, ids, ids],
+        ),
+        ("identities WHERE profile_id = ANY(%s::text[]) OR value = ANY(%s::text[])", [pids, ids]),
+    ]
+
+
 def _connect(url: str, schema: str) -> psycopg.Connection[tuple[Any, ...]]:
     conn = psycopg.connect(url, autocommit=True)
     # Aware UTC datetimes come back, as from DuckDB with TimeZone = 'UTC'.
@@ -290,6 +303,33 @@ class PostgresWarehouse:
     def count_events(self) -> int:
         row = self._reader().execute("SELECT count(*) FROM events").fetchone()
         return int(row[0]) if row else 0
+
+    def erase(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
+        deleted = 0
+        with self._write_lock:
+            conn = self._writer()
+            with conn.transaction():
+                cur = conn.cursor()
+                for where, params in _subject(ids, profile_ids):
+                    cur.execute(f"DELETE FROM {where}", params)
+                    deleted += cur.rowcount
+        return deleted
+
+    def residue(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
+        total = 0
+        for where, params in _subject(ids, profile_ids):
+            row = self._reader().execute(f"SELECT count(*) FROM {where}", params).fetchone()
+            total += int(row[0]) if row else 0
+        return total
+
+    def delete_events(self, source_id: str | None, event_type: str, before: datetime) -> int:
+        with self._write_lock:
+            cur = self._writer().execute(
+                "DELETE FROM events WHERE source_id IS NOT DISTINCT FROM %s AND type = %s"
+                " AND timestamp < %s",
+                [source_id, event_type, before],
+            )
+            return max(cur.rowcount, 0)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run SQL with psycopg ``%s`` placeholders (what sqlglot writes for ``postgres``).

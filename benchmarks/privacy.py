@@ -1,0 +1,364 @@
+"""Erasure and PII encryption on the embedded stores (SQLite state, SQLite log, DuckDB).
+
+(1) Erasure: one person with 10,000 events (sent through the collector, the log and the
+    workers, with PII in traits and context) among 10M events in the DuckDB warehouse
+    (the others written straight into it, with 1M identities: the log is not what erasure
+    scans, so filling it through the pipeline would only cost time). Timed: what
+    ``DELETE /v1/profiles/{id}`` runs (find the person, destroy their keys, two sweeps of
+    every store, the record and audit entry). Then the residue of every store, and the
+    person's ids and PII searched in the clear across the whole log: both must be 0.
+(2) Collect throughput with PII encryption on vs off, in the same run: the collector
+    in-process (no HTTP) appending realistic shop events (synthetic shop: devices that
+    come back, identify calls with e-mail, context with ip) to the SQLite log, requests
+    of 100 events, 8 in flight, rounds alternating off/on over fresh stores. Reported per
+    wall second and per CPU second of the process: the collector is CPU-bound, so on a
+    shared machine (other load steals the cores at random) the ratio of CPU rates is the
+    stable measure of the throughput ratio at saturation, and the target is judged on it.
+(3) Worker side: decoding sealed log records and opening them (keys cached, or read from
+    the state store), vs decoding plain records; per CPU second, best of three.
+
+    .venv/bin/python benchmarks/privacy.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import statistics
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import msgspec
+
+import common
+from remarket.api import Runtime
+from remarket.clock import SystemClock
+from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.collect.seal import SealPII
+from remarket.config import Settings
+from remarket.privacy.erasers import needles, scan_log
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.seal import Opener, Sealer
+from remarket.schema.events import Batch, decode_log_message
+from remarket.sim.shop import Shop
+from remarket.storage.log import SQLiteLog
+from remarket.storage.state import connect_state, upgrade_state
+from remarket.storage.warehouse import DuckDBWarehouse
+
+TARGETS: Final[dict[str, float]] = {
+    "erase_seconds": 5.0,
+    "erase_residue": 0,
+    "collect_ratio_on_to_off": 0.8,
+}
+_REQUEST: Final = 100
+_IN_FLIGHT: Final = 8
+
+
+# -- (1) erasure -------------------------------------------------------------------
+
+
+def _fill_background(path: Path, events: int, visitors: int) -> None:
+    """``events`` events of ``visitors`` other people, written straight into DuckDB."""
+    DuckDBWarehouse(path).close()  # creates the tables
+    with duckdb.connect(str(path)) as db:
+        db.execute(
+            """INSERT INTO events SELECT i, 'bg-' || i, 'src', 'track', 'Product Viewed', NULL,
+                 NULL, 'anon-' || (i % $v), CASE WHEN i % 7 = 0 THEN 'user-' || (i % $v) END,
+                 NULL, NULL, TIMESTAMPTZ '2026-01-01' + to_seconds(i // 10),
+                 NULL, NULL, TIMESTAMPTZ '2026-01-01' + to_seconds(i // 10),
+                 ('{"product_id":"sku-' || (i % 5000) || '","price":19.9}')::JSON, NULL,
+                 '{"library":{"name":"analytics.js"}}'::JSON
+               FROM range(1, $n + 1) t(i)""",
+            {"n": events, "v": visitors},
+        )
+        db.execute(
+            """INSERT INTO identities SELECT 'anonymous_id', 'anon-' || i,
+                 'p_bg' || lpad(i::VARCHAR, 16, '0') FROM range(0, $v) t(i)""",
+            {"v": visitors},
+        )
+
+
+def _person(events: int) -> list[list[bytes]]:
+    """The person's events as requests: a device, then identify, then logged-in events."""
+    bodies: list[bytes] = []
+    for i in range(events):
+        event: dict[str, Any] = {
+            "type": "track",
+            "anonymousId": "a-target" if i < events // 2 else None,
+            "userId": "u-target" if i >= events // 2 else None,
+            "event": "Product Viewed",
+            "messageId": f"target-{i}",
+            "properties": {"product_id": f"sku-{i % 300}", "price": 9.9},
+            "context": {"ip": "198.51.100.23", "library": {"name": "analytics.js"}},
+        }
+        if i == events // 2:
+            event |= {
+                "type": "identify",
+                "anonymousId": "a-target",
+                "traits": {"email": "target@example.com", "phone": "+4915112345678"},
+            }
+            del event["event"], event["properties"]
+        bodies.append(msgspec.json.encode({k: v for k, v in event.items() if v is not None}))
+    return [bodies[i : i + _REQUEST] for i in range(0, len(bodies), _REQUEST)]
+
+
+async def _drained(runtime: Runtime, timeout: float = 600.0) -> None:
+    end = await runtime.log.end_offset()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        committed = await runtime.log.committed()
+        if len(committed) >= 4 and all(v >= end for v in committed.values()):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("workers did not catch up")
+
+
+async def measure_erasure(root: Path, background: int, person: int) -> dict[str, Any]:
+    settings = Settings(data_dir=root, log_fsync="normal", worker_poll_interval_s=0.01)
+    common.progress(f"erasure: writing {background:,} background events into DuckDB")
+    started = time.perf_counter()
+    _fill_background(root / "warehouse.duckdb", background, max(background // 10, 10))
+    common.progress(f"erasure: background written in {time.perf_counter() - started:.1f} s")
+    runtime = await Runtime.start(settings)
+    try:
+        source, _ = runtime.sources.create("bench")
+        for request in _person(person):
+            batch = Batch(batch=[msgspec.Raw(b) for b in request])
+            result = await runtime.collector.ingest_batch(source, batch)
+            if result.accepted != len(request):
+                raise RuntimeError(f"the person's events were refused: {result}")
+        await _drained(runtime)
+        profile_id = runtime.profiles.find(("user_id", "u-target"))
+        if profile_id is None:
+            raise RuntimeError("the person has no profile")
+        erasure = runtime.rights.erasure
+        warehouse_rows = runtime.warehouse.count_events()
+        common.progress(f"erasure: warehouse holds {warehouse_rows:,} events; erasing")
+        start = time.perf_counter()
+        subject = await asyncio.to_thread(erasure.subject, [profile_id])
+        record = await asyncio.to_thread(erasure.erase, subject, "bench", settle=lambda: None)
+        seconds = time.perf_counter() - start
+        common.progress(f"erasure: {seconds:.2f} s; checking every store")
+        residue = await asyncio.to_thread(erasure.residue, subject)
+        residue["log (in the clear)"] = await scan_log(
+            runtime.log, needles(subject.profile_ids, subject.identities)
+        )
+        return {
+            "seconds": seconds,
+            "removed": record.counts,
+            "residue": residue,
+            "warehouse_events": warehouse_rows,
+            "others_left": runtime.warehouse.count_events(),
+        }
+    finally:
+        await runtime.stop()
+
+
+# -- (2) collect throughput ------------------------------------------------------------
+
+
+def _shop_requests(events: int, seed: int) -> list[bytes]:
+    shop = Shop(visitors=max(events // 10, 10), end=datetime(2026, 1, 1, tzinfo=UTC), seed=seed)
+    # Every event with context.ip (as server-side SDKs send it): the case where each
+    # context has PII to take out, not only the properties with a product name.
+    stream = (
+        msgspec.json.encode(e | {"context": {**e["context"], "ip": "203.0.113.9"}})
+        for e in itertools.islice(shop.events(), events)
+    )
+    bodies = []
+    while chunk := list(itertools.islice(stream, _REQUEST)):
+        bodies.append(b'{"batch":[' + b",".join(chunk) + b"]}")
+    return bodies
+
+
+async def _collect_round(root: Path, bodies: list[bytes], mode: str) -> tuple[float, float]:
+    """(events per wall second, events per CPU second of this process). ``mode``: off,
+    on (every device new to the keyring, as in the shop), cached (every device's key made
+    and committed beforehand: returning visitors)."""
+    from remarket.collect import parse_batch
+
+    root.mkdir(parents=True)
+    settings = Settings(data_dir=root, log_fsync="normal")
+    engine = connect_state(settings.resolved_database_url())
+    upgrade_state(engine)
+    log = SQLiteLog(root / "log.db", fsync="normal")
+    keyring = Keyring(engine)
+    if mode == "cached":
+        for body in bodies:
+            for event in msgspec.json.decode(body)["batch"]:
+                keyring.key_for(keyring.handle("anonymous_id", event["anonymousId"]))
+        keyring.flush()
+    sealer = Sealer(keyring, settings.pii_fields) if mode != "off" else None
+    stage = SealPII(sealer, keyring)
+    collector = Collector(
+        settings,
+        log,
+        QuarantineStore(engine),
+        SystemClock(),
+        extra_stages=[stage],
+        barriers=[stage.durable],
+    )
+    source, _ = SourceRegistry(engine).create("bench")
+    queue = iter(bodies)
+    accepted = 0
+
+    async def client() -> None:
+        nonlocal accepted
+        for body in queue:
+            result = await collector.ingest_batch(source, parse_batch(body))
+            accepted += result.accepted
+
+    try:
+        start, cpu = time.perf_counter(), time.process_time()
+        await asyncio.gather(*(client() for _ in range(_IN_FLIGHT)))
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
+    finally:
+        await log.close()
+        engine.dispose()
+    if accepted != sum(b.count(b'"messageId"') for b in bodies):
+        raise RuntimeError(f"only {accepted} events were accepted")
+    return accepted / seconds, accepted / cpu_seconds
+
+
+async def measure_collect(root: Path, events: int, rounds: int) -> dict[str, list[float]]:
+    """Wall-clock and CPU-time rates per mode (``off``, ``on``, ``cached``; ``<mode>_cpu``)."""
+    bodies = _shop_requests(events, seed=7)
+    modes = ("off", "on", "cached")
+    rates: dict[str, list[float]] = {k: [] for m in modes for k in (m, f"{m}_cpu")}
+    for n in range(rounds):
+        for mode in modes:
+            wall, cpu = await _collect_round(root / f"collect-{mode}-{n}", bodies, mode)
+            rates[mode].append(wall)
+            rates[f"{mode}_cpu"].append(cpu)
+            common.progress(
+                f"collect, encryption {mode}, round {n + 1}: {wall:,.0f} events/s "
+                f"({cpu:,.0f} per CPU second)"
+            )
+    return rates
+
+
+# -- (3) worker-side opening -------------------------------------------------------------
+
+
+def measure_open(root: Path, events: int) -> dict[str, float]:
+    engine = connect_state(f"sqlite:///{root / 'open.db'}")
+    upgrade_state(engine)
+    keyring = Keyring(engine)
+    sealer = Sealer(keyring)
+    shop = Shop(visitors=max(events // 10, 10), end=datetime(2026, 1, 1, tzinfo=UTC), seed=3)
+    plain: list[bytes] = []
+    sealed: list[bytes] = []
+    for i, event in enumerate(itertools.islice(shop.events(), events)):
+        event.setdefault("messageId", f"m-{i}")
+        raw = msgspec.json.encode(event)
+        plain.append(raw)
+        message = decode_log_message(raw)
+        sealer.seal(message)
+        sealed.append(msgspec.json.encode(message))
+    keyring.flush()
+
+    def rate(payloads: list[bytes], opener: Callable[[], Opener] | None) -> float:
+        best = float("inf")
+        for _ in range(3):  # the best of three: other load on a shared machine only slows
+            with_keys = opener() if opener is not None else None
+            start = time.process_time()
+            rows = [(i, decode_log_message(p)) for i, p in enumerate(payloads)]
+            if with_keys is not None:
+                kept, dropped = with_keys.open(rows)
+                if dropped or len(kept) != len(rows):
+                    raise RuntimeError("sealed events did not open")
+            best = min(best, time.process_time() - start)
+        return len(payloads) / best
+
+    cold = rate(sealed, lambda: Opener(Keyring(engine)))  # keys read from the state store
+    warm = rate(sealed, lambda: Opener(keyring))
+    base = rate(plain, None)
+    engine.dispose()
+    return {"decode_only": base, "decode_open_warm": warm, "decode_open_cold": cold}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    args = parser.parse_args()
+    background, person = (200_000, 1_000) if args.quick else (10_000_000, 10_000)
+    collect_events, rounds = (10_000, 3) if args.quick else (200_000, 5)
+    open_events = 20_000 if args.quick else 200_000
+    with common.tmp_dir("privacy") as root:
+        erase = asyncio.run(measure_erasure(root / "erase", background, person))
+        rates = asyncio.run(measure_collect(root, collect_events, rounds))
+        opening = measure_open(root, open_events)
+    off, on = statistics.median(rates["off"]), statistics.median(rates["on"])
+    off_cpu, on_cpu = statistics.median(rates["off_cpu"]), statistics.median(rates["on_cpu"])
+    cached, cached_cpu = statistics.median(rates["cached"]), statistics.median(rates["cached_cpu"])
+    residue_total = sum(erase["residue"].values())
+    print(
+        common.table(
+            ["erasure (embedded)", "value"],
+            [
+                ["warehouse events before", erase["warehouse_events"]],
+                ["the person's events", person],
+                ["erase seconds (two sweeps, record, audit)", erase["seconds"]],
+                *[[f"removed: {k}", v] for k, v in erase["removed"].items() if v],
+                ["residue, all stores + log", residue_total],
+                ["warehouse events after", erase["others_left"]],
+            ],
+        )
+    )
+    print()
+    print(
+        common.table(
+            ["collect (in-process, SQLite log)", "events/s", "per CPU second", "rounds"],
+            [
+                ["PII encryption off (median)", off, off_cpu, len(rates["off"])],
+                ["PII encryption on (median)", on, on_cpu, len(rates["on"])],
+                ["on, devices' keys cached (median)", cached, cached_cpu, len(rates["cached"])],
+                ["ratio on / off", on / off, on_cpu / off_cpu, ""],
+                ["ratio cached / off", cached / off, cached_cpu / off_cpu, ""],
+            ],
+        )
+    )
+    print()
+    print(
+        common.table(
+            ["worker read path", "events per CPU second"],
+            [
+                ["decode plain records", opening["decode_only"]],
+                ["decode + open sealed (keys cached)", opening["decode_open_warm"]],
+                ["decode + open sealed (keys from state)", opening["decode_open_cold"]],
+            ],
+        )
+    )
+    figures = {
+        "quick": args.quick,
+        "warehouse_events": erase["warehouse_events"],
+        "person_events": person,
+        "erase_seconds": round(erase["seconds"], 3),
+        "erase_residue": residue_total,
+        "collect_off_events_per_s": round(off),
+        "collect_on_events_per_s": round(on),
+        "collect_wall_ratio_on_to_off": round(on / off, 3),
+        "collect_off_events_per_cpu_s": round(off_cpu),
+        "collect_on_events_per_cpu_s": round(on_cpu),
+        "collect_ratio_on_to_off": round(on_cpu / off_cpu, 3),
+        "collect_cached_events_per_cpu_s": round(cached_cpu),
+        "collect_ratio_cached_to_off": round(cached_cpu / off_cpu, 3),
+        "open_decode_only_events_per_s": round(opening["decode_only"]),
+        "open_warm_events_per_s": round(opening["decode_open_warm"]),
+        "open_cold_events_per_s": round(opening["decode_open_cold"]),
+    }
+    met = (
+        erase["seconds"] <= TARGETS["erase_seconds"]
+        and residue_total == 0
+        and on_cpu / off_cpu >= TARGETS["collect_ratio_on_to_off"]
+    )
+    common.final_line("privacy", figures, TARGETS, met)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,314 @@
+"""Erasure (GDPR art. 17): remove a person from every store, and prove it.
+
+A person is a :class:`Subject`: the profile ids (the live one and those merged into it)
+and the identifiers of the identity graph (plus the PII values of their traits, to find
+them in raw payloads). Each store has an :class:`Eraser` in an :class:`ErasureRegistry`
+(modules register theirs); erasure runs in steps:
+
+1. :meth:`Erasure.begin` destroys the keys of the person's identifiers (so the log,
+   its backups and JetStream hold their events only as ciphertext that nothing can open
+   any more, and a replay skips them) and writes the erasure record, which tells every
+   process to drop cached keys;
+2. :meth:`Erasure.sweep` runs every eraser (run it again once the workers have applied
+   what was in flight: rows written from events decrypted just before step 1);
+3. :meth:`Erasure.finish` completes the record (counts per store) and appends it to the
+   audit log. No step keeps PII: the record names the profile by a keyed hash.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Final, Protocol
+
+from sqlalchemy import Engine, select, tuple_, update
+
+from remarket.clock import Clock, SystemClock
+from remarket.privacy.audit import AuditLog
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.transactions import immediate
+from remarket.schema.events import as_utc
+from remarket.storage.state.tables import erasures, identities, profile_traits, profiles
+
+__all__ = [
+    "ID_KINDS",
+    "PII_VALUE",
+    "Eraser",
+    "Erasure",
+    "ErasureRecord",
+    "ErasureRegistry",
+    "Identifier",
+    "Subject",
+]
+
+Identifier = tuple[str, str]
+PII_VALUE: Final = "pii"
+"""Identifier kind of a PII trait value (an e-mail address, a phone number): not in the
+identity graph, but searched for in raw payloads (quarantine, log)."""
+ID_KINDS: Final = ("anonymous_id", "user_id")
+"""The identifier kinds that name encryption keys (an event's anonymousId or userId)."""
+_CHUNK: Final = 500
+
+
+class Eraser(Protocol):
+    """One store's part of erasure. ``identities`` are ``(kind, value)`` pairs: kinds of
+    the identity graph (``anonymous_id``, ``user_id``, ``email`` → SHA-256) and
+    :data:`PII_VALUE`. Both methods must be idempotent and touch only the person's rows."""
+
+    name: str
+
+    def erase(self, profile_ids: Collection[str], identities: Collection[Identifier]) -> int:
+        """Delete the person's rows; how many."""
+        ...
+
+    def residue(self, profile_ids: Collection[str], identities: Collection[Identifier]) -> int:
+        """How many of the person's rows remain (0 after :meth:`erase`)."""
+        ...
+
+
+class ErasureRegistry:
+    """The erasers of every store, run in registration order.
+
+    >>> registry = ErasureRegistry()
+    >>> class Nothing:
+    ...     name = "nothing"
+    ...     def erase(self, profile_ids, identities): return 0
+    ...     def residue(self, profile_ids, identities): return 0
+    >>> registry.register(Nothing()); [e.name for e in registry]
+    ['nothing']
+    """
+
+    def __init__(self, erasers: Iterable[Eraser] = ()) -> None:
+        self._erasers: list[Eraser] = []
+        for eraser in erasers:
+            self.register(eraser)
+
+    def register(self, eraser: Eraser) -> None:
+        if any(e.name == eraser.name for e in self._erasers):
+            raise ValueError(f"an eraser named {eraser.name!r} is registered already")
+        self._erasers.append(eraser)
+
+    def __iter__(self) -> Iterator[Eraser]:
+        return iter(list(self._erasers))
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """A person as erasure sees them."""
+
+    profile_ids: frozenset[str]
+    identities: frozenset[Identifier]
+
+    @property
+    def empty(self) -> bool:
+        return not self.profile_ids and not self.identities
+
+    def values(self, *kinds: str) -> list[str]:
+        return sorted({v for k, v in self.identities if not kinds or k in kinds})
+
+
+@dataclass(frozen=True, slots=True)
+class ErasureRecord:
+    """What an erasure removed, without naming the person (``profile_hash`` is an HMAC
+    of the profile id under the server's secret)."""
+
+    id: int
+    profile_hash: str
+    actor: str
+    requested_at: datetime
+    completed_at: datetime
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def _record(row: Any) -> ErasureRecord:
+    counts = row.counts if isinstance(row.counts, dict) else json.loads(row.counts)
+    return ErasureRecord(
+        int(row.id),
+        row.profile_hash,
+        row.actor,
+        as_utc(row.requested_at),
+        as_utc(row.completed_at),
+        {str(k): int(v) for k, v in counts.items()},
+    )
+
+
+def _chunks(items: Collection[Any]) -> Iterator[list[Any]]:
+    ordered = sorted(items)
+    for start in range(0, len(ordered), _CHUNK):
+        yield ordered[start : start + _CHUNK]
+
+
+class Erasure:
+    """Finds a person, erases them store by store, records it, reports what remains."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        keyring: Keyring,
+        registry: ErasureRegistry,
+        *,
+        pii_fields: Collection[str],
+        clock: Clock | None = None,
+    ) -> None:
+        self._engine = engine
+        self._keyring = keyring
+        self._registry = registry
+        self._pii_fields = frozenset(pii_fields)
+        self._clock = clock or SystemClock()
+
+    # -- who ------------------------------------------------------------------------
+
+    def subject(
+        self, profile_ids: Iterable[str] = (), identifiers: Iterable[Identifier] = ()
+    ) -> Subject:
+        """The person holding any of these profile ids or identifiers, in full: the live
+        profile and every profile merged into it, every identifier of the graph, and
+        the string PII values of their traits. Unknown ids stay in (a residue check
+        after erasure still looks for them)."""
+        pids, ids = set(profile_ids), set(identifiers)
+        with self._engine.connect() as conn:
+            for chunk in _chunks(ids):
+                pids.update(
+                    conn.scalars(
+                        select(identities.c.profile_id).where(
+                            tuple_(identities.c.kind, identities.c.value).in_(chunk)
+                        )
+                    )
+                )
+            # Upwards to the live profile, then down to everything merged into it.
+            frontier = set(pids)
+            while frontier:
+                found: set[str] = set()
+                for chunk in _chunks(frontier):
+                    found.update(
+                        r.merged_into
+                        for r in conn.execute(
+                            select(profiles.c.merged_into).where(profiles.c.profile_id.in_(chunk))
+                        )
+                        if r.merged_into is not None
+                    )
+                    found.update(
+                        r.profile_id
+                        for r in conn.execute(
+                            select(profiles.c.profile_id).where(profiles.c.merged_into.in_(chunk))
+                        )
+                    )
+                frontier = found - pids
+                pids |= found
+            for chunk in _chunks(pids):
+                ids.update(
+                    (r.kind, r.value)
+                    for r in conn.execute(
+                        select(identities.c.kind, identities.c.value).where(
+                            identities.c.profile_id.in_(chunk)
+                        )
+                    )
+                )
+                traits = conn.execute(
+                    select(profile_traits.c.key, profile_traits.c.value).where(
+                        profile_traits.c.profile_id.in_(chunk),
+                        profile_traits.c.key.in_(sorted(self._pii_fields)),
+                    )
+                )
+                ids.update((PII_VALUE, v) for _, v in traits if isinstance(v, str) and v)
+        return Subject(frozenset(pids), frozenset(ids))
+
+    def known(self, subject: Subject) -> bool:
+        """Whether any of the subject's profile ids is a stored profile."""
+        with self._engine.connect() as conn:
+            return any(
+                conn.scalar(select(profiles.c.profile_id).where(profiles.c.profile_id.in_(chunk)))
+                for chunk in _chunks(subject.profile_ids)
+            )
+
+    def handles(self, subject: Subject) -> list[str]:
+        """The key handles of the person's identifiers."""
+        return sorted(
+            {
+                self._keyring.handle(kind, value)
+                for kind, value in subject.identities
+                if kind in ID_KINDS
+            }
+        )
+
+    def profile_hash(self, subject: Subject) -> str:
+        return self._keyring.digest(min(subject.profile_ids, default=""))
+
+    # -- erase ----------------------------------------------------------------------
+
+    def begin(self, subject: Subject, actor: str) -> tuple[int, int]:
+        """Destroy the person's keys and open the erasure record: (record id, keys)."""
+        destroyed = self._keyring.destroy(self.handles(subject))
+        now = self._clock.now()
+        with self._engine.begin() as conn:
+            record_id = conn.execute(
+                erasures.insert().values(
+                    profile_hash=self.profile_hash(subject),
+                    actor=actor,
+                    requested_at=now,
+                    completed_at=now,
+                    counts={},
+                )
+            ).inserted_primary_key
+        assert record_id is not None
+        return int(record_id[0]), destroyed
+
+    def sweep(self, subject: Subject) -> dict[str, int]:
+        """Run every eraser once; rows removed per store."""
+        pids, ids = subject.profile_ids, subject.identities
+        return {eraser.name: eraser.erase(pids, ids) for eraser in self._registry}
+
+    def finish(
+        self, record_id: int, subject: Subject, actor: str, counts: Mapping[str, int]
+    ) -> ErasureRecord:
+        """Complete the record with ``counts`` and append it to the audit log."""
+        now = self._clock.now()
+        total = {k: int(v) for k, v in sorted(counts.items())}
+        with immediate(self._engine) as conn:
+            conn.execute(
+                update(erasures)
+                .where(erasures.c.id == record_id)
+                .values(completed_at=now, counts=total)
+            )
+            AuditLog(self._engine, clock=self._clock).append(
+                conn,
+                actor=actor,
+                action="profile.erase",
+                target=self.profile_hash(subject),
+                details={"erasure": record_id, "counts": total},
+            )
+            row = conn.execute(select(erasures).where(erasures.c.id == record_id)).one()
+        return _record(row)
+
+    def erase(
+        self, subject: Subject, actor: str, *, settle: Callable[[], None] | None = None
+    ) -> ErasureRecord:
+        """All steps; ``settle`` (if given) runs between two sweeps, e.g. waiting until
+        the workers have applied everything that was in the log at that point."""
+        if subject.empty:
+            raise ValueError("nothing to erase: the subject has no profile id or identifier")
+        record_id, keys = self.begin(subject, actor)
+        counts = self.sweep(subject)
+        if settle is not None:
+            settle()
+            for name, more in self.sweep(subject).items():
+                counts[name] = counts.get(name, 0) + more
+        counts["pii_keys"] = counts.get("pii_keys", 0) + keys
+        return self.finish(record_id, subject, actor, counts)
+
+    # -- check ----------------------------------------------------------------------
+
+    def residue(self, subject: Subject) -> dict[str, int]:
+        """Rows of the person left in each store (all 0 after an erasure)."""
+        pids, ids = subject.profile_ids, subject.identities
+        return {eraser.name: eraser.residue(pids, ids) for eraser in self._registry}
+
+    def records(self, *, after: int = 0, limit: int = 100) -> list[ErasureRecord]:
+        """Erasure records with id > ``after``, oldest first."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                select(erasures).where(erasures.c.id > after).order_by(erasures.c.id).limit(limit)
+            )
+            return [_record(row) for row in rows]

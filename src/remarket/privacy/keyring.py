@@ -1,0 +1,311 @@
+"""Per-identity encryption keys for crypto-shredding: handles, creation, lookup, destruction.
+
+At collect time an event's profile is not known yet, so keys belong to identifiers: the
+key of ``("anonymous_id", "a-1")`` is named by its *handle*, an HMAC of the identifier
+under a server secret, and stored in the state store (``pii_keys``). Erasure computes
+the handles of every identifier of the profile and deletes their keys; events sealed
+under them (:mod:`remarket.privacy.seal`) can then be neither read nor linked again.
+
+Keys are made in memory on first use and written in group commits: :meth:`Keyring.durable`
+returns once every key made so far is committed, and the collector awaits it before it
+appends events sealed under them. A handle may end up with several keys (one per process
+that met it first; a fresh one after an erasure): each sealed event names its key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import itertools
+import os
+import secrets
+import threading
+import time
+from collections.abc import Collection, Iterable
+from datetime import datetime
+from typing import Final
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from sqlalchemy import Engine, func, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+
+from remarket.clock import Clock, SystemClock
+from remarket.schema.events import as_utc
+from remarket.storage.state.tables import erasures, pii_keys, privacy_secrets
+
+__all__ = ["HANDLE_PREFIX", "Keyring"]
+
+HANDLE_PREFIX: Final = "h_"
+"""Handles start with it, so an id in the log that is a handle is recognisable."""
+
+_SECRET_NAME: Final = "handle_hmac"
+_LOOKUP_CHUNK: Final = 400
+_CACHE_LIMIT: Final = 1_000_000
+
+
+class Keyring:
+    """Names, makes, finds and destroys the per-identity keys.
+
+    Thread-safe: the collector (event loop), workers (threads) and erasure (API threads)
+    share one. Erasure drops the keys it destroys from the caches at once; ``refresh``
+    (every ``refresh_interval`` seconds on the collect path, every batch in workers)
+    drops all cached keys once another process has recorded an erasure.
+
+    >>> from remarket.storage.state import connect_state, upgrade_state
+    >>> engine = connect_state("sqlite://"); upgrade_state(engine)
+    >>> ring = Keyring(engine)
+    >>> h = ring.handle("user_id", "u-42")
+    >>> key_id, aead = ring.key_for(h)
+    >>> ring.flush(); ring.lookup({(h, key_id)})[(h, key_id)] is not None
+    True
+    >>> ring.destroy([h]), ring.lookup({(h, key_id)})
+    (1, {})
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        clock: Clock | None = None,
+        refresh_interval: float = 2.0,
+    ) -> None:
+        self._engine = engine
+        self._clock = clock or SystemClock()
+        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        mark = "?" if engine.dialect.name == "sqlite" else "%s"
+        self._insert_keys = (
+            f"INSERT INTO {pii_keys.name} (handle, key_id, secret, created_at) "
+            f"VALUES ({mark}, {mark}, {mark}, {mark})"
+        )
+        self._secret = self._load_secret()
+        self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._handles: dict[str, str] = {}
+        self._sealing: dict[str, tuple[str, AESGCM]] = {}
+        self._opening: dict[tuple[str, str], AESGCM] = {}
+        self._pending: list[tuple[str, str, bytes]] = []
+        self._made = 0
+        self._nonce_prefix = secrets.token_bytes(4)
+        self._key_prefix = secrets.token_hex(4)
+        self._key_ids = itertools.count(1)
+        self._nonces = itertools.count(1)
+        self._flushing: asyncio.Future[None] | None = None
+        self._durable = 0
+        self._epoch = self.epoch()
+        self._refresh_interval = refresh_interval
+        self._refreshed_at = time.monotonic()
+
+    # -- the handle secret --------------------------------------------------------
+
+    def _load_secret(self) -> bytes:
+        """The HMAC secret, made once per state store (every process must share it)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                self._insert(privacy_secrets)
+                .values(
+                    name=_SECRET_NAME, value=secrets.token_bytes(32), created_at=self._clock.now()
+                )
+                .on_conflict_do_nothing(index_elements=[privacy_secrets.c.name])
+            )
+            value = conn.scalar(
+                select(privacy_secrets.c.value).where(privacy_secrets.c.name == _SECRET_NAME)
+            )
+        assert value is not None  # inserted above if missing
+        return bytes(value)
+
+    def handle(self, kind: str, value: str) -> str:
+        """The handle of an identifier: ``h_`` and 32 hex digits of its HMAC-SHA256."""
+        text = f"{kind}:{value}"
+        found = self._handles.get(text)
+        if found is None:
+            digest = hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
+            found = HANDLE_PREFIX + digest[:32]
+            if len(self._handles) >= _CACHE_LIMIT:
+                self._handles.clear()
+            self._handles[text] = found
+        return found
+
+    def digest(self, text: str) -> str:
+        """A keyed SHA-256 (hex) of ``text``: how erasure records name a profile."""
+        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
+
+    # -- sealing (collect) ----------------------------------------------------------
+
+    def nonce(self) -> bytes:
+        """A 96-bit AES-GCM nonce never used before with any key this keyring made: a
+        random prefix per keyring and a counter (NIST SP 800-38D, 8.2.1). A key seals
+        only in the process that made it, so no other process shares its nonces; a
+        counter is also much cheaper than asking the kernel for 12 random bytes per event."""
+        return self._nonce_prefix + next(self._nonces).to_bytes(8, "big")
+
+    def key_for(self, handle: str) -> tuple[str, AESGCM]:
+        """The key to seal new events of ``handle`` under: ``(key_id, cipher)``.
+
+        A key made here is not durable until :meth:`durable` (or :meth:`flush`) returns.
+        """
+        found = self._sealing.get(handle)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._sealing.get(handle)
+            if found is not None:
+                return found
+            key_id = f"{self._key_prefix}{next(self._key_ids) & 0xFFFFFFFF:08x}"
+            secret = os.urandom(32)
+            found = (key_id, AESGCM(secret))
+            if len(self._sealing) >= _CACHE_LIMIT:
+                self._sealing.clear()
+            self._sealing[handle] = found
+            self._opening[(handle, key_id)] = found[1]
+            self._pending.append((handle, key_id, secret))
+            self._made += 1
+        return found
+
+    async def durable(self) -> None:
+        """Return once every key made so far is committed (a group commit: requests that
+        arrive while one is being written wait for it, then share the next)."""
+        target = self._made
+        if self._durable >= target and not self._refresh_due():
+            return
+        loop = asyncio.get_running_loop()
+        while True:
+            running = self._flushing
+            if running is None or running.done() or running.get_loop() is not loop:
+                running = self._flushing = asyncio.ensure_future(
+                    asyncio.to_thread(self._durable_and_fresh)
+                )
+            await asyncio.shield(running)
+            if self._durable >= target:
+                return
+
+    def _durable_and_fresh(self) -> None:
+        self.flush()
+        if self._refresh_due():
+            self.refresh()
+
+    def _stored_time(self, at: datetime) -> datetime | str:
+        # SQLite has no time type: the text SQLAlchemy's DateTime would store.
+        if self._engine.dialect.name == "sqlite":
+            return as_utc(at).replace(tzinfo=None).isoformat(" ", "microseconds")
+        return at
+
+    def flush(self) -> None:
+        """Write every key made so far (blocking)."""
+        target = self._made
+        with self._flush_lock:
+            if self._durable >= target:
+                return  # another caller's commit covered ours
+            with self._lock:
+                batch, self._pending = self._pending, []
+                made = self._made
+            try:
+                if batch:
+                    now = self._stored_time(self._clock.now())
+                    with self._engine.begin() as conn:
+                        # The driver's executemany: SQLAlchemy's per-row work would
+                        # cost more than the rest of making a key.
+                        conn.exec_driver_sql(
+                            self._insert_keys, [(h, k, s, now) for h, k, s in batch]
+                        )
+            except BaseException:
+                with self._lock:
+                    self._pending = batch + self._pending
+                raise
+            self._durable = made
+
+    # -- opening (workers) ------------------------------------------------------------
+
+    def lookup(self, wanted: Collection[tuple[str, str]]) -> dict[tuple[str, str], AESGCM]:
+        """The ciphers of these ``(handle, key_id)`` pairs that still exist."""
+        found: dict[tuple[str, str], AESGCM] = {}
+        missing: list[tuple[str, str]] = []
+        for pair in wanted:
+            cipher = self._opening.get(pair)
+            if cipher is None:
+                missing.append(pair)
+            else:
+                found[pair] = cipher
+        if missing:
+            if len(self._opening) + len(missing) > _CACHE_LIMIT:
+                self._opening.clear()
+            with self._engine.connect() as conn:
+                for start in range(0, len(missing), _LOOKUP_CHUNK):
+                    chunk = missing[start : start + _LOOKUP_CHUNK]
+                    rows = conn.execute(
+                        select(pii_keys.c.handle, pii_keys.c.key_id, pii_keys.c.secret).where(
+                            tuple_(pii_keys.c.handle, pii_keys.c.key_id).in_(chunk)
+                        )
+                    )
+                    for handle, key_id, secret in rows:
+                        cipher = AESGCM(bytes(secret))
+                        self._opening[(handle, key_id)] = cipher
+                        found[(handle, key_id)] = cipher
+        return found
+
+    # -- erasure ----------------------------------------------------------------------
+
+    def epoch(self) -> tuple[int, str]:
+        """The newest erasure record's number and the latest completion time: it changes
+        whenever anyone, in any process, begins or completes an erasure."""
+        with self._engine.connect() as conn:
+            row = conn.execute(
+                select(func.max(erasures.c.id), func.max(erasures.c.completed_at))
+            ).one()
+        return int(row[0] or 0), str(row[1])
+
+    def _refresh_due(self) -> bool:
+        return time.monotonic() - self._refreshed_at >= self._refresh_interval
+
+    def refresh(self) -> bool:
+        """Forget every cached key if an erasure was recorded since this keyring last
+        looked; whether it did."""
+        self._refreshed_at = time.monotonic()
+        epoch = self.epoch()
+        if epoch == self._epoch:
+            return False
+        self._epoch = epoch
+        self.forget_all()
+        return True
+
+    def forget_all(self) -> None:
+        """Drop every cached key (they are read again from the state store)."""
+        with self._lock:
+            self._sealing.clear()
+            self._opening.clear()
+
+    def destroy(self, handles: Iterable[str]) -> int:
+        """Delete every key of these handles (commits); how many were deleted."""
+        wanted = sorted(set(handles))
+        self.flush()  # a key still in memory would be written after its erasure
+        deleted = 0
+        with self._engine.begin() as conn:
+            for start in range(0, len(wanted), _LOOKUP_CHUNK):
+                chunk = wanted[start : start + _LOOKUP_CHUNK]
+                deleted += conn.execute(
+                    pii_keys.delete().where(pii_keys.c.handle.in_(chunk))
+                ).rowcount
+        with self._lock:
+            gone = set(wanted)
+            for handle in gone:
+                self._sealing.pop(handle, None)
+            for pair in [p for p in self._opening if p[0] in gone]:
+                del self._opening[pair]
+        return deleted
+
+    def count(self, handles: Iterable[str]) -> int:
+        """How many keys these handles still have (residue after an erasure: 0)."""
+        wanted = sorted(set(handles))
+        total = 0
+        with self._engine.connect() as conn:
+            for start in range(0, len(wanted), _LOOKUP_CHUNK):
+                chunk = wanted[start : start + _LOOKUP_CHUNK]
+                total += int(
+                    conn.scalar(
+                        select(func.count())
+                        .select_from(pii_keys)
+                        .where(pii_keys.c.handle.in_(chunk))
+                    )
+                    or 0
+                )
+        return total

@@ -1,0 +1,147 @@
+"""Run the workers in a child process of ``remarket serve``, so ingest keeps its own core.
+
+One Python process has one GIL: with the workers in a thread, every event's warehouse,
+profile and segment work competes with the HTTP path for the same core. The child is
+started by the API process with a spec file (the parent's exact settings and a fresh key),
+owns the DuckDB warehouse and answers the API's warehouse calls over a Unix socket
+(:mod:`remarket.storage.warehouse.remote`). It stops when the parent stops it (SIGTERM) or
+dies (the kernel sends it SIGTERM: ``PR_SET_PDEATHSIG``), so a killed server never leaves
+an orphan holding the warehouse file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Final
+
+from pydantic import SecretStr
+
+from remarket.config import Settings
+from remarket.errors import StorageError
+from remarket.storage.state import connect_state
+from remarket.storage.warehouse import Warehouse, open_warehouse
+from remarket.storage.warehouse.remote import RemoteWarehouse, WarehouseServer
+from remarket.workers.service import build_workers
+
+__all__ = ["WorkerProcess", "run_worker_process", "run_workers"]
+
+_PR_SET_PDEATHSIG: Final = 1
+_SOCKET: Final = "warehouse.sock"
+_SPEC: Final = "spec.json"
+
+
+def _plain(settings: Settings) -> dict[str, Any]:
+    """The settings as JSON values, secrets revealed (the spec file is private to us)."""
+    values: dict[str, Any] = {}
+    for name, value in settings:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        values[name] = str(value) if isinstance(value, Path) else value
+    return values
+
+
+def _owns_warehouse(settings: Settings) -> bool:
+    """Whether the warehouse allows one opener only (DuckDB), so the child must serve it."""
+    return settings.resolved_warehouse_url().startswith("duckdb:")
+
+
+class WorkerProcess:
+    """The child process running the workers; ``start`` returns the API's warehouse."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._dir = Path(tempfile.mkdtemp(prefix="remarket-"))  # mode 0700
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Warehouse:
+        """Start the child (from the calling thread: the parent-death signal is bound to
+        it) and wait until it serves the warehouse."""
+        authkey = secrets.token_bytes(32)
+        spec = self._dir / _SPEC
+        spec.write_text(
+            json.dumps(
+                {"settings": _plain(self._settings), "authkey": authkey.hex(), "ppid": os.getpid()}
+            )
+        )
+        spec.chmod(0o600)
+        process = self._process = subprocess.Popen(
+            [sys.executable, "-m", "remarket.cli", "worker", "--spec", str(spec)]
+        )
+        if not _owns_warehouse(self._settings):
+            return open_warehouse(self._settings)
+        try:
+            return RemoteWarehouse(
+                str(self._dir / _SOCKET), authkey, owner_alive=lambda: process.poll() is None
+            )
+        except StorageError:
+            self.stop()
+            raise
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _die_with_parent(ppid: int) -> None:
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != ppid:  # the parent died before the signal was armed
+        sys.exit(0)
+
+
+def run_workers(settings: Settings, *, serve: tuple[str, bytes] | None = None) -> None:
+    """Run the workers until SIGTERM or Ctrl+C; with ``serve`` (socket address, key),
+    also answer another process's warehouse calls."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    engine = connect_state(settings.resolved_database_url())
+    warehouse = open_warehouse(settings)
+    server = WarehouseServer(warehouse, *serve) if serve is not None else None
+    if server is not None:
+        server.start()
+
+    async def run() -> None:
+        workers = await build_workers(settings, engine, warehouse)
+        try:
+            await workers.run(stop)
+        finally:
+            await workers.log.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        stop.set()
+    finally:
+        if server is not None:
+            server.close()
+        warehouse.close()
+        engine.dispose()
+
+
+def run_worker_process(spec_path: Path) -> None:
+    """The main of the child that :class:`WorkerProcess` starts."""
+    spec = json.loads(spec_path.read_text())
+    spec_path.unlink()  # it holds secrets: read once
+    _die_with_parent(int(spec["ppid"]))
+    settings = Settings.model_validate(spec["settings"])
+    serve = (str(spec_path.with_name(_SOCKET)), bytes.fromhex(spec["authkey"]))
+    run_workers(settings, serve=serve if _owns_warehouse(settings) else None)

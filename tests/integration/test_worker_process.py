@@ -1,0 +1,121 @@
+"""`remarket serve` runs its workers in a child process that owns the warehouse, answers
+the API's reads through it, and never outlives the server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+if TYPE_CHECKING:
+    from tests.integration.conftest import ServerProcess
+
+pytestmark = pytest.mark.slow
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is ``pid`` (from /proc: no extra dependency)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited while we looked
+        # Field 4 is the parent pid; the name (field 2) may hold spaces, so split after ')'.
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _worker_of(server: ServerProcess) -> int:
+    workers = [
+        pid
+        for pid in _children(server.pid)
+        if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    ]
+    assert len(workers) == 1, f"expected one worker process, found {workers}"
+    return workers[0]
+
+
+def _send(server: ServerProcess, anonymous_id: str, count: int) -> None:
+    events = [
+        {
+            "type": "track",
+            "event": "Viewed",
+            "anonymousId": anonymous_id,
+            "messageId": f"{anonymous_id}-{i}",
+        }
+        for i in range(count)
+    ]
+    response = httpx.post(
+        f"{server.base_url}/v1/batch", json={"batch": events}, auth=(server.write_key, "")
+    )
+    assert response.status_code == 200, response.text
+
+
+def _events_of(server: ServerProcess, anonymous_id: str) -> list[str]:
+    with server.api() as api:
+        profile = api.get("/v1/profiles", params={"anonymous_id": anonymous_id})
+        assert profile.status_code == 200, profile.text
+        page = api.get(f"/v1/profiles/{profile.json()['profile_id']}/events?limit=100")
+    assert page.status_code == 200, page.text
+    return sorted(e["message_id"] for e in page.json()["events"])
+
+
+def test_the_api_reads_the_warehouse_the_worker_process_owns(server: ServerProcess) -> None:
+    worker = _worker_of(server)
+    assert worker != server.pid
+    _send(server, "wp-reader", 3)
+    server.wait_for_lag_zero()
+    assert _events_of(server, "wp-reader") == ["wp-reader-0", "wp-reader-1", "wp-reader-2"]
+    # The worker process's gauges are not this process's: /metrics reads the lag itself.
+    with server.api() as api:
+        text = api.get("/metrics").text
+    for consumer in ("warehouse", "profiles", "segments", "consent", "journeys"):
+        assert f'remarket_log_lag{{consumer="{consumer}"}} 0.0' in text
+
+
+def test_the_worker_process_dies_with_a_killed_server_and_a_restart_takes_over(
+    server: ServerProcess,
+) -> None:
+    _send(server, "wp-restart", 2)
+    server.wait_for_lag_zero()
+    worker = _worker_of(server)
+    server.kill()
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker), "the worker process outlived its SIGKILLed server"
+
+    server.start()  # the new worker process must be able to open the warehouse file
+    _send(server, "wp-restart", 3)
+    server.wait_for_lag_zero()
+    assert _events_of(server, "wp-restart") == [f"wp-restart-{i}" for i in range(3)]
+
+
+def test_erasure_reaches_the_warehouse_the_worker_process_owns(server: ServerProcess) -> None:
+    _send(server, "wp-erased", 4)
+    _send(server, "wp-kept", 1)
+    server.wait_for_lag_zero()
+    with server.api() as api:
+        erased = api.delete("/v1/profiles", params={"anonymous_id": "wp-erased"})
+        assert erased.status_code == 200, erased.text
+        assert erased.json()["counts"]["warehouse.duckdb"] >= 4  # through the socket
+        gone = api.get("/v1/profiles", params={"anonymous_id": "wp-erased"})
+        assert gone.status_code == 404
+        stats = api.get("/v1/stats").json()
+    assert stats["warehouse_events"] == 1
+    assert _events_of(server, "wp-kept") == ["wp-kept-0"]

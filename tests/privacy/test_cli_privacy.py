@@ -1,0 +1,75 @@
+"""`remarket privacy erase | verify-erased | export` on the embedded stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from remarket.api import Runtime, create_app
+from remarket.cli import app
+from remarket.config import Settings
+from tests.api.harness import Server
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    monkeypatch.chdir(tmp_path)
+    return {"REMARKET_DATA_DIR": str(tmp_path / "var"), "COLUMNS": "200"}
+
+
+def _populate(data_dir: Path) -> str:
+    settings = Settings(data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01)
+    with TestClient(create_app(settings)) as client:
+        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        _, write_key = runtime.sources.create("web")
+        _, admin_key = runtime.keys.create("tests", "admin")
+        server = Server(client, runtime, write_key, admin_key)
+        batch = [
+            {"type": "track", "anonymousId": "a-cli-1", "event": "Viewed", "messageId": "m1"},
+            {
+                "type": "identify",
+                "anonymousId": "a-cli-1",
+                "userId": "u-cli-1",
+                "messageId": "m2",
+                "traits": {"email": "cli@example.com"},
+            },
+            {"type": "track", "anonymousId": "a-cli-2", "event": "Viewed", "messageId": "m3"},
+        ]
+        assert server.send("/v1/batch", {"batch": batch}).json()["accepted"] == 3
+        server.drain()
+        profile = runtime.profiles.find(("user_id", "u-cli-1"))
+        assert profile is not None
+        return profile
+
+
+def test_erase_then_verify_then_export(env: dict[str, str], tmp_path: Path) -> None:
+    profile_id = _populate(tmp_path / "var")
+    before = runner.invoke(app, ["privacy", "verify-erased", "cli@example.com"], env=env)
+    assert before.exit_code == 1, before.output
+    exported = runner.invoke(
+        app, ["privacy", "export", profile_id, "--output", "ann.json"], env=env
+    )
+    assert exported.exit_code == 0, exported.output
+    document = json.loads((tmp_path / "ann.json").read_text())
+    assert document["profile"]["traits"] == {"email": "cli@example.com"}
+    assert sorted(e["message_id"] for e in document["events"]) == ["m1", "m2"]
+
+    erased = runner.invoke(app, ["privacy", "erase", "u-cli-1"], env=env)
+    assert erased.exit_code == 0, erased.output
+    assert "pii_keys" in erased.output
+    for value in ("u-cli-1", "a-cli-1", "cli@example.com", profile_id):
+        after = runner.invoke(app, ["privacy", "verify-erased", value], env=env)
+        assert after.exit_code == 0, after.output
+        assert "remain" in after.output
+    again = runner.invoke(app, ["privacy", "erase", "u-cli-1"], env=env)
+    assert again.exit_code == 1
+    assert "no profile holds" in again.output
+    # The other visitor is still there.
+    other = runner.invoke(app, ["privacy", "verify-erased", "a-cli-2"], env=env)
+    assert other.exit_code == 1

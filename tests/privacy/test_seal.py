@@ -1,0 +1,237 @@
+"""Sealed events and their keys: round trip, shredding, tampering, group commit, collect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import Engine, func, select
+
+from remarket.clock import ManualClock
+from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.collect.seal import SealPII
+from remarket.collect.stages import partition_of
+from remarket.config import Settings
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.seal import Opener, Sealer
+from remarket.schema.events import Message, decode_log_message, encode_message
+from remarket.storage.log import SQLiteLog
+from remarket.storage.state.tables import pii_keys
+
+PII = ("email", "phone", "name", "address", "ip")
+_VALUES = st.one_of(
+    st.text(max_size=20),
+    st.integers(),
+    st.none(),
+    st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
+)
+_OBJECTS = st.dictionaries(st.sampled_from([*PII, "plan", "sku", "traits"]), _VALUES, max_size=6)
+_IDS = st.text(min_size=1, max_size=30)
+
+
+def _canonical(message: Message) -> dict[str, Any]:
+    """The message as JSON data (key order in objects does not matter)."""
+    data: dict[str, Any] = json.loads(encode_message(message))
+    data.pop("sealed", None)
+    return data
+
+
+def _message(
+    kind: str, anon: str | None, user: str | None, obj: dict[str, Any], ctx: dict[str, Any]
+) -> Message:
+    body: dict[str, Any] = {"type": kind, "messageId": "m-1", "context": ctx}
+    if anon is not None:
+        body["anonymousId"] = anon
+    if user is not None:
+        body["userId"] = user
+    if kind == "track":
+        body |= {"event": "Viewed", "properties": obj}
+    elif kind == "identify":
+        body["traits"] = obj
+    elif kind == "alias":
+        body |= {"userId": user or "u", "previousId": anon or "p"}
+    return decode_log_message(json.dumps(body).encode())
+
+
+@pytest.fixture
+def ring(engine: Engine) -> Keyring:
+    return Keyring(engine)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["track", "identify", "alias"]),
+    anon=st.one_of(st.none(), _IDS),
+    user=_IDS,
+    obj=_OBJECTS,
+    ctx=st.fixed_dictionaries(
+        {},
+        optional={
+            "ip": st.text(max_size=15),
+            "traits": _OBJECTS,
+            "library": st.just({"name": "x"}),
+        },
+    ),
+)
+def test_sealing_hides_pii_and_ids_and_opening_restores_them(
+    ring: Keyring, kind: str, anon: str | None, user: str, obj: dict[str, Any], ctx: dict[str, Any]
+) -> None:
+    original = _message(kind, anon, user, obj, ctx)
+    message = _message(kind, anon, user, obj, ctx)
+    Sealer(ring, PII).seal(message)
+    sealed = json.loads(encode_message(message))
+    # Only handles in place of ids; no declared PII key at the top of any object.
+    for field in ("anonymousId", "userId", "previousId"):
+        assert field not in sealed or sealed[field].startswith("h_")
+    for field in ("properties", "traits", "context"):
+        assert not set(sealed.get(field, {})) & set(PII)
+    inner = sealed.get("context", {}).get("traits")
+    assert not isinstance(inner, dict) or not set(inner) & set(PII)
+    ring.flush()
+    (opened,), dropped = Opener(ring).open([(1, decode_log_message(encode_message(message)))])
+    assert dropped == 0
+    assert _canonical(opened[1]) == _canonical(original)
+
+
+def _sealed(ring: Keyring, user: str = "u-1", message_id: str = "m-1") -> Message:
+    message = decode_log_message(
+        json.dumps(
+            {
+                "type": "identify",
+                "userId": user,
+                "messageId": message_id,
+                "traits": {"email": f"{user}@x.y"},
+            }
+        ).encode()
+    )
+    Sealer(ring).seal(message)
+    ring.flush()
+    return decode_log_message(encode_message(message))
+
+
+def test_a_destroyed_key_leaves_its_events_unreadable_and_others_readable(ring: Keyring) -> None:
+    ann, bob = _sealed(ring, "ann"), _sealed(ring, "bob")
+    assert ring.destroy([ring.handle("user_id", "ann")]) == 1
+    # A fresh keyring (a replay in another process) cannot open it either.
+    rows, dropped = Opener(Keyring(ring._engine)).open([(1, ann), (2, bob)])
+    assert dropped == 1 and [offset for offset, _ in rows] == [2]
+    assert rows[0][1].user_id == "bob"
+
+
+def test_a_sealed_blob_moved_onto_another_event_does_not_open(ring: Keyring) -> None:
+    one, two = _sealed(ring, "ann", "m-1"), _sealed(ring, "ann", "m-2")
+    two.sealed = one.sealed
+    assert Opener(ring).open([(1, two)])[1] == 1
+    garbled = _sealed(ring, "ann", "m-3")
+    garbled.sealed = b"\x01garbage"
+    assert Opener(ring).open([(1, garbled)])[1] == 1
+
+
+def test_keys_are_per_identity_and_group_committed(ring: Keyring, engine: Engine) -> None:
+    handle = ring.handle("anonymous_id", "a-1")
+    assert handle == ring.handle("anonymous_id", "a-1") != ring.handle("user_id", "a-1")
+    assert ring.key_for(handle)[0] == ring.key_for(handle)[0]
+    ring.key_for(ring.handle("anonymous_id", "a-2"))
+
+    def stored() -> int:
+        with engine.connect() as conn:
+            return int(conn.scalar(select(func.count()).select_from(pii_keys)) or 0)
+
+    assert stored() == 0
+    asyncio.run(ring.durable())
+    assert stored() == 2
+    # Another process shares the handle secret, so handles agree.
+    assert Keyring(engine).handle("anonymous_id", "a-1") == handle
+
+
+def test_a_keyring_drops_cached_keys_after_another_process_erases(
+    ring: Keyring, engine: Engine
+) -> None:
+    from remarket.privacy.erasers import standard_erasers
+    from remarket.privacy.erasure import Erasure
+    from remarket.storage.warehouse import DuckDBWarehouse
+
+    message = _sealed(ring, "ann")
+    other = Keyring(engine)
+    warehouse = DuckDBWarehouse(None)
+    erasure = Erasure(engine, other, standard_erasers(engine, other, warehouse), pii_fields=PII)
+    erasure.erase(erasure.subject([], [("user_id", "ann")]), "test")
+    # ``ring`` still has the key cached; the opener looks at the erasure records first.
+    assert Opener(ring)([(1, message)]) == []
+    warehouse.close()
+
+
+def _collector(
+    tmp_path: Any, engine: Engine, sealer: Sealer | None, ring: Keyring
+) -> tuple[Collector, SQLiteLog, Any]:
+    settings = Settings(data_dir=tmp_path, log_fsync="off")
+    log = SQLiteLog(tmp_path / "log.db", fsync="off")
+    stage = SealPII(sealer, ring)
+    collector = Collector(
+        settings,
+        log,
+        QuarantineStore(engine),
+        ManualClock(datetime(2026, 1, 1, tzinfo=UTC)),
+        extra_stages=[stage],
+        barriers=[stage.durable],
+    )
+    source, _ = SourceRegistry(engine).create("web")
+    return collector, log, source
+
+
+@pytest.mark.parametrize("encrypt", [True, False], ids=["on", "off"])
+def test_collect_seals_before_the_log_and_refuses_client_seals(
+    tmp_path: Any, engine: Engine, ring: Keyring, encrypt: bool
+) -> None:
+    from remarket.collect import parse_batch
+
+    collector, log, source = _collector(tmp_path, engine, Sealer(ring) if encrypt else None, ring)
+    events = [
+        {
+            "type": "track",
+            "anonymousId": "a-1",
+            "event": "Viewed",
+            "messageId": "m1",
+            "context": {"ip": "1.2.3.4"},
+        },
+        {
+            "type": "track",
+            "anonymousId": "a-1",
+            "event": "Viewed",
+            "messageId": "m2",
+            "sealed": "1.h_x.y.z",
+        },
+    ]
+
+    async def run() -> tuple[Any, list[Any]]:
+        result = await collector.ingest_batch(
+            source, parse_batch(msgspec.json.encode({"batch": events}))
+        )
+        again = await collector.ingest_batch(
+            source, parse_batch(msgspec.json.encode({"batch": events[:1]}))
+        )
+        assert again.duplicates == 1  # dedupe still works on sealed events
+        records = await log.read(0, 10)
+        await log.close()
+        return result, records
+
+    result, records = asyncio.run(run())
+    assert result.accepted == 1 and [r.field for r in result.rejected] == ["sealed"]
+    (record,) = records
+    assert (b"1.2.3.4" in record.payload, b"a-1" in record.payload) == (not encrypt, not encrypt)
+    stored = decode_log_message(record.payload)
+    # The partition follows the device: every event of a-1 lands in one partition.
+    assert record.partition == partition_of(stored, 16)
+    if encrypt:
+        with engine.connect() as conn:  # the key was committed before the append returned
+            assert conn.scalar(select(func.count()).select_from(pii_keys)) == 1
+        (opened,), _ = Opener(ring).open([(1, stored)])
+        assert opened[1].anonymous_id == "a-1"
