@@ -94,11 +94,10 @@ def sources_create(name: str) -> None:
     settings = _settings()
     engine = _engine(settings)
     try:
-        source, key = SourceRegistry(engine).create(name)
+        source, key = SourceRegistry(engine).create(name, actor="cli")
     except Exception as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
-    AuditLog(engine).record("cli", "source.create", source.id)
     console.print(f"source {source.name} ({source.id})")
     console.print(key)
 
@@ -160,12 +159,7 @@ def quarantine_replay(
                 runtime.sources,
                 pending,
                 runtime.clock.now(),
-            )
-            AuditLog(runtime.engine).record(
-                "cli",
-                "quarantine.replay",
-                "quarantine",
-                {"replayed": result.replayed, "still_invalid": len(result.still_invalid)},
+                actor="cli",
             )
             return result.replayed, len(result.still_invalid)
         finally:
@@ -201,19 +195,14 @@ def segments_apply(
     file: Annotated[Path, typer.Argument(help="segments.yaml: definitions as code.")],
 ) -> None:
     """Create or update the segments in FILE; unchanged ones make no new version."""
-    engine = _engine(_settings())
-    catalog = SegmentCatalog(engine)
-    audit = AuditLog(engine)
+    catalog = SegmentCatalog(_engine(_settings()))
     table = Table("segment", "version", "result")
     for index, data in enumerate(_definitions(file)):
         name = data.get("name") if isinstance(data, dict) else None
         try:
-            info, changed = catalog.save(data)
+            info, changed = catalog.save(data, actor="cli")
         except (DefinitionError, ConflictError) as exc:
             raise _invalid(f"{file}[{index}] {name or ''}".strip(), exc) from exc
-        if changed:
-            action = "segment.update" if info.version > 1 else "segment.create"
-            audit.record("cli", action, info.name, {"version": info.version})
         table.add_row(info.name, str(info.version), "new version" if changed else "unchanged")
     console.print(table)
 

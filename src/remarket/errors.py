@@ -12,6 +12,7 @@ __all__ = [
     "PayloadTooLarge",
     "RemarketError",
     "StorageError",
+    "TooManyAttempts",
 ]
 
 
@@ -49,6 +50,12 @@ class AuthError(RemarketError):
     status = 401
     title = "Unauthorized"
 
+    def __init__(self, detail: str, *, field: str | None = None, scheme: str = "Basic") -> None:
+        super().__init__(detail, field=field)
+        # The WWW-Authenticate challenge: Basic for write keys, Bearer for the API (a
+        # Basic challenge would make a browser pop up its own login dialog).
+        self.scheme = scheme
+
 
 class ForbiddenError(RemarketError):
     code = "forbidden"
@@ -78,3 +85,15 @@ class StorageError(RemarketError):
     code = "storage_error"
     status = 503
     title = "Storage unavailable"
+
+
+class TooManyAttempts(RemarketError):
+    """Too many failed attempts lately; ``retry_after`` says when to try again (seconds)."""
+
+    code = "too_many_attempts"
+    status = 429
+    title = "Too many attempts"
+
+    def __init__(self, detail: str, *, retry_after: int, field: str | None = None) -> None:
+        super().__init__(detail, field=field)
+        self.retry_after = retry_after

@@ -13,9 +13,9 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remarket import __version__
-from remarket.api import admin, collect, health, privacy, profiles, segments
+from remarket.api import accounts, admin, collect, health, privacy, profiles, segments
 from remarket.api.models import Ingested
-from remarket.api.problems import install_problem_handlers
+from remarket.api.problems import document_problems, install_problem_handlers
 from remarket.api.runtime import Runtime
 from remarket.clock import Clock
 from remarket.config import Settings
@@ -65,6 +65,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             ref_template="#/components/schemas/{model}"
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+        document_problems(schema)
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -95,6 +96,7 @@ def create_app(settings: Settings, *, clock: Clock | None = None, workers: bool 
     app.include_router(privacy.router)
     app.include_router(admin.router)
     app.include_router(health.router)
+    app.include_router(accounts.router)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -10,8 +10,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.problems import problem
 
 __all__ = ["router"]
@@ -42,14 +41,14 @@ async def healthz(request: Request) -> dict[str, Any] | Response:
 
 
 @router.get("/metrics", response_class=Response)
-def metrics(_key: Annotated[ApiKey, Depends(require("metrics:read"))]) -> Response:
+def metrics(_key: Annotated[Principal, Depends(require("metrics:read"))]) -> Response:
     """Prometheus metrics: events accepted/rejected, log lag per consumer, request latency."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/stats")
 async def stats(
-    request: Request, _key: Annotated[ApiKey, Depends(require("metrics:read"))]
+    request: Request, _key: Annotated[Principal, Depends(require("metrics:read"))]
 ) -> dict[str, int]:
     """Totals at a glance: live profiles, events in the warehouse and the log, quarantine."""
     runtime = runtime_of(request)

@@ -5,10 +5,15 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 
 from sqlalchemy import Engine
 
 from remarket.api.keys import ApiKeyStore
+from remarket.api.lockout import Lockout
+from remarket.api.passwords import Passwords
+from remarket.api.sessions import SessionStore
+from remarket.api.users import UserStore
 from remarket.clock import Clock, SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
 from remarket.config import Settings
@@ -38,6 +43,8 @@ class Runtime:
     quarantine: QuarantineStore
     profiles: ProfileStore
     workers: WorkerThread | None
+    users: UserStore
+    sessions: SessionStore
 
     @classmethod
     async def start(
@@ -48,7 +55,7 @@ class Runtime:
         upgrade_state(engine)
         log = await open_log(settings)
         warehouse = open_warehouse(settings)
-        quarantine = QuarantineStore(engine)
+        quarantine = QuarantineStore(engine, clock=clock)
         collector = Collector(settings, log, quarantine, clock)
         warmed = await collector.warm_up(settings.dedupe_capacity)
         _log.info("remembered %d recent messageIds from the log", warmed)
@@ -60,6 +67,16 @@ class Runtime:
         thread = WorkerThread(settings, engine, warehouse, clock) if workers else None
         if thread is not None:
             thread.start()
+        passwords = Passwords(
+            time_cost=settings.password_time_cost, memory_kib=settings.password_memory_kib
+        )
+        users = UserStore(engine, passwords, clock=clock)
+        lockout = Lockout(
+            engine,
+            clock=clock,
+            max_failures=settings.login_max_failures,
+            window=timedelta(seconds=settings.login_failure_window_s),
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -72,6 +89,16 @@ class Runtime:
             quarantine=quarantine,
             profiles=ProfileStore(engine),
             workers=thread,
+            users=users,
+            sessions=SessionStore(
+                engine,
+                users,
+                passwords,
+                clock=clock,
+                idle_timeout=timedelta(seconds=settings.session_idle_timeout_s),
+                max_age=timedelta(seconds=settings.session_max_age_s),
+                lockout=lockout,
+            ),
         )
 
     async def stop(self) -> None:

@@ -12,6 +12,7 @@ from remarket.storage.state.tables import (
     consents,
     consumer_offsets,
     identities,
+    login_failures,
     metadata,
     profile_traits,
     profiles,
@@ -25,6 +26,8 @@ from remarket.storage.state.tables import (
     segment_versions,
     segments,
     sources,
+    user_sessions,
+    users,
 )
 
 __all__ = [
@@ -38,6 +41,7 @@ __all__ = [
     "consents",
     "consumer_offsets",
     "identities",
+    "login_failures",
     "metadata",
     "profile_traits",
     "profiles",
@@ -52,4 +56,6 @@ __all__ = [
     "segments",
     "sources",
     "upgrade_state",
+    "user_sessions",
+    "users",
 ]
