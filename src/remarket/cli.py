@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from remarket.api import ROLES, ApiKeyStore, Runtime, create_app
+from remarket.api.passwords import Passwords
+from remarket.api.users import UserStore
 from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
@@ -43,6 +46,7 @@ segments_app = typer.Typer(
     help="Segment definitions (as code, in YAML or JSON).", no_args_is_help=True
 )
 audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+users_app = typer.Typer(help="Console users (password login).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
@@ -50,6 +54,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(segments_app, name="segments")
 app.add_typer(audit_app, name="audit")
+app.add_typer(users_app, name="users")
 
 console = Console()
 err = Console(stderr=True)
@@ -274,6 +279,84 @@ def audit_list(
     for e in AuditLog(_engine(_settings())).entries(after=after, limit=limit):
         table.add_row(str(e.seq), str(e.at), e.actor, e.action, e.target, e.details)
     console.print(table)
+
+
+def _users() -> UserStore:
+    settings = _settings()
+    return UserStore(_engine(settings), Passwords.of(settings))
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+def _user_id(users: UserStore, email: str) -> str:
+    found = users.credentials(email)
+    if found is None:
+        err.print(f"[red]no user {email}[/]")
+        raise typer.Exit(1)
+    return found[0].id
+
+
+_PASSWORD_STDIN = typer.Option(
+    "--password-stdin", help="Read the password from the first line of standard input."
+)
+
+
+@users_app.command("create")
+def users_create(
+    email: str,
+    role: Annotated[str, typer.Option(help=f"One of {', '.join(ROLES)}.")],
+    password_stdin: Annotated[bool, _PASSWORD_STDIN] = False,
+) -> None:
+    """Create a console user (the password is asked for, or read with --password-stdin)."""
+    if role not in ROLES:
+        err.print(f"[red]--role must be one of {', '.join(ROLES)}[/]")
+        raise typer.Exit(2)
+    users = _users()
+    try:
+        user = users.create(email, role, _password(password_stdin), actor="cli")
+    except RemarketError as exc:
+        err.print(f"[red]{exc.field}: {exc.detail}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"user {user.email} ({user.id}), role {user.role}")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Console users and their roles."""
+    table = Table("id", "email", "role", "created")
+    for u in _users().list():
+        table.add_row(u.id, u.email, u.role, str(u.created_at))
+    console.print(table)
+
+
+@users_app.command("password")
+def users_password(email: str, password_stdin: Annotated[bool, _PASSWORD_STDIN] = False) -> None:
+    """Set a user's password (ends their sessions)."""
+    users = _users()
+    user_id = _user_id(users, email)
+    try:
+        users.update(user_id, actor="cli", password=_password(password_stdin))
+    except RemarketError as exc:
+        err.print(f"[red]{exc.field}: {exc.detail}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"password of {email} changed; their sessions ended")
+
+
+@users_app.command("delete")
+def users_delete(email: str) -> None:
+    """Delete a user and their sessions (not the last admin)."""
+    users = _users()
+    try:
+        users.delete(_user_id(users, email), actor="cli")
+    except RemarketError as exc:
+        err.print(f"[red]{exc.detail}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"deleted {email}")
 
 
 @app.command()

@@ -58,7 +58,7 @@ def create_source(
 def list_quarantine(
     request: Request,
     _key: Annotated[Principal, Depends(require("quarantine:read"))],
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     include_replayed: bool = False,
 ) -> QuarantinePageOut:

@@ -40,7 +40,16 @@ async def healthz(request: Request) -> dict[str, Any] | Response:
     }
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 def metrics(_key: Annotated[Principal, Depends(require("metrics:read"))]) -> Response:
     """Prometheus metrics: events accepted/rejected, log lag per consumer, request latency."""
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import timedelta
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, func, select
 
 from remarket.clock import Clock, SystemClock
 from remarket.privacy import immediate
@@ -13,6 +14,11 @@ from remarket.schema.events import as_utc
 from remarket.storage.state import login_failures
 
 __all__ = ["Lockout"]
+
+
+def _lock_key(subject: str) -> int:
+    """A 60-bit PostgreSQL advisory lock key for a subject."""
+    return int(hashlib.sha256(subject.encode()).hexdigest()[:15], 16)
 
 
 class Lockout:
@@ -55,6 +61,10 @@ class Lockout:
         now = self._clock.now()
         start = now - self._window
         with immediate(self._engine) as conn:
+            if conn.dialect.name == "postgresql":
+                # No row to lock before the first failure: a lock on the subject itself
+                # queues parallel attempts (SQLite's BEGIN IMMEDIATE already does).
+                conn.execute(select(func.pg_advisory_xact_lock(_lock_key(subject))))
             conn.execute(
                 login_failures.delete().where(
                     login_failures.c.subject == subject, login_failures.c.at <= start

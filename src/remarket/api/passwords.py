@@ -9,6 +9,7 @@ from typing import Final
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from remarket.config import Settings
 from remarket.errors import InvalidInput
 
 __all__ = ["MAX_PASSWORD", "MIN_PASSWORD", "Passwords", "check_password_rules"]
@@ -48,6 +49,11 @@ class Passwords:
         )
         self._dummy: str | None = None
         self._lock = threading.Lock()
+
+    @classmethod
+    def of(cls, settings: Settings) -> Passwords:
+        """Hashing at the cost the settings ask for."""
+        return cls(time_cost=settings.password_time_cost, memory_kib=settings.password_memory_kib)
 
     def hash(self, password: str) -> str:
         return self._hasher.hash(password)

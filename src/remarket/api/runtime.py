@@ -67,9 +67,7 @@ class Runtime:
         thread = WorkerThread(settings, engine, warehouse, clock) if workers else None
         if thread is not None:
             thread.start()
-        passwords = Passwords(
-            time_cost=settings.password_time_cost, memory_kib=settings.password_memory_kib
-        )
+        passwords = Passwords.of(settings)
         users = UserStore(engine, passwords, clock=clock)
         lockout = Lockout(
             engine,

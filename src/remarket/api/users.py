@@ -150,10 +150,10 @@ class UserStore:
             digest = self._passwords.hash(password)
         now = self._clock.now()
         with immediate(self._engine) as conn:
-            current = self._locked(conn, user_id)
+            current, admins = self._locked(conn, user_id)
             if role is not None and role != current.role:
                 if current.role == ADMIN:
-                    self._keep_an_admin(conn)
+                    _keep_an_admin(admins)
                 conn.execute(
                     update(users).where(users.c.id == user_id).values(role=role, updated_at=now)
                 )
@@ -189,9 +189,9 @@ class UserStore:
     def delete(self, user_id: str, *, actor: str) -> None:
         """Delete a user and their sessions; the last admin is refused (ConflictError)."""
         with immediate(self._engine) as conn:
-            current = self._locked(conn, user_id)
+            current, admins = self._locked(conn, user_id)
             if current.role == ADMIN:
-                self._keep_an_admin(conn)
+                _keep_an_admin(admins)
             conn.execute(user_sessions.delete().where(user_sessions.c.user_id == user_id))
             conn.execute(users.delete().where(users.c.id == user_id))
             self._audit.append(
@@ -226,20 +226,24 @@ class UserStore:
         return int(result.rowcount)
 
     @staticmethod
-    def _locked(conn: Connection, user_id: str) -> User:
+    def _locked(conn: Connection, user_id: str) -> tuple[User, int]:
+        """Lock the admins, then the user; the user and how many admins there are.
+
+        The admins first and in id order, on PostgreSQL: two changes queue up instead of
+        deadlocking, and the second counts the admins the first left (a row it waited
+        for is checked again). SQLite holds the whole store already (BEGIN IMMEDIATE).
+        """
+        admins = conn.execute(
+            select(users.c.id).where(users.c.role == ADMIN).order_by(users.c.id).with_for_update()
+        ).all()
         row = conn.execute(
             select(users).where(users.c.id == user_id).with_for_update()
         ).one_or_none()
         if row is None:
             raise NotFound(f"no user {user_id!r}", field="user_id")
-        return user_of(row)
+        return user_of(row), len(admins)
 
-    @staticmethod
-    def _keep_an_admin(conn: Connection) -> None:
-        # FOR UPDATE on PostgreSQL: two transactions demoting the last two admins queue
-        # up, and the second sees the first's change. SQLite: BEGIN IMMEDIATE already.
-        admins = conn.execute(
-            select(users.c.id).where(users.c.role == ADMIN).with_for_update()
-        ).all()
-        if len(admins) <= 1:
-            raise ConflictError("the last admin cannot be deleted or demoted", field="role")
+
+def _keep_an_admin(admins: int) -> None:
+    if admins <= 1:
+        raise ConflictError("the last admin cannot be deleted or demoted", field="role")
