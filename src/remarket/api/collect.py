@@ -28,6 +28,7 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     },
     400: {"description": "Malformed JSON or an invalid event (problem+json names the field)."},
     401: {"description": "Missing or unknown write key."},
+    403: {"description": "An API key or session instead of a write key."},
     413: {"description": "Body over max_request_bytes or event over max_event_bytes."},
     415: {"description": "Content-Encoding other than gzip."},
     503: {"description": "The event log is unavailable; nothing was accepted, retry."},

@@ -50,7 +50,10 @@ class ConsentOut(BaseModel):
 class AuditEntryOut(BaseModel):
     seq: int
     at: datetime
-    actor: str = Field(description="The API key id, or cli.")
+    actor: str = Field(
+        description="The API key id, user:<id> for a console user, anonymous for a failed "
+        "login, or cli."
+    )
     action: str
     target: str
     details: str = Field(description="Canonical JSON: ids, counts and hashes only.")

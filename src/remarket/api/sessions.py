@@ -110,10 +110,9 @@ class SessionStore:
         session = Session(uuid.uuid4().hex, user, now, now + self._max_age)
         with immediate(self._engine) as conn:
             self._lockout.clear(conn, subject)
-            # Housekeeping: this user's sessions that ended can go.
+            # Housekeeping: sessions that ended can go.
             conn.execute(
                 user_sessions.delete().where(
-                    user_sessions.c.user_id == user.id,
                     or_(
                         user_sessions.c.revoked_at.is_not(None),
                         user_sessions.c.expires_at <= now,
