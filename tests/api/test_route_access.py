@@ -184,3 +184,13 @@ def test_a_route_without_require_would_be_caught(server: Server) -> None:
 def test_an_unknown_scope_is_refused_when_the_route_is_declared() -> None:
     with pytest.raises(ValueError, match="unknown scope"):
         Require("profiles:reed")
+
+
+def test_the_openapi_document_declares_these_refusals(server: Server) -> None:
+    spec = server.client.get("/openapi.json").json()
+    problem = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    for endpoint in guarded(server):
+        operation = spec["paths"][endpoint.path][endpoint.method.lower()]
+        assert {"HTTPBearer": []} in operation["security"], endpoint
+        for status in ("401", "403", "default"):
+            assert operation["responses"][status]["content"] == problem, (endpoint, status)
