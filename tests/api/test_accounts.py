@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
@@ -295,3 +296,22 @@ def test_the_last_admin_can_be_neither_deleted_nor_demoted(server: Server) -> No
 
 def test_the_role_literal_lists_every_role() -> None:
     assert set(typing.get_args(Role)) == set(ROLES)
+
+
+def test_an_unknown_address_costs_a_password_check_too(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No shortcut for unknown addresses: both answers take one argon2id verification."""
+    server.runtime.users.create("ann@example.com", "viewer", PASSWORD)
+    checked: list[str] = []
+    original = PasswordHasher.verify
+
+    def spy(self: PasswordHasher, stored: str, password: str) -> bool:
+        checked.append(stored)
+        return original(self, stored, password)
+
+    monkeypatch.setattr(PasswordHasher, "verify", spy)
+    login(server, "ann@example.com", "wrong password here")
+    login(server, "nobody@example.com", "wrong password here")
+    assert len(checked) == 2
+    assert all(s.startswith("$argon2id$v=19$m=1024,t=1,") for s in checked)
