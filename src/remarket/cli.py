@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ from rich.table import Table
 
 from remarket.api import ROLES, ApiKeyStore, Runtime, WorkersMode, create_app
 from remarket.api.erasure import subject_for_value
+from remarket.api.passwords import Passwords
+from remarket.api.users import UserStore
 from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings
@@ -54,6 +57,7 @@ journeys_app = typer.Typer(
 )
 privacy_app = typer.Typer(help="Data-subject rights: erasure and export.", no_args_is_help=True)
 retention_app = typer.Typer(help="How long events are kept.", no_args_is_help=True)
+users_app = typer.Typer(help="Console users (password login).", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(sources_app, name="sources")
@@ -64,6 +68,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(journeys_app, name="journeys")
 app.add_typer(privacy_app, name="privacy")
 app.add_typer(retention_app, name="retention")
+app.add_typer(users_app, name="users")
 
 console = Console()
 err = Console(stderr=True)
@@ -108,11 +113,10 @@ def sources_create(name: str) -> None:
     settings = _settings()
     engine = _engine(settings)
     try:
-        source, key = SourceRegistry(engine).create(name)
+        source, key = SourceRegistry(engine).create(name, actor="cli")
     except Exception as exc:
         err.print(f"[red]{exc}[/]")
         raise typer.Exit(1) from exc
-    AuditLog(engine).record("cli", "source.create", source.id)
     console.print(f"source {source.name} ({source.id})")
     console.print(key)
 
@@ -174,12 +178,7 @@ def quarantine_replay(
                 runtime.sources,
                 pending,
                 runtime.clock.now(),
-            )
-            AuditLog(runtime.engine).record(
-                "cli",
-                "quarantine.replay",
-                "quarantine",
-                {"replayed": result.replayed, "still_invalid": len(result.still_invalid)},
+                actor="cli",
             )
             return result.replayed, len(result.still_invalid)
         finally:
@@ -215,19 +214,14 @@ def segments_apply(
     file: Annotated[Path, typer.Argument(help="segments.yaml: definitions as code.")],
 ) -> None:
     """Create or update the segments in FILE; unchanged ones make no new version."""
-    engine = _engine(_settings())
-    catalog = SegmentCatalog(engine)
-    audit = AuditLog(engine)
+    catalog = SegmentCatalog(_engine(_settings()))
     table = Table("segment", "version", "result")
     for index, data in enumerate(_definitions(file)):
         name = data.get("name") if isinstance(data, dict) else None
         try:
-            info, changed = catalog.save(data)
+            info, changed = catalog.save(data, actor="cli")
         except (DefinitionError, ConflictError) as exc:
             raise _invalid(f"{file}[{index}] {name or ''}".strip(), exc) from exc
-        if changed:
-            action = "segment.update" if info.version > 1 else "segment.create"
-            audit.record("cli", action, info.name, {"version": info.version})
         table.add_row(info.name, str(info.version), "new version" if changed else "unchanged")
     console.print(table)
 
@@ -459,6 +453,84 @@ def retention_rules_list() -> None:
         table.add_row(str(rule.id), rule.source_id, rule.event_type, str(rule.days))
     table.add_row("-", "(default)", "", str(settings.retention_default_days or "forever"))
     console.print(table)
+
+
+def _users() -> UserStore:
+    settings = _settings()
+    return UserStore(_engine(settings), Passwords.of(settings))
+
+
+def _password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    password: str = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    return password
+
+
+def _user_id(users: UserStore, email: str) -> str:
+    found = users.credentials(email)
+    if found is None:
+        err.print(f"[red]no user {email}[/]")
+        raise typer.Exit(1)
+    return found[0].id
+
+
+_PASSWORD_STDIN = typer.Option(
+    "--password-stdin", help="Read the password from the first line of standard input."
+)
+
+
+@users_app.command("create")
+def users_create(
+    email: str,
+    role: Annotated[str, typer.Option(help=f"One of {', '.join(ROLES)}.")],
+    password_stdin: Annotated[bool, _PASSWORD_STDIN] = False,
+) -> None:
+    """Create a console user (the password is asked for, or read with --password-stdin)."""
+    if role not in ROLES:
+        err.print(f"[red]--role must be one of {', '.join(ROLES)}[/]")
+        raise typer.Exit(2)
+    users = _users()
+    try:
+        user = users.create(email, role, _password(password_stdin), actor="cli")
+    except RemarketError as exc:
+        err.print(f"[red]{exc.field}: {exc.detail}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"user {user.email} ({user.id}), role {user.role}")
+
+
+@users_app.command("list")
+def users_list() -> None:
+    """Console users and their roles."""
+    table = Table("id", "email", "role", "created")
+    for u in _users().list():
+        table.add_row(u.id, u.email, u.role, str(u.created_at))
+    console.print(table)
+
+
+@users_app.command("password")
+def users_password(email: str, password_stdin: Annotated[bool, _PASSWORD_STDIN] = False) -> None:
+    """Set a user's password (ends their sessions)."""
+    users = _users()
+    user_id = _user_id(users, email)
+    try:
+        users.update(user_id, actor="cli", password=_password(password_stdin))
+    except RemarketError as exc:
+        err.print(f"[red]{exc.field}: {exc.detail}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"password of {email} changed; their sessions ended")
+
+
+@users_app.command("delete")
+def users_delete(email: str) -> None:
+    """Delete a user and their sessions (not the last admin)."""
+    users = _users()
+    try:
+        users.delete(_user_id(users, email), actor="cli")
+    except RemarketError as exc:
+        err.print(f"[red]{exc.detail}[/]")
+        raise typer.Exit(1) from exc
+    console.print(f"deleted {email}")
 
 
 @app.command()

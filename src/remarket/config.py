@@ -250,6 +250,22 @@ class Settings(BaseSettings):
     retention_interval_s: float = Field(
         3_600, gt=0, description="How often the workers delete expired events."
     )
+    session_idle_timeout_s: int = Field(
+        12 * 3600, ge=60, description="A console session ends after this long unused."
+    )
+    session_max_age_s: int = Field(
+        7 * 86_400, ge=60, description="A console session ends this long after login."
+    )
+    login_max_failures: int = Field(
+        5, ge=1, description="Failed logins for one address, within the window, that lock it."
+    )
+    login_failure_window_s: int = Field(
+        900, ge=1, description="The lockout window: failures older than this are forgotten."
+    )
+    password_time_cost: int = Field(3, ge=1, description="argon2id passes per password hash.")
+    password_memory_kib: int = Field(
+        65_536, ge=64, description="argon2id memory per password hash (KiB)."
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ __all__ = [
     "RateLimited",
     "RemarketError",
     "StorageError",
+    "TooManyAttempts",
 ]
 
 
@@ -50,6 +51,12 @@ class AuthError(RemarketError):
     code = "unauthorized"
     status = 401
     title = "Unauthorized"
+
+    def __init__(self, detail: str, *, field: str | None = None, scheme: str = "Basic") -> None:
+        super().__init__(detail, field=field)
+        # The WWW-Authenticate challenge: Basic for write keys, Bearer for the API (a
+        # Basic challenge would make a browser pop up its own login dialog).
+        self.scheme = scheme
 
 
 class ForbiddenError(RemarketError):
@@ -89,7 +96,7 @@ class Blocked(ForbiddenError):
 
 
 class RateLimited(RemarketError):
-    """Too many events from one write key or IP; ``retry_after`` is in whole seconds."""
+    """Too many requests from one write key or IP; ``retry_after`` is in whole seconds."""
 
     code = "rate_limited"
     status = 429
@@ -98,3 +105,10 @@ class RateLimited(RemarketError):
     def __init__(self, detail: str, *, retry_after: int, field: str | None = None) -> None:
         super().__init__(detail, field=field)
         self.retry_after = retry_after
+
+
+class TooManyAttempts(RateLimited):
+    """Too many failed attempts lately (logins); ``retry_after`` says when to try again."""
+
+    code = "too_many_attempts"
+    title = "Too many attempts"

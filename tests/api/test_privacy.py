@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from remarket.collect import Rejection
 from remarket.privacy import AuditLog
 from tests.api.harness import Server
 
@@ -144,9 +145,22 @@ def test_changes_are_audited_by_key_and_the_chain_holds(server: Server) -> None:
     server.client.put("/v1/segments/buyers", json=segment, headers=server.admin)  # unchanged
     assert server.client.delete("/v1/segments/buyers", headers=server.admin).status_code == 204
     created = server.client.post("/v1/sources", json={"name": "app"}, headers=server.admin).json()
-    server.client.post("/v1/quarantine/replay", json={}, headers=server.admin)
+    # An event an earlier rule rejected, valid now: the replay accepts it.
+    valid = json.dumps({"type": "track", "userId": "u5", "event": "Fine"}).encode()
+    web = server.runtime.sources.authenticate(server.write_key)
+    assert web is not None
+    server.runtime.quarantine.add(
+        web.id, server.runtime.clock.now(), [Rejection(0, "old_rule", None, "", valid)]
+    )
+    replayed = server.client.post("/v1/quarantine/replay", json={}, headers=server.admin).json()
+    assert len(replayed["replayed"]) == 1
     page = server.client.get("/v1/audit", params={"limit": 1000}, headers=server.admin).json()
     entries = page["entries"]
+    assert [(e["action"], e["target"], e["actor"]) for e in entries[:2]] == [
+        ("source.create", web.id, "cli"),
+        ("key.create", admin_id.id, "cli"),
+    ]
+    entries = entries[1:]
     assert [(e["action"], e["target"]) for e in entries] == [
         ("key.create", admin_id.id),
         ("consent.set", pid),
@@ -158,7 +172,8 @@ def test_changes_are_audited_by_key_and_the_chain_holds(server: Server) -> None:
     ]
     assert {e["actor"] for e in entries[1:]} == {admin_id.id}
     assert json.loads(entries[1]["details"])["purposes"] == {"push": "granted"}
+    assert json.loads(entries[-1]["details"]) == {"ids": replayed["replayed"]}
     assert page["head_seq"] == entries[-1]["seq"] and page["head_hash"] == entries[-1]["hash"]
     assert AuditLog(server.runtime.engine).verify() is None
-    second = server.client.get("/v1/audit", params={"after": 5}, headers=server.admin).json()
-    assert [e["seq"] for e in second["entries"]] == [6, 7]
+    second = server.client.get("/v1/audit", params={"after": 6}, headers=server.admin).json()
+    assert [e["seq"] for e in second["entries"]] == [7, 8]

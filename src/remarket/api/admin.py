@@ -7,8 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.models import (
     QuarantineEntryOut,
     QuarantinePageOut,
@@ -19,7 +18,6 @@ from remarket.api.models import (
     SourceOut,
 )
 from remarket.collect import Source, replay_quarantined
-from remarket.privacy import AuditLog
 
 __all__ = ["router"]
 
@@ -38,7 +36,7 @@ def _source(source: Source) -> SourceOut:
 
 @router.get("/v1/sources", response_model=list[SourceOut])
 def list_sources(
-    request: Request, _key: Annotated[ApiKey, Depends(require("sources:read"))]
+    request: Request, _key: Annotated[Principal, Depends(require("sources:read"))]
 ) -> list[SourceOut]:
     """Every source; write keys are shown by prefix only."""
     return [_source(s) for s in runtime_of(request).sources.list()]
@@ -48,20 +46,19 @@ def list_sources(
 def create_source(
     request: Request,
     body: SourceIn,
-    key: Annotated[ApiKey, Depends(require("sources:write"))],
+    key: Annotated[Principal, Depends(require("sources:write"))],
 ) -> SourceCreated:
     """A new source; the response holds its write key, which is never shown again."""
     runtime = runtime_of(request)
-    source, write_key = runtime.sources.create(body.name)
-    AuditLog(runtime.engine, clock=runtime.clock).record(key.id, "source.create", source.id)
+    source, write_key = runtime.sources.create(body.name, actor=key.id)
     return SourceCreated(**_source(source).model_dump(), write_key=write_key)
 
 
 @router.get("/v1/quarantine", response_model=QuarantinePageOut)
 def list_quarantine(
     request: Request,
-    _key: Annotated[ApiKey, Depends(require("quarantine:read"))],
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    _key: Annotated[Principal, Depends(require("quarantine:read"))],
+    after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     include_replayed: bool = False,
 ) -> QuarantinePageOut:
@@ -91,7 +88,7 @@ def list_quarantine(
 async def replay_quarantine(
     request: Request,
     body: ReplayIn,
-    key: Annotated[ApiKey, Depends(require("quarantine:write"))],
+    key: Annotated[Principal, Depends(require("quarantine:write"))],
 ) -> ReplayOut:
     """Run quarantined events through the pipeline again; those now valid are accepted."""
     runtime = runtime_of(request)
@@ -100,14 +97,12 @@ async def replay_quarantine(
         wanted = set(body.ids)
         pending = [e for e in pending if e.id in wanted]
     result = await replay_quarantined(
-        runtime.collector, runtime.quarantine, runtime.sources, pending, runtime.clock.now()
-    )
-    await run_in_threadpool(
-        AuditLog(runtime.engine, clock=runtime.clock).record,
-        key.id,
-        "quarantine.replay",
-        "quarantine",
-        {"replayed": result.replayed, "still_invalid": len(result.still_invalid)},
+        runtime.collector,
+        runtime.quarantine,
+        runtime.sources,
+        pending,
+        runtime.clock.now(),
+        actor=key.id,
     )
     return ReplayOut(
         replayed=result.replayed,

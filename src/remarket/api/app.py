@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from remarket import __version__
 from remarket.api import (
+    accounts,
     admin,
     channels,
     collect,
@@ -27,7 +28,7 @@ from remarket.api import (
     segments,
 )
 from remarket.api.models import Ingested
-from remarket.api.problems import install_problem_handlers
+from remarket.api.problems import document_problems, install_problem_handlers
 from remarket.api.runtime import Runtime, WorkersMode
 from remarket.clock import Clock
 from remarket.config import Settings
@@ -77,6 +78,7 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
             ref_template="#/components/schemas/{model}"
         )
         schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+        document_problems(schema)
         app.openapi_schema = schema
     return app.openapi_schema
 
@@ -114,6 +116,7 @@ def create_app(
     app.include_router(guard.router)
     app.include_router(retention.router)
     app.include_router(health.router)
+    app.include_router(accounts.router)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

@@ -11,8 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.responses import HTMLResponse
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.runtime import Runtime
 from remarket.channels.audiences import Audience, AudienceStore
 from remarket.channels.counts import delivery_counts
@@ -83,7 +82,7 @@ def _provider(p: ProviderConfig) -> ProviderOut:
 
 
 @router.get("/v1/channels/providers", response_model=list[ProviderOut])
-def list_providers(request: Request, _key: Annotated[ApiKey, _read]) -> list[ProviderOut]:
+def list_providers(request: Request, _key: Annotated[Principal, _read]) -> list[ProviderOut]:
     """Configured providers; the newest enabled one of a channel sends its messages."""
     runtime = runtime_of(request)
     return [_provider(p) for p in ProviderStore(runtime.engine, _box(runtime)).all()]
@@ -91,7 +90,7 @@ def list_providers(request: Request, _key: Annotated[ApiKey, _read]) -> list[Pro
 
 @router.post("/v1/channels/providers", response_model=ProviderOut, status_code=201)
 def create_provider(
-    request: Request, body: ProviderIn, _key: Annotated[ApiKey, _write]
+    request: Request, body: ProviderIn, _key: Annotated[Principal, _write]
 ) -> ProviderOut:
     runtime = runtime_of(request)
     return _provider(
@@ -108,7 +107,7 @@ def create_provider(
 
 @router.patch("/v1/channels/providers/{provider_id}", response_model=ProviderOut)
 def update_provider(
-    request: Request, provider_id: str, body: ProviderPatch, _key: Annotated[ApiKey, _write]
+    request: Request, provider_id: str, body: ProviderPatch, _key: Annotated[Principal, _write]
 ) -> ProviderOut:
     runtime = runtime_of(request)
     return _provider(
@@ -162,22 +161,28 @@ def _template_out(t: Template) -> TemplateOut:
 
 
 @router.get("/v1/templates", response_model=list[TemplateOut])
-def list_templates(request: Request, _key: Annotated[ApiKey, _read]) -> list[TemplateOut]:
+def list_templates(request: Request, _key: Annotated[Principal, _read]) -> list[TemplateOut]:
     return [_template_out(t) for t in TemplateStore(runtime_of(request).engine).all()]
 
 
 @router.get("/v1/templates/{template_id}", response_model=TemplateOut)
-def get_template(request: Request, template_id: str, _key: Annotated[ApiKey, _read]) -> TemplateOut:
+def get_template(
+    request: Request, template_id: str, _key: Annotated[Principal, _read]
+) -> TemplateOut:
     return _template_out(TemplateStore(runtime_of(request).engine).get(template_id))
 
 
-@router.put("/v1/templates/{template_id}", response_model=TemplateOut)
+@router.put(
+    "/v1/templates/{template_id}",
+    response_model=TemplateOut,
+    responses={201: {"model": TemplateOut, "description": "Created."}},
+)
 def put_template(
     request: Request,
     template_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")],
     body: TemplateIn,
     response: Response,
-    _key: Annotated[ApiKey, _write],
+    _key: Annotated[Principal, _write],
 ) -> TemplateOut:
     """Create or replace a template (checked to parse); 201 when created."""
     runtime = runtime_of(request)
@@ -189,13 +194,13 @@ def put_template(
 
 
 @router.delete("/v1/templates/{template_id}", status_code=204)
-def delete_template(request: Request, template_id: str, _key: Annotated[ApiKey, _write]) -> None:
+def delete_template(request: Request, template_id: str, _key: Annotated[Principal, _write]) -> None:
     TemplateStore(runtime_of(request).engine).delete(template_id)
 
 
 @router.post("/v1/templates/{template_id}/preview", response_model=PreviewOut)
 def preview_template(
-    request: Request, template_id: str, body: PreviewIn, _key: Annotated[ApiKey, _read]
+    request: Request, template_id: str, body: PreviewIn, _key: Annotated[Principal, _read]
 ) -> PreviewOut:
     """Render against a real profile's traits, as a send would (nothing is sent)."""
     runtime = runtime_of(request)
@@ -228,7 +233,9 @@ class DeadLetterOut(BaseModel):
 
 
 class ReplayIn(BaseModel):
-    ids: list[int] | None = Field(None, description="Dead letters to replay; null: all.")
+    ids: list[Annotated[int, Field(ge=1, le=2**62)]] | None = Field(
+        None, description="Dead letters to replay; null: all."
+    )
 
 
 class ReplayOut(BaseModel):
@@ -238,7 +245,7 @@ class ReplayOut(BaseModel):
 @router.get("/v1/channels/dead-letters", response_model=list[DeadLetterOut])
 def list_dead_letters(
     request: Request,
-    _key: Annotated[ApiKey, _read],
+    _key: Annotated[Principal, _read],
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeadLetterOut]:
@@ -248,7 +255,7 @@ def list_dead_letters(
 
 
 @router.post("/v1/channels/dead-letters/replay", response_model=ReplayOut)
-def replay(request: Request, body: ReplayIn, _key: Annotated[ApiKey, _write]) -> ReplayOut:
+def replay(request: Request, body: ReplayIn, _key: Annotated[Principal, _write]) -> ReplayOut:
     """Put dead letters back in the outbox (same idempotency keys, guards run again)."""
     runtime = runtime_of(request)
     return ReplayOut(
@@ -268,7 +275,7 @@ class SuppressionOut(SuppressionIn):
 
 @router.get("/v1/channels/suppressions", response_model=list[SuppressionOut])
 def list_suppressions(
-    request: Request, _key: Annotated[ApiKey, _read], profile_id: str | None = None
+    request: Request, _key: Annotated[Principal, _read], profile_id: str | None = None
 ) -> list[SuppressionOut]:
     rows = suppressions(runtime_of(request).engine, profile_id=profile_id)
     return [SuppressionOut.model_validate(s, from_attributes=True) for s in rows]
@@ -276,7 +283,7 @@ def list_suppressions(
 
 @router.put("/v1/channels/suppressions", response_model=SuppressionOut)
 def put_suppression(
-    request: Request, body: SuppressionIn, _key: Annotated[ApiKey, _write]
+    request: Request, body: SuppressionIn, _key: Annotated[Principal, _write]
 ) -> SuppressionOut:
     """Keep a channel (``*``: all) from reaching the profile; idempotent."""
     runtime = runtime_of(request)
@@ -293,7 +300,7 @@ def put_suppression(
 
 @router.delete("/v1/channels/suppressions/{profile_id}/{channel}", status_code=204)
 def delete_suppression(
-    request: Request, profile_id: str, channel: str, _key: Annotated[ApiKey, _write]
+    request: Request, profile_id: str, channel: str, _key: Annotated[Principal, _write]
 ) -> None:
     if not remove_suppression(runtime_of(request).engine, profile_id, channel):
         raise NotFound(f"no suppression of {channel!r} for {profile_id!r}", field="channel")
@@ -331,13 +338,13 @@ def _audience(a: Audience) -> AudienceOut:
 
 
 @router.get("/v1/channels/audiences", response_model=list[AudienceOut])
-def list_audiences(request: Request, _key: Annotated[ApiKey, _read]) -> list[AudienceOut]:
+def list_audiences(request: Request, _key: Annotated[Principal, _read]) -> list[AudienceOut]:
     return [_audience(a) for a in AudienceStore(runtime_of(request).engine).all()]
 
 
 @router.post("/v1/channels/audiences", response_model=AudienceOut, status_code=201)
 def create_audience(
-    request: Request, body: AudienceIn, _key: Annotated[ApiKey, _write]
+    request: Request, body: AudienceIn, _key: Annotated[Principal, _write]
 ) -> AudienceOut:
     """Bind an ad audience to a segment: its members now are added, and later entries
     and exits become adds and removes (uploads need advertising consent)."""
@@ -354,12 +361,12 @@ def create_audience(
 
 
 @router.delete("/v1/channels/audiences/{audience_id}", status_code=204)
-def delete_audience(request: Request, audience_id: str, _key: Annotated[ApiKey, _write]) -> None:
+def delete_audience(request: Request, audience_id: str, _key: Annotated[Principal, _write]) -> None:
     AudienceStore(runtime_of(request).engine).delete(audience_id)
 
 
 @router.post("/v1/channels/audiences/sync", response_model=SyncOut)
-def sync_audiences(request: Request, _key: Annotated[ApiKey, _write]) -> SyncOut:
+def sync_audiences(request: Request, _key: Annotated[Principal, _write]) -> SyncOut:
     """Enqueue uploads for membership changes now (the workers also do it every few
     seconds)."""
     runtime = runtime_of(request)
@@ -382,7 +389,7 @@ class NodeCountsOut(BaseModel):
 def get_delivery_counts(
     request: Request,
     journey_id: str,
-    _key: Annotated[ApiKey, _read],
+    _key: Annotated[Principal, _read],
     version: int | None = None,
 ) -> list[NodeCountsOut]:
     """What became of a journey's messages, per node."""

@@ -29,7 +29,10 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     },
     400: {"description": "Malformed JSON or an invalid event (problem+json names the field)."},
     401: {"description": "Missing or unknown write key."},
-    403: {"description": "The client's IP is on a block list."},
+    403: {
+        "description": "The client's IP is on a block list, or an API key or session was "
+        "sent instead of a write key."
+    },
     413: {"description": "Body over max_request_bytes or event over max_event_bytes."},
     415: {"description": "Content-Encoding other than gzip."},
     429: {"description": "Rate limit of the write key or the IP; see Retry-After."},

@@ -13,8 +13,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.runtime import Runtime
 from remarket.errors import InvalidInput, NotFound
 from remarket.privacy import AuditLog
@@ -109,7 +108,7 @@ async def _erase(runtime: Runtime, subject: Subject, actor: str) -> ErasureOut:
 async def erase_profile(
     request: Request,
     profile_id: str,
-    key: Annotated[ApiKey, Depends(require("privacy:erase"))],
+    key: Annotated[Principal, Depends(require("privacy:erase"))],
 ) -> ErasureOut:
     """Erase the person (GDPR art. 17) from every store: profile, identities, traits,
     consents, segments, quarantine, warehouse, Parquet exports; their keys are destroyed,
@@ -126,7 +125,7 @@ async def erase_profile(
 @router.delete("/v1/profiles", response_model=ErasureOut)
 async def erase_by_identifier(
     request: Request,
-    key: Annotated[ApiKey, Depends(require("privacy:erase"))],
+    key: Annotated[Principal, Depends(require("privacy:erase"))],
     user_id: Annotated[str | None, Query(max_length=512)] = None,
     anonymous_id: Annotated[str | None, Query(max_length=512)] = None,
     email: Annotated[str | None, Query(max_length=512)] = None,
@@ -152,7 +151,7 @@ async def erase_by_identifier(
 @router.get("/v1/erasures", response_model=ErasurePageOut)
 def list_erasures(
     request: Request,
-    _key: Annotated[ApiKey, Depends(require("audit:read"))],
+    _key: Annotated[Principal, Depends(require("audit:read"))],
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ErasurePageOut:
@@ -169,7 +168,7 @@ def list_erasures(
 def export_profile(
     request: Request,
     profile_id: str,
-    key: Annotated[ApiKey, Depends(require("privacy:export"))],
+    key: Annotated[Principal, Depends(require("privacy:export"))],
 ) -> dict[str, Any]:
     """Everything held about the person (GDPR art. 15 and 20) as one JSON document:
     profile (traits, identities), consents with their history, events, segment

@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.collect.guard_store import Anomaly, Block
 from remarket.privacy import AuditLog
 
@@ -111,7 +110,7 @@ def _anomaly(a: Anomaly) -> AnomalyOut:
 @router.get("/v1/guard", response_model=GuardOut)
 async def guard_status(
     request: Request,
-    _key: Annotated[ApiKey, Depends(require("guard:read"))],
+    _key: Annotated[Principal, Depends(require("guard:read"))],
     days: Annotated[int, Query(ge=1, le=366, description="Counters of the last N days.")] = 7,
 ) -> GuardOut:
     """The guard's settings and what it caught: bots, rate-limited, blocked, anomalies."""
@@ -153,7 +152,7 @@ async def guard_status(
 
 @router.get("/v1/guard/blocks", response_model=list[BlockOut])
 def list_blocks(
-    request: Request, _key: Annotated[ApiKey, Depends(require("guard:read"))]
+    request: Request, _key: Annotated[Principal, Depends(require("guard:read"))]
 ) -> list[BlockOut]:
     """Every blocked network."""
     return [_block(b) for b in runtime_of(request).protection.guard.store.blocks()]
@@ -161,7 +160,7 @@ def list_blocks(
 
 @router.post("/v1/guard/blocks", response_model=BlockOut, status_code=201)
 async def add_block(
-    request: Request, body: BlockIn, key: Annotated[ApiKey, Depends(require("guard:write"))]
+    request: Request, body: BlockIn, key: Annotated[Principal, Depends(require("guard:write"))]
 ) -> BlockOut:
     """Block an address or network (IPv4 or IPv6 CIDR); in force at once in this process,
     within ``guard_refresh_s`` in the others."""
@@ -183,7 +182,9 @@ async def add_block(
 
 @router.delete("/v1/guard/blocks/{block_id}", status_code=204)
 async def remove_block(
-    request: Request, block_id: int, key: Annotated[ApiKey, Depends(require("guard:write"))]
+    request: Request,
+    block_id: Annotated[int, Path(ge=1, le=2**62)],
+    key: Annotated[Principal, Depends(require("guard:write"))],
 ) -> Response:
     """Lift a block."""
     runtime = runtime_of(request)
@@ -202,8 +203,8 @@ async def remove_block(
 @router.get("/v1/guard/anomalies", response_model=AnomalyPageOut)
 async def list_anomalies(
     request: Request,
-    _key: Annotated[ApiKey, Depends(require("guard:read"))],
-    after_id: Annotated[int, Query(ge=0)] = 0,
+    _key: Annotated[Principal, Depends(require("guard:read"))],
+    after_id: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AnomalyPageOut:
     """Velocity anomalies, oldest first; their events are in the quarantine

@@ -10,8 +10,7 @@ from sqlalchemy import text
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.problems import problem
 from remarket.metrics import LOG_LAG
 
@@ -42,9 +41,18 @@ async def healthz(request: Request) -> dict[str, Any] | Response:
     }
 
 
-@router.get("/metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The Prometheus text format.",
+            "content": {"text/plain": {"schema": {"type": "string"}}},
+        }
+    },
+)
 async def metrics(
-    request: Request, _key: Annotated[ApiKey, Depends(require("metrics:read"))]
+    request: Request, _key: Annotated[Principal, Depends(require("metrics:read"))]
 ) -> Response:
     """Prometheus metrics: events accepted/rejected, log lag per consumer, request latency."""
     runtime = runtime_of(request)
@@ -58,7 +66,7 @@ async def metrics(
 
 @router.get("/v1/stats")
 async def stats(
-    request: Request, _key: Annotated[ApiKey, Depends(require("metrics:read"))]
+    request: Request, _key: Annotated[Principal, Depends(require("metrics:read"))]
 ) -> dict[str, int]:
     """Totals at a glance: live profiles, events in the warehouse and the log, quarantine."""
     runtime = runtime_of(request)

@@ -9,8 +9,7 @@ from fastapi import APIRouter, Body, Depends, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.runtime import Runtime
 from remarket.errors import InvalidInput, NotFound
 from remarket.journeys.catalog import JourneyCatalog, JourneyInfo
@@ -160,13 +159,13 @@ def _detail(runtime: Runtime, journey_id: str) -> JourneyDetailOut:
 
 
 @router.get("/v1/schema/journey")
-def schema(_key: ApiKey = _read) -> dict[str, Any]:
+def schema(_key: Principal = _read) -> dict[str, Any]:
     """The JSON Schema of a journey definition."""
     return journey_json_schema()
 
 
 @router.post("/v1/journeys", response_model=JourneyDetailOut, status_code=201)
-def create_journey(request: Request, body: Definition, key: ApiKey = _write) -> JourneyDetailOut:
+def create_journey(request: Request, body: Definition, key: Principal = _write) -> JourneyDetailOut:
     """A new journey, as a draft (activate it to let profiles in)."""
     runtime = runtime_of(request)
     info = _catalog(runtime).create(body, actor=key.id)
@@ -175,7 +174,7 @@ def create_journey(request: Request, body: Definition, key: ApiKey = _write) -> 
 
 @router.put("/v1/journeys/{journey_id}", response_model=JourneyDetailOut)
 def put_journey(
-    request: Request, journey_id: str, body: Definition, key: ApiKey = _write
+    request: Request, journey_id: str, body: Definition, key: Principal = _write
 ) -> JourneyDetailOut:
     """Create (a draft) or edit a journey. A changed definition becomes a new version:
     profiles entering from now on walk it, those already in finish on theirs."""
@@ -188,44 +187,46 @@ def put_journey(
 def list_journeys(
     request: Request,
     status: Literal["draft", "active", "paused", "archived"] | None = None,
-    _key: ApiKey = _read,
+    _key: Principal = _read,
 ) -> list[JourneyOut]:
     """Every journey (or those in one status), by id."""
     return [_out(info) for info in _catalog(runtime_of(request)).all(status)]
 
 
 @router.get("/v1/journeys/{journey_id}", response_model=JourneyDetailOut)
-def get_journey(request: Request, journey_id: str, _key: ApiKey = _read) -> JourneyDetailOut:
+def get_journey(request: Request, journey_id: str, _key: Principal = _read) -> JourneyDetailOut:
     """A journey with its current definition and every version."""
     return _detail(runtime_of(request), journey_id)
 
 
-def _move(request: Request, journey_id: str, move: str, key: ApiKey) -> JourneyDetailOut:
+def _move(request: Request, journey_id: str, move: str, key: Principal) -> JourneyDetailOut:
     runtime = runtime_of(request)
     _catalog(runtime).transition(journey_id, move, actor=key.id)
     return _detail(runtime, journey_id)
 
 
 @router.post("/v1/journeys/{journey_id}/activate", response_model=JourneyDetailOut)
-def activate_journey(request: Request, journey_id: str, key: ApiKey = _write) -> JourneyDetailOut:
+def activate_journey(
+    request: Request, journey_id: str, key: Principal = _write
+) -> JourneyDetailOut:
     """Let profiles in (from draft), or resume a paused journey where it stopped."""
     return _move(request, journey_id, "activate", key)
 
 
 @router.post("/v1/journeys/{journey_id}/pause", response_model=JourneyDetailOut)
-def pause_journey(request: Request, journey_id: str, key: ApiKey = _write) -> JourneyDetailOut:
+def pause_journey(request: Request, journey_id: str, key: Principal = _write) -> JourneyDetailOut:
     """The kill switch: no one enters or moves on, and its sends stop within a second."""
     return _move(request, journey_id, "pause", key)
 
 
 @router.post("/v1/journeys/{journey_id}/archive", response_model=JourneyDetailOut)
-def archive_journey(request: Request, journey_id: str, key: ApiKey = _write) -> JourneyDetailOut:
+def archive_journey(request: Request, journey_id: str, key: Principal = _write) -> JourneyDetailOut:
     """End the journey for good: every profile still in it leaves (reason archived)."""
     return _move(request, journey_id, "archive", key)
 
 
 @router.get("/v1/journeys/{journey_id}/funnel", response_model=FunnelOut)
-def journey_funnel(request: Request, journey_id: str, _key: ApiKey = _read) -> FunnelOut:
+def journey_funnel(request: Request, journey_id: str, _key: Principal = _read) -> FunnelOut:
     """Counts per journey and node: entered, waiting, exited, converted, sent, skipped
     (by reason), failed."""
     runtime = runtime_of(request)
@@ -236,7 +237,7 @@ def journey_funnel(request: Request, journey_id: str, _key: ApiKey = _read) -> F
 
 @router.post("/v1/journeys/{journey_id}/dry-run", response_model=DryRunOut)
 async def dry_run_journey(
-    request: Request, journey_id: str, body: DryRunIn, _key: ApiKey = _read
+    request: Request, journey_id: str, body: DryRunIn, _key: Principal = _read
 ) -> DryRunOut:
     """Replay the journey over a past window of the warehouse: who would have entered,
     what would have been sent when, what the guards would have blocked. Sends nothing."""
@@ -279,7 +280,9 @@ async def dry_run_journey(
 
 
 @router.get("/v1/profiles/{profile_id}/journeys", response_model=ProfileJourneysOut)
-def profile_journeys(request: Request, profile_id: str, _key: ApiKey = _read) -> ProfileJourneysOut:
+def profile_journeys(
+    request: Request, profile_id: str, _key: Principal = _read
+) -> ProfileJourneysOut:
     """A profile's steps in every journey, oldest first (a merged profile answers with
     the surviving one)."""
     runtime = runtime_of(request)

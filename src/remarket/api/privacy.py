@@ -8,8 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.runtime import Runtime
 from remarket.errors import NotFound
 from remarket.privacy import AuditLog, ConsentLedger, ConsentRecord, LegalBasis, Purpose, State
@@ -51,7 +50,10 @@ class ConsentOut(BaseModel):
 class AuditEntryOut(BaseModel):
     seq: int
     at: datetime
-    actor: str = Field(description="The API key id, or cli.")
+    actor: str = Field(
+        description="The API key id, user:<id> for a console user, anonymous for a failed "
+        "login, or cli."
+    )
     action: str
     target: str
     details: str = Field(description="Canonical JSON: ids, counts and hashes only.")
@@ -98,7 +100,7 @@ def _consent(ledger: ConsentLedger, profile_id: str) -> ConsentOut:
 def get_consent(
     request: Request,
     profile_id: str,
-    _key: Annotated[ApiKey, Depends(require("consent:read"))],
+    _key: Annotated[Principal, Depends(require("consent:read"))],
 ) -> ConsentOut:
     """The profile's consent per purpose, and every change with its source and basis.
 
@@ -114,7 +116,7 @@ def put_consent(
     request: Request,
     profile_id: str,
     body: ConsentIn,
-    key: Annotated[ApiKey, Depends(require("consent:write"))],
+    key: Annotated[Principal, Depends(require("consent:write"))],
 ) -> ConsentOut:
     """Record the person's choice for the purposes given (kept in the history and the
     audit log, even when it repeats the current state)."""
@@ -134,7 +136,7 @@ def put_consent(
 @router.get("/v1/audit", response_model=AuditPageOut)
 def list_audit(
     request: Request,
-    _key: Annotated[ApiKey, Depends(require("audit:read"))],
+    _key: Annotated[Principal, Depends(require("audit:read"))],
     after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditPageOut:

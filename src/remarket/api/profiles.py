@@ -8,8 +8,7 @@ import msgspec
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.concurrency import run_in_threadpool
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.models import EventOut, EventPageOut, IdentityOut, ProfileOut
 from remarket.api.runtime import Runtime
 from remarket.errors import InvalidInput, NotFound
@@ -41,7 +40,7 @@ def _live(runtime: Runtime, profile_id: str) -> ProfileView:
 
 
 @router.get("/v1/profiles/{profile_id}", response_model=ProfileOut)
-def get_profile(request: Request, profile_id: str, _key: ApiKey = _read) -> ProfileOut:
+def get_profile(request: Request, profile_id: str, _key: Principal = _read) -> ProfileOut:
     """A profile: traits, identities, event count, first and last seen.
 
     A profile merged into another answers with the surviving profile.
@@ -55,7 +54,7 @@ def find_profile(
     user_id: Annotated[str | None, Query(max_length=512)] = None,
     anonymous_id: Annotated[str | None, Query(max_length=512)] = None,
     email: Annotated[str | None, Query(max_length=512)] = None,
-    _key: ApiKey = _read,
+    _key: Principal = _read,
 ) -> ProfileOut:
     """The profile holding exactly one given identifier."""
     given = [
@@ -79,7 +78,7 @@ async def profile_events(
     profile_id: str,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
-    _key: ApiKey = _read,
+    _key: Principal = _read,
 ) -> EventPageOut:
     """The profile's events, newest first (by event timestamp), a page at a time."""
     runtime = runtime_of(request)

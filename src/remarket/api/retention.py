@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Path, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.runtime import Runtime
 from remarket.errors import InvalidInput
 from remarket.privacy import AuditLog, RetentionJob, RetentionRule
@@ -68,7 +67,7 @@ def _job(runtime: Runtime) -> RetentionJob:
 
 @router.get("/v1/retention", response_model=RetentionOut)
 def get_retention(
-    request: Request, _key: Annotated[ApiKey, Depends(require("retention:read"))]
+    request: Request, _key: Annotated[Principal, Depends(require("retention:read"))]
 ) -> RetentionOut:
     """The retention windows in force (the most specific rule wins)."""
     runtime = runtime_of(request)
@@ -81,7 +80,7 @@ def get_retention(
 
 @router.put("/v1/retention/rules", response_model=RuleOut)
 def put_rule(
-    request: Request, body: RuleIn, key: Annotated[ApiKey, Depends(require("retention:write"))]
+    request: Request, body: RuleIn, key: Annotated[Principal, Depends(require("retention:write"))]
 ) -> RuleOut:
     """Set the window of a source and event type (replacing the rule there was)."""
     runtime = runtime_of(request)
@@ -99,7 +98,9 @@ def put_rule(
 
 @router.delete("/v1/retention/rules/{rule_id}", status_code=204)
 def delete_rule(
-    request: Request, rule_id: int, key: Annotated[ApiKey, Depends(require("retention:write"))]
+    request: Request,
+    rule_id: Annotated[int, Path(ge=1, le=2**62)],
+    key: Annotated[Principal, Depends(require("retention:write"))],
 ) -> Response:
     runtime = runtime_of(request)
     _job(runtime).rules.remove(rule_id)
@@ -111,7 +112,7 @@ def delete_rule(
 
 @router.post("/v1/retention/run", response_model=RunOut)
 async def run_retention(
-    request: Request, key: Annotated[ApiKey, Depends(require("retention:write"))]
+    request: Request, key: Annotated[Principal, Depends(require("retention:write"))]
 ) -> RunOut:
     """Delete expired events from every store now (the workers also do it periodically)."""
     runtime = runtime_of(request)

@@ -5,11 +5,16 @@ from __future__ import annotations
 import gc
 import logging
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Literal
 
 from sqlalchemy import Engine
 
 from remarket.api.keys import ApiKeyStore
+from remarket.api.lockout import Lockout
+from remarket.api.passwords import Passwords
+from remarket.api.sessions import SessionStore
+from remarket.api.users import UserStore
 from remarket.clock import Clock, SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
 from remarket.collect.protection import Protection
@@ -51,6 +56,8 @@ class Runtime:
     keyring: Keyring
     rights: Rights
     protection: Protection
+    users: UserStore
+    sessions: SessionStore
 
     @classmethod
     async def start(
@@ -67,7 +74,7 @@ class Runtime:
         process = WorkerProcess(settings) if workers == "process" else None
         # The child takes its own copy of the settings and serves the warehouse to us.
         warehouse = process.start() if process is not None else open_warehouse(settings)
-        quarantine = QuarantineStore(engine)
+        quarantine = QuarantineStore(engine, clock=clock)
         keyring = Keyring(engine, clock=clock)
         sealer = Sealer(keyring, settings.pii_fields) if settings.pii_encryption else None
         seal = SealPII(sealer, keyring)
@@ -96,6 +103,14 @@ class Runtime:
         if thread is not None:
             thread.start()
         protection.start()
+        passwords = Passwords.of(settings)
+        users = UserStore(engine, passwords, clock=clock)
+        lockout = Lockout(
+            engine,
+            clock=clock,
+            max_failures=settings.login_max_failures,
+            window=timedelta(seconds=settings.login_failure_window_s),
+        )
         return cls(
             settings=settings,
             clock=clock,
@@ -111,6 +126,16 @@ class Runtime:
             keyring=keyring,
             rights=build_rights(settings, engine, warehouse, keyring, clock),
             protection=protection,
+            users=users,
+            sessions=SessionStore(
+                engine,
+                users,
+                passwords,
+                clock=clock,
+                idle_timeout=timedelta(seconds=settings.session_idle_timeout_s),
+                max_age=timedelta(seconds=settings.session_max_age_s),
+                lockout=lockout,
+            ),
         )
 
     async def stop(self) -> None:

@@ -13,11 +13,9 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
-from remarket.api.auth import require, runtime_of
-from remarket.api.keys import ApiKey
+from remarket.api.auth import Principal, require, runtime_of
 from remarket.api.runtime import Runtime
 from remarket.errors import NotFound
-from remarket.privacy import AuditLog
 from remarket.schema.segment import segment_json_schema
 from remarket.segments.catalog import SegmentCatalog, SegmentInfo
 from remarket.segments.compile import compile_segment
@@ -125,12 +123,6 @@ def _out(info: SegmentInfo, size: int) -> SegmentOut:
     )
 
 
-def _audit(runtime: Runtime, key: ApiKey, action: str, info: SegmentInfo) -> None:
-    AuditLog(runtime.engine, clock=runtime.clock).record(
-        key.id, action, info.name, {"version": info.version}
-    )
-
-
 def _existing(runtime: Runtime, name: str) -> SegmentInfo:
     info = _catalog(runtime).get(name)
     if info is None:
@@ -156,46 +148,41 @@ def _detail(runtime: Runtime, name: str) -> SegmentDetailOut:
 
 
 @router.get("/v1/schema/segment")
-def schema(_key: ApiKey = _read) -> dict[str, Any]:
+def schema(_key: Principal = _read) -> dict[str, Any]:
     """The JSON Schema of a segment definition."""
     return segment_json_schema()
 
 
 @router.post("/v1/segments", response_model=SegmentDetailOut, status_code=201)
-def create_segment(request: Request, body: Definition, key: ApiKey = _write) -> SegmentDetailOut:
+def create_segment(request: Request, body: Definition, key: Principal = _write) -> SegmentDetailOut:
     """A new segment. It is backfilled from the warehouse, then maintained in real time
     (``status`` is ``backfilling`` until its members are computed)."""
     runtime = runtime_of(request)
-    info = _catalog(runtime).create(body)
-    _audit(runtime, key, "segment.create", info)
+    info = _catalog(runtime).create(body, actor=key.id)
     return _detail(runtime, info.name)
 
 
 @router.put("/v1/segments/{name}", response_model=SegmentDetailOut)
 def put_segment(
-    request: Request, name: str, body: Definition, key: ApiKey = _write
+    request: Request, name: str, body: Definition, key: Principal = _write
 ) -> SegmentDetailOut:
     """Create or edit a segment. A changed definition becomes a new version (the old
     ones are kept) and is backfilled; an unchanged one changes nothing."""
     runtime = runtime_of(request)
-    info, changed = _catalog(runtime).save(body, name=name)
-    if changed:
-        _audit(runtime, key, "segment.update" if info.version > 1 else "segment.create", info)
+    _catalog(runtime).save(body, name=name, actor=key.id)
     return _detail(runtime, name)
 
 
 @router.delete("/v1/segments/{name}", status_code=204)
-def delete_segment(request: Request, name: str, key: ApiKey = _write) -> Response:
+def delete_segment(request: Request, name: str, key: Principal = _write) -> Response:
     """Delete a segment: its members exit (and ``Segment Exited`` is published)."""
     runtime = runtime_of(request)
-    info = _existing(runtime, name)
-    _catalog(runtime).delete(name)
-    _audit(runtime, key, "segment.delete", info)
+    _catalog(runtime).delete(name, actor=key.id)
     return Response(status_code=204)
 
 
 @router.get("/v1/segments", response_model=list[SegmentOut])
-def list_segments(request: Request, _key: ApiKey = _read) -> list[SegmentOut]:
+def list_segments(request: Request, _key: Principal = _read) -> list[SegmentOut]:
     """Every segment with its current size."""
     runtime = runtime_of(request)
     reader = MembershipReader(runtime.engine)
@@ -203,7 +190,9 @@ def list_segments(request: Request, _key: ApiKey = _read) -> list[SegmentOut]:
 
 
 @router.post("/v1/segments/preview", response_model=PreviewOut)
-async def preview_segment(request: Request, body: Definition, _key: ApiKey = _read) -> PreviewOut:
+async def preview_segment(
+    request: Request, body: Definition, _key: Principal = _read
+) -> PreviewOut:
     """Size and a sample of members of a definition, computed by SQL now; nothing saved."""
     runtime = runtime_of(request)
     catalog = _catalog(runtime)
@@ -224,7 +213,7 @@ async def preview_segment(request: Request, body: Definition, _key: ApiKey = _re
 
 
 @router.get("/v1/segments/{name}", response_model=SegmentDetailOut)
-def get_segment(request: Request, name: str, _key: ApiKey = _read) -> SegmentDetailOut:
+def get_segment(request: Request, name: str, _key: Principal = _read) -> SegmentDetailOut:
     """A segment with its current definition and every version."""
     return _detail(runtime_of(request), name)
 
@@ -257,7 +246,7 @@ def segment_members(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     export: Annotated[Literal["json", "csv"], Query(alias="format")] = "json",
-    _key: ApiKey = _read,
+    _key: Principal = _read,
 ) -> MemberPageOut | Response:
     """Members by profile id, a page at a time; ``?format=csv`` exports them all."""
     runtime = runtime_of(request)
@@ -286,7 +275,7 @@ def segment_size(
     name: str,
     bucket: Annotated[Literal["minute", "hour", "day"], Query()] = "day",
     since: Annotated[datetime | None, Query()] = None,
-    _key: ApiKey = _read,
+    _key: Principal = _read,
 ) -> SizeOut:
     """Size over time, from the membership history: the size at the end of each bucket
     in which it changed."""
@@ -303,7 +292,9 @@ def segment_size(
 
 
 @router.get("/v1/profiles/{profile_id}/segments", response_model=ProfileSegmentsOut)
-def profile_segments(request: Request, profile_id: str, _key: ApiKey = _read) -> ProfileSegmentsOut:
+def profile_segments(
+    request: Request, profile_id: str, _key: Principal = _read
+) -> ProfileSegmentsOut:
     """The segments a profile is in, and its history of entering and leaving them.
 
     A profile merged into another answers with the surviving profile.

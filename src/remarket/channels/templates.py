@@ -14,6 +14,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from sqlalchemy import Engine, delete, select, update
 
 from remarket.errors import InvalidInput, NotFound
+from remarket.schema.events import as_utc
 from remarket.storage.state import channel_templates
 
 __all__ = ["Rendered", "Template", "TemplateStore", "render", "template_context"]
@@ -127,7 +128,7 @@ def _check(template: Template) -> None:
 
 
 def _template(row: Any) -> Template:
-    return Template(row.id, row.channel, row.subject, row.html, row.text, row.updated_at)
+    return Template(row.id, row.channel, row.subject, row.html, row.text, as_utc(row.updated_at))
 
 
 class TemplateStore:

@@ -284,10 +284,13 @@ async def replay_quarantined(
     sources: SourceRegistry,
     entries: Sequence[Quarantined],
     now: datetime,
+    *,
+    actor: str = "cli",
 ) -> ReplayResult:
     """Send quarantined events through the pipeline again (after a fix upstream).
 
-    Entries that now pass are appended and marked replayed; the rest stay, unchanged.
+    Entries that now pass are appended and marked replayed (audited as ``actor``); the
+    rest stay, unchanged.
     """
     by_id = {s.id: s for s in sources.list()}
     done: list[int] = []
@@ -305,7 +308,7 @@ async def replay_quarantined(
             still.append(Rejection(entry.id, first.reason, first.field, first.detail, b""))
         else:
             # At once, not after the loop: a failure further on must not replay it again.
-            await asyncio.to_thread(store.mark_replayed, [entry.id], now)
+            await asyncio.to_thread(store.mark_replayed, [entry.id], now, actor=actor)
             done.append(entry.id)
     return ReplayResult(replayed=done, still_invalid=still)
 

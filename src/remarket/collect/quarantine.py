@@ -9,6 +9,8 @@ from typing import Final
 
 from sqlalchemy import Engine, func, select, update
 
+from remarket.clock import Clock
+from remarket.privacy import AuditLog
 from remarket.storage.state import quarantine
 
 __all__ = ["HELD", "QuarantineStore", "Quarantined", "Rejection"]
@@ -44,8 +46,9 @@ class Quarantined:
 class QuarantineStore:
     """The quarantine table: written synchronously before a request is acknowledged."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
         self._engine = engine
+        self._audit = AuditLog(engine, clock=clock)
 
     def add(self, source_id: str, received_at: datetime, rejections: Sequence[Rejection]) -> None:
         if not rejections:
@@ -94,8 +97,17 @@ class QuarantineStore:
             query = select(func.count()).where(quarantine.c.replayed_at.is_(None))
             return int(conn.scalar(query) or 0)
 
-    def mark_replayed(self, ids: Sequence[int], at: datetime) -> None:
+    def mark_replayed(self, ids: Sequence[int], at: datetime, *, actor: str = "cli") -> None:
+        """Mark entries replayed; the audit log records it, by ``actor``, in the same
+        transaction."""
         if not ids:
             return
         with self._engine.begin() as conn:
             conn.execute(update(quarantine).where(quarantine.c.id.in_(ids)).values(replayed_at=at))
+            self._audit.append(
+                conn,
+                actor=actor,
+                action="quarantine.replay",
+                target="quarantine",
+                details={"ids": sorted(ids)},
+            )

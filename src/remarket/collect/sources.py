@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select
 from remarket.clock import Clock, SystemClock
 from remarket.collect.secret_cache import SecretCache, hash_secret
 from remarket.errors import ConflictError
+from remarket.privacy import AuditLog
 from remarket.schema.events import as_utc
 from remarket.storage.state import sources
 
@@ -44,9 +45,11 @@ class SourceRegistry:
         self._engine = engine
         self._clock = clock or SystemClock()
         self._cache = SecretCache(self._lookup, ttl=cache_ttl)
+        self._audit = AuditLog(engine, clock=self._clock)
 
-    def create(self, name: str) -> tuple[Source, str]:
-        """A new source and its write key (shown once: only its hash is kept)."""
+    def create(self, name: str, *, actor: str = "cli") -> tuple[Source, str]:
+        """A new source and its write key (shown once: only its hash is kept); recorded
+        in the audit log as created by ``actor``, in the same transaction."""
         name = name.strip()
         if not name:
             raise ValueError("a source needs a non-empty name")
@@ -66,6 +69,9 @@ class SourceRegistry:
                     enabled=True,
                     created_at=created,
                 )
+            )
+            self._audit.append(
+                conn, actor=actor, action="source.create", target=source.id, details={}
             )
         return source, key
 

@@ -16,6 +16,7 @@ from sqlalchemy import Connection, Engine, select, update
 
 from remarket.clock import Clock, SystemClock
 from remarket.errors import ConflictError, NotFound
+from remarket.privacy import AuditLog
 from remarket.schema.events import as_utc
 from remarket.schema.segment import DefinitionError, SegmentDefinition, parse_segment
 from remarket.segments.desugar import CoreSegment, desugar
@@ -63,6 +64,9 @@ def _comparable(definition: SegmentDefinition) -> dict[str, Any]:
 class SegmentCatalog:
     """Named, versioned segment definitions; an unchanged definition makes no new version.
 
+    Every change is recorded in the audit log (as ``actor``: an API key id, ``user:<id>``
+    or ``cli``) in the transaction that makes it.
+
     >>> from remarket.storage.state import connect_state, upgrade_state
     >>> engine = connect_state("sqlite://"); upgrade_state(engine)
     >>> catalog = SegmentCatalog(engine)
@@ -75,6 +79,7 @@ class SegmentCatalog:
     def __init__(self, engine: Engine, *, clock: Clock | None = None) -> None:
         self._engine = engine
         self._clock = clock or SystemClock()
+        self._audit = AuditLog(engine, clock=self._clock)
 
     # -- reading -----------------------------------------------------------------
 
@@ -161,27 +166,32 @@ class SegmentCatalog:
         self.compile(definition)
         return definition
 
-    def create(self, data: object) -> SegmentInfo:
+    def create(self, data: object, *, actor: str = "cli") -> SegmentInfo:
         """A new segment (ConflictError if one of that name exists)."""
         definition = self.parse(data)
-        if self.get(definition.name) is not None:
-            raise ConflictError(
-                f"segment {definition.name!r} exists; PUT a new version", field="name"
-            )
-        return self._save(definition)[0]
+        return self._save(definition, actor, only_new=True)[0]
 
-    def save(self, data: object, *, name: str | None = None) -> tuple[SegmentInfo, bool]:
+    def save(
+        self, data: object, *, name: str | None = None, actor: str = "cli"
+    ) -> tuple[SegmentInfo, bool]:
         """Create, or add a version if the definition changed; whether anything changed."""
-        return self._save(self.parse(data, name=name))
+        return self._save(self.parse(data, name=name), actor)
 
-    def _save(self, definition: SegmentDefinition) -> tuple[SegmentInfo, bool]:
+    def _save(
+        self, definition: SegmentDefinition, actor: str, *, only_new: bool = False
+    ) -> tuple[SegmentInfo, bool]:
         now = self._clock.now()
         uses = sorted(self.compile(definition).references)
         with self._engine.begin() as conn:
             row = conn.execute(
                 select(segments).where(segments.c.name == definition.name)
             ).one_or_none()
-            if row is not None and row.deleted_at is None:
+            exists = row is not None and row.deleted_at is None
+            if row is not None and exists:
+                if only_new:
+                    raise ConflictError(
+                        f"segment {definition.name!r} exists; PUT a new version", field="name"
+                    )
                 current = self._definition(conn, definition.name, row.version)
                 if current is not None and _comparable(current) == _comparable(definition):
                     info = self._get(conn, definition.name)
@@ -205,6 +215,13 @@ class SegmentCatalog:
             else:
                 conn.execute(update(segments).where(segments.c.name == definition.name), values)
             self._mark_dependents(conn, definition.name)
+            self._audit.append(
+                conn,
+                actor=actor,
+                action="segment.update" if exists else "segment.create",
+                target=definition.name,
+                details={"version": version},
+            )
             info = self._get(conn, definition.name)
             assert info is not None
             return info, True
@@ -227,7 +244,7 @@ class SegmentCatalog:
                 update(segments).where(segments.c.name.in_(dependents)).values(pending=True)
             )
 
-    def delete(self, name: str) -> None:
+    def delete(self, name: str, *, actor: str = "cli") -> None:
         """Delete a segment: its members exit (published), its states and timers go.
 
         Refused (ConflictError) while another segment uses it through ``in_segment``.
@@ -264,4 +281,11 @@ class SegmentCatalog:
                 update(segments)
                 .where(segments.c.name == name)
                 .values(deleted_at=now, updated_at=now, live_version=None, pending=False)
+            )
+            self._audit.append(
+                conn,
+                actor=actor,
+                action="segment.delete",
+                target=name,
+                details={"version": row.version},
             )

@@ -25,6 +25,7 @@ from remarket.storage.state.tables import (
     journey_steps,
     journey_versions,
     journeys,
+    login_failures,
     metadata,
     profile_traits,
     profiles,
@@ -39,6 +40,8 @@ from remarket.storage.state.tables import (
     segment_versions,
     segments,
     sources,
+    user_sessions,
+    users,
 )
 
 __all__ = [
@@ -65,6 +68,7 @@ __all__ = [
     "journey_steps",
     "journey_versions",
     "journeys",
+    "login_failures",
     "metadata",
     "profile_traits",
     "profiles",
@@ -80,4 +84,6 @@ __all__ = [
     "segments",
     "sources",
     "upgrade_state",
+    "user_sessions",
+    "users",
 ]

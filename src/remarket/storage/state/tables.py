@@ -43,6 +43,7 @@ __all__ = [
     "journey_steps",
     "journey_versions",
     "journeys",
+    "login_failures",
     "metadata",
     "pii_keys",
     "privacy_secrets",
@@ -59,6 +60,8 @@ __all__ = [
     "segment_versions",
     "segments",
     "sources",
+    "user_sessions",
+    "users",
 ]
 
 metadata = MetaData(
@@ -594,3 +597,45 @@ retention_rules = Table(
     UniqueConstraint("source_id", "event_type"),
 )
 """How long events are kept, per source and event type (track, page, identify, ...)."""
+# --- access -------------------------------------------------------------------
+# Console users are staff, not the people events are about: these tables hold no
+# profile_id and a person's erasure never touches them. Deleting a user deletes their
+# sessions; the audit log names users by id only.
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    # Lower-cased and stripped, so one address is one user however it is typed.
+    Column("email", String(320), nullable=False, unique=True),
+    Column("role", String(32), nullable=False, index=True),
+    # argon2id, in the PHC string format (parameters and salt included).
+    Column("password_hash", String(256), nullable=False),
+    Column("created_at", _TS, nullable=False),
+    Column("updated_at", _TS, nullable=False),
+)
+"""Console users: an e-mail address, a role and an argon2id password hash."""
+
+user_sessions = Table(
+    "user_sessions",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("user_id", String(32), nullable=False, index=True),
+    # Only a SHA-256 of the session token is kept, like API keys.
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("created_at", _TS, nullable=False),
+    Column("last_seen_at", _TS, nullable=False),
+    Column("expires_at", _TS, nullable=False),
+    Column("revoked_at", _TS, nullable=True),
+)
+"""Console sessions: valid until revoked, idle too long, or past ``expires_at``."""
+
+login_failures = Table(
+    "login_failures",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    # SHA-256 of the lower-cased e-mail tried, whether or not such a user exists.
+    Column("subject", String(64), nullable=False, index=True),
+    Column("at", _TS, nullable=False),
+)
+"""Recent failed (and in-flight) logins per address, for the lockout window."""
