@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
@@ -36,7 +36,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remarket.clock import Clock, SystemClock
 from remarket.errors import OffsetConflict
 from remarket.profiles.identity import Identifier, identifiers_of
-from remarket.schema.events import Identify, Message, Track, as_utc
+from remarket.schema.events import Identify, Message, Track
 from remarket.segments.backfill import Reads, reads_of, replay_states, sql_members
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import (
@@ -48,7 +48,7 @@ from remarket.segments.membership import (
     write_transitions,
 )
 from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment, view_of
-from remarket.segments.values import to_datetime
+from remarket.segments.values import micros_of, to_datetime
 from remarket.storage.state import (
     identities,
     profiles,
@@ -79,6 +79,19 @@ class _Segment:
     version: int
     evaluator: RealtimeSegment
     reads: Reads
+    empty: ProfileState = field(default_factory=list)
+    """The state of a profile with no events: a profile without a stored state has it."""
+    empty_bytes: bytes = b""
+
+
+@dataclass(slots=True)
+class _Stored:
+    """What the store holds for the profiles of one transaction (absent rows: none)."""
+
+    # (segment, profile) -> (state, evaluated_at in epoch microseconds)
+    states: dict[tuple[str, str], tuple[bytes, int]]
+    members: dict[tuple[str, str], int]
+    timers: dict[tuple[str, str], int]
 
 
 @dataclass(slots=True)
@@ -108,6 +121,7 @@ class LiveSegments:
         self._lock = threading.Lock()
         self._key: tuple[tuple[str, int, int], ...] | None = None
         self._live: dict[str, _Segment] = {}
+        self._readers: dict[str | None, list[_Segment]] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def committed(self) -> int:
@@ -131,8 +145,20 @@ class LiveSegments:
                 if definition is None:
                     continue
                 core = self._catalog.compile(definition)
-                live[name] = _Segment(name, version, RealtimeSegment(core), reads_of(core))
+                evaluator = RealtimeSegment(core)
+                empty = evaluator.new_state()
+                live[name] = _Segment(
+                    name, version, evaluator, reads_of(core), empty, evaluator.encode(empty)
+                )
             self._live, self._key = live, key
+            # Which segments read an event, by track event name (None: identify).
+            readers: dict[str | None, list[_Segment]] = defaultdict(list)
+            for segment in live.values():
+                for event in segment.reads.events:
+                    readers[event].append(segment)
+                if segment.reads.traits:
+                    readers[None].append(segment)
+            self._readers = dict(readers)
         return self._live
 
     # -- the sink ------------------------------------------------------------------
@@ -144,45 +170,82 @@ class LiveSegments:
             live = self._refresh(conn)
             if not live:
                 return
-            events, touched = self._events_by_profile(conn, rows, live.values())
+            events, touched = self._events_by_profile(conn, rows)
             if not touched:
                 return
             merged = self._merged_into(conn, touched)
             everyone = sorted(set(touched) | {old for olds in merged.values() for old in olds})
-            states = self._load_states(conn, everyone, live)
-            members = self._load_members(conn, everyone, live)
-            now = self._clock.now()
+            stored = self._load(conn, everyone, live)
+            now = micros_of(self._clock.now())
             work = _Work()
-            for segment in live.values():
-                for pid in touched:
-                    fresh = [v for v in events.get(pid, ()) if segment.reads.wants(v.type, v.event)]
-                    olds = merged.get(pid, ())
-                    # Time alone is the timers' job: re-check only what changed, and
-                    # profiles the segment has never seen (they may be members already).
-                    if fresh or olds or (segment.name, pid) not in states:
-                        self._evaluate(segment, pid, fresh, olds, now, states, members, work)
+            evaluated: set[tuple[str, str]] = set()
+            for pid in touched:
+                views = events.get(pid, ())
+                olds = merged.get(pid, ())
+                # Only the segments that read one of the profile's events can change
+                # (time alone is the timers' job), unless profiles merged into it.
+                reading = live.values() if olds else self._reading(views)
+                for segment in reading:
+                    fresh = [v for v in views if segment.reads.wants(v.type, v.event)]
+                    self._evaluate(segment, pid, fresh, olds, now, stored, work)
+                    evaluated.add((segment.name, pid))
+            self._enter_empty(touched, live, evaluated, stored, now, work)
             work.gone = sorted({old for olds in merged.values() for old in olds})
             self._write(conn, work, live)
 
-    def _events_by_profile(
+    def _reading(self, views: Sequence[EventView]) -> list[_Segment]:
+        """The live segments that read at least one of these events, once each."""
+        found: dict[str, _Segment] = {}
+        for view in views:
+            key = None if view.type == "identify" else view.event
+            for segment in self._readers.get(key, ()):
+                found.setdefault(segment.name, segment)
+        return list(found.values())
+
+    def _enter_empty(
         self,
-        conn: Connection,
-        rows: Sequence[tuple[int, Message]],
-        live: Iterable[_Segment],
+        touched: Sequence[str],
+        live: dict[str, _Segment],
+        evaluated: set[tuple[str, str]],
+        stored: _Stored,
+        now: int,
+        work: _Work,
+    ) -> None:
+        """Decide the touched profiles no segment state exists for and no event changed:
+        their state is the empty one, so they are members iff an empty state is (e.g.
+        "never ordered"). Nothing is stored for them."""
+        for segment in live.values():
+            name, evaluator, empty = segment.name, segment.evaluator, segment.empty
+            # Without buckets or scores every empty state gives the same answer.
+            same = None if evaluator.per_profile else evaluator.member_at(empty, "", now)
+            for pid in touched:
+                key = (name, pid)
+                if key in evaluated or key in stored.states:
+                    continue
+                was = key in stored.members
+                if same is not None and same == was:
+                    continue
+                member = evaluator.member_at(empty, pid, now) if same is None else same
+                if member != was:
+                    work.transitions.append(
+                        Transition(name, segment.version, pid, member, to_datetime(now))
+                    )
+
+    def _events_by_profile(
+        self, conn: Connection, rows: Sequence[tuple[int, Message]]
     ) -> tuple[dict[str, list[EventView]], list[str]]:
         """Views of the events some live segment reads, by profile; and the profiles
         the batch touched. Published transitions touch nothing unless a segment reads them
         (else every transition would come back as activity)."""
-        reads = [segment.reads for segment in live]
+        readers = self._readers
         seen: list[tuple[Message, bool, list[Identifier]]] = []
         for _, message in rows:
             if isinstance(message, Identify):
-                event_type, event = "identify", None
+                read = None in readers
             elif isinstance(message, Track):
-                event_type, event = "track", message.event
+                read = message.event is not None and message.event in readers
             else:
-                event_type, event = "other", None
-            read = any(r.wants(event_type, event) for r in reads)
+                read = False
             if read or message.source_id != PUBLISHER_SOURCE:
                 seen.append((message, read, identifiers_of(message)))
         owners = self._profiles_of(conn, {i for _, _, ids in seen for i in ids})
@@ -239,34 +302,28 @@ class LiveSegments:
         return merged
 
     @staticmethod
-    def _load_states(
-        conn: Connection, pids: Sequence[str], live: dict[str, _Segment]
-    ) -> dict[tuple[str, str], tuple[bytes, datetime]]:
-        out: dict[tuple[str, str], tuple[bytes, datetime]] = {}
+    def _load(conn: Connection, pids: Sequence[str], live: dict[str, _Segment]) -> _Stored:
+        stored = _Stored({}, {}, {})
         for chunk in chunks(list(pids)):
-            rows = conn.execute(
+            for r in conn.execute(
                 select(segment_states).where(
                     segment_states.c.profile_id.in_(chunk), segment_states.c.segment.in_(live)
                 )
-            )
-            for r in rows:
-                out[(r.segment, r.profile_id)] = (r.state, as_utc(r.evaluated_at))
-        return out
-
-    @staticmethod
-    def _load_members(
-        conn: Connection, pids: Sequence[str], live: dict[str, _Segment]
-    ) -> dict[tuple[str, str], int]:
-        out: dict[tuple[str, str], int] = {}
-        for chunk in chunks(list(pids)):
-            rows = conn.execute(
-                select(segment_members).where(
-                    segment_members.c.profile_id.in_(chunk), segment_members.c.segment.in_(live)
+            ):
+                stored.states[(r.segment, r.profile_id)] = (r.state, micros_of(r.evaluated_at))
+            for r in conn.execute(
+                select(segment_members.c.segment, segment_members.c.profile_id)
+                .add_columns(segment_members.c.version)
+                .where(segment_members.c.profile_id.in_(chunk), segment_members.c.segment.in_(live))
+            ):
+                stored.members[(r.segment, r.profile_id)] = r.version
+            for r in conn.execute(
+                select(segment_timers).where(
+                    segment_timers.c.profile_id.in_(chunk), segment_timers.c.segment.in_(live)
                 )
-            )
-            for r in rows:
-                out[(r.segment, r.profile_id)] = r.version
-        return out
+            ):
+                stored.timers[(r.segment, r.profile_id)] = micros_of(r.due_at)
+        return stored
 
     def _evaluate(
         self,
@@ -274,44 +331,61 @@ class LiveSegments:
         pid: str,
         views: Sequence[EventView],
         olds: Sequence[str],
-        now: datetime,
-        states: dict[tuple[str, str], tuple[bytes, datetime]],
-        members: dict[tuple[str, str], int],
+        now: int,
+        stored: _Stored,
         work: _Work,
     ) -> None:
-        """Fold a profile's new events (and merged-away profiles) into its state; decide."""
+        """Fold a profile's new events (and merged-away profiles) into its state; decide.
+
+        Times are epoch microseconds. Only what changed is written: the state when its
+        bytes (or the time it is evaluated at, if an event is ahead of the clock) moved,
+        the timer when its instant did.
+        """
         name, evaluator = segment.name, segment.evaluator
+        key = (name, pid)
         try:
-            stored = states.get((name, pid))
-            state = evaluator.decode(stored[0]) if stored else evaluator.new_state()
-            at = max([now, *([stored[1]] if stored else [])])
+            before = stored.states.get(key)
+            state = evaluator.decode(before[0]) if before else evaluator.new_state()
+            at = max(now, before[1]) if before else now
             for old in olds:
-                other = states.get((name, old))
+                other = stored.states.get((name, old))
                 if other is not None:
                     state = evaluator.merge(state, evaluator.decode(other[0]))
                     at = max(at, other[1])
             for view in views:
-                at = max(at, to_datetime(view.at))
-                evaluator.apply(state, view, at)
-            member = evaluator.is_member(state, pid, at)
-            upcoming = evaluator.next_change(state, at)
+                at = max(at, view.at)
+                evaluator.apply_at(state, view, at)
+            member = evaluator.member_at(state, pid, at)
+            upcoming = evaluator.next_change_at(state, at)
+            encoded = evaluator.encode(state)
         except Exception as exc:
             _log.exception("segment %s failed for profile %s", name, pid)
             SEGMENT_ERRORS.labels(name).inc()
             work.errors.append(
                 {"segment": name, "version": segment.version, "profile_id": pid}
-                | {"detail": f"{type(exc).__name__}: {exc}", "at": now}
+                | {"detail": f"{type(exc).__name__}: {exc}", "at": to_datetime(now)}
             )
-            work.timers[(name, pid)] = None  # a failing profile must not spin the timers
+            work.timers[key] = None  # a failing profile must not spin the timers
             return
         for old in olds:
-            if (name, old) in members:
-                work.transitions.append(Transition(name, members[(name, old)], old, False, at))
-        was = (name, pid) in members
+            if (name, old) in stored.members:
+                transition = Transition(
+                    name, stored.members[(name, old)], old, False, to_datetime(at)
+                )
+                work.transitions.append(transition)
+        was = key in stored.members
         if member != was:
-            work.transitions.append(Transition(name, segment.version, pid, member, at))
-        work.states[(name, pid)] = (evaluator.encode(state), at)
-        work.timers[(name, pid)] = upcoming
+            work.transitions.append(Transition(name, segment.version, pid, member, to_datetime(at)))
+        # Evaluation time matters beyond the clock only: later evaluations start at
+        # max(now, evaluated_at) and the clock does not go back.
+        if before is None:
+            changed = encoded != segment.empty_bytes  # no row is the empty state
+        else:
+            changed = encoded != before[0]
+        if changed or at > now or olds:
+            work.states[key] = (encoded, to_datetime(at))
+        if upcoming != stored.timers.get(key):
+            work.timers[key] = None if upcoming is None else to_datetime(upcoming)
 
     def _write(self, conn: Connection, work: _Work, live: dict[str, _Segment]) -> None:
         for chunk in chunks(work.gone):
@@ -390,12 +464,12 @@ class LiveSegments:
                     )
                 )
             pids = sorted({p for s, p in due if s in live})
-            states = self._load_states(conn, pids, live)
-            members = self._load_members(conn, pids, live)
+            stored = self._load(conn, pids, live)
+            at = micros_of(now)
             work = _Work()
             for s, p in due:
                 if s in live:
-                    self._evaluate(live[s], p, (), (), now, states, members, work)
+                    self._evaluate(live[s], p, (), (), at, stored, work)
             self._write(conn, work, live)
             return len(due)
 
