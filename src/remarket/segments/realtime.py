@@ -35,7 +35,6 @@ from remarket.schema.segment import (
     AggregateNode,
     Ago,
     AndNode,
-    EventSpec,
     FirstPerformedNode,
     LastPerformedNode,
     NotNode,
@@ -170,25 +169,40 @@ def bucket_of(profile_id: str, salt: str) -> int:
     return int(digest[:7], 16) % 100
 
 
-def _filters_hold(where: Iterable[PropertyFilter], properties: Mapping[str, Any]) -> bool:
-    return all(
-        matches(f.operator, f.value, text_at(properties, f.path.split(".")), 0) for f in where
-    )
+class _Matcher:
+    """Whether an event is a track of one name, inside a fixed window, passing filters.
 
+    Built once per leaf: paths split and window bounds converted ahead of the events.
+    """
 
-def _event_matches(name: str, where: Iterable[PropertyFilter], ev: EventView) -> bool:
-    return ev.type == "track" and ev.event == name and _filters_hold(where, ev.properties)
+    __slots__ = ("end", "filters", "name", "start")
+
+    def __init__(
+        self,
+        name: str,
+        where: Iterable[PropertyFilter],
+        window: RelativeWindow | AbsoluteWindow | None = None,
+    ) -> None:
+        self.name = name
+        self.filters = [(f.operator, f.value, f.path.split(".")) for f in where]
+        self.start = self.end = None
+        if isinstance(window, AbsoluteWindow):
+            self.start, self.end = micros_of(window.start), micros_of(window.end)
+
+    def __call__(self, ev: EventView) -> bool:
+        if ev.type != "track" or ev.event != self.name:
+            return False
+        if self.start is not None and not self.start < ev.at <= self.end:  # type: ignore[operator]
+            return False
+        properties = ev.properties
+        return all(
+            matches(operator, value, text_at(properties, path), 0)
+            for operator, value, path in self.filters
+        )
 
 
 def _span(window: RelativeWindow | AbsoluteWindow | None) -> int | None:
     return duration_seconds(window.last) * MICROS if isinstance(window, RelativeWindow) else None
-
-
-def _inside_static(window: RelativeWindow | AbsoluteWindow | None, at: int) -> bool:
-    """Whether an event at ``at`` can count at all (the absolute window is fixed)."""
-    if isinstance(window, AbsoluteWindow):
-        return micros_of(window.start) < at <= micros_of(window.end)
-    return True
 
 
 def _insort_desc_capped(times: list[int], at: int, cap: int) -> None:
@@ -273,13 +287,13 @@ class _Performed(_Leaf):
         self.node = node
         self.cap = node.times + 1
         self.span = _span(node.window)
+        self.match = _Matcher(node.event, node.where, node.window)
 
     def new(self) -> CountState:
         return CountState()
 
     def apply(self, state: CountState, ev: EventView, now: int) -> None:
-        node = self.node
-        if not _event_matches(node.event, node.where, ev) or not _inside_static(node.window, ev.at):
+        if not self.match(ev):
             return
         if self.span is None:
             state.count = min(state.count + 1, self.cap)
@@ -319,6 +333,7 @@ class _EventTime(_Leaf):
     def __init__(self, node: FirstPerformedNode | LastPerformedNode) -> None:
         self.node = node
         self.pick = max if isinstance(node, LastPerformedNode) else min
+        self.match = _Matcher(node.event, node.where)
         value = node.value
         self.span: int | None = None
         if isinstance(value, str):
@@ -330,7 +345,7 @@ class _EventTime(_Leaf):
         return TimeState()
 
     def apply(self, state: TimeState, ev: EventView, now: int) -> None:
-        if _event_matches(self.node.event, self.node.where, ev):
+        if self.match(ev):
             state.at = ev.at if state.at is None else self.pick(state.at, ev.at)
 
     def holds(self, state: TimeState, at: int) -> bool:
@@ -366,6 +381,7 @@ class _Aggregate(_Leaf):
         self.path = node.property.split(".") if node.property is not None else None
         self.span = _span(node.window)
         self.numeric = node.function in ("sum", "avg", "min", "max")
+        self.match = _Matcher(node.event, node.where, node.window)
         # A distinct value counts while its latest occurrence is inside the window.
         self.latest_only = node.function == "count_distinct"
 
@@ -381,8 +397,7 @@ class _Aggregate(_Leaf):
         return number_of_text(text)
 
     def apply(self, state: AggregateState, ev: EventView, now: int) -> None:
-        node = self.node
-        if not _event_matches(node.event, node.where, ev) or not _inside_static(node.window, ev.at):
+        if not self.match(ev):
             return
         value = self._value(ev)
         if value is None:
@@ -481,21 +496,20 @@ class _Sequence(_Leaf):
         self.span = _span(node.window)
         # Without a moving window a found pair never expires: keep a flag, not lists.
         self.latch = node.followed and self.span is None
+        self.first = _Matcher(node.first.event, node.first.where, node.window)
+        self.then = _Matcher(node.then.event, node.then.where)
 
     def new(self) -> SequenceState:
         return SequenceState()
-
-    def _is(self, spec: EventSpec, ev: EventView) -> bool:
-        return _event_matches(spec.event, spec.where, ev)
 
     def apply(self, state: SequenceState, ev: EventView, now: int) -> None:
         if state.paired:
             return
         firsts, thens = state.firsts, state.thens
-        if self._is(self.node.first, ev) and _inside_static(self.node.window, ev.at):
+        if self.first(ev):
             if self.node.followed or not self._followed(state, ev.at):
                 bisect.insort(firsts, ev.at)
-        if self._is(self.node.then, ev):
+        if self.then(ev):
             bisect.insort(thens, ev.at)
             if not self.node.followed:
                 # Firsts in [then - W, then) are followed now.
@@ -609,8 +623,7 @@ class RealtimeSegment:
         node = self.segment.nodes[node_id]
         if isinstance(node, AndNode | OrNode):
             parts = [self._compile(c) for c in node.children]
-            combine = all if isinstance(node, AndNode) else any
-            return lambda state, pid, at: combine(p(state, pid, at) for p in parts)
+            return _fold(parts, conjunction=isinstance(node, AndNode))
         if isinstance(node, NotNode):
             inner = self._compile(node.child)
             return lambda state, pid, at: not inner(state, pid, at)
@@ -681,6 +694,17 @@ class RealtimeSegment:
     def decode(data: bytes) -> ProfileState:
         """A state from :meth:`encode`."""
         return _DECODER.decode(data)
+
+
+def _fold(parts: list[_Predicate], *, conjunction: bool) -> _Predicate:
+    """``parts`` joined by and/or as nested two-operand closures (no generator per call)."""
+    head, *rest = parts
+    if not rest:
+        return head
+    tail = _fold(rest, conjunction=conjunction)
+    if conjunction:
+        return lambda state, pid, at: head(state, pid, at) and tail(state, pid, at)
+    return lambda state, pid, at: head(state, pid, at) or tail(state, pid, at)
 
 
 def _event_names(node: CoreNode) -> list[str]:
