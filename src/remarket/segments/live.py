@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+import msgspec
 from prometheus_client import Counter
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -48,6 +49,10 @@ from remarket.segments.membership import (
     write_transitions,
 )
 from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment, view_of
+from remarket.segments.states import COMBINED, Entry, Stored, write_timers
+from remarket.segments.states import forget as forget_states
+from remarket.segments.states import load as load_states
+from remarket.segments.states import save as save_states
 from remarket.segments.values import micros_of, to_datetime
 from remarket.storage.state import (
     identities,
@@ -79,27 +84,19 @@ class _Segment:
     version: int
     evaluator: RealtimeSegment
     reads: Reads
+    generation: int
     empty: ProfileState = field(default_factory=list)
     """The state of a profile with no events: a profile without a stored state has it."""
     empty_bytes: bytes = b""
 
 
 @dataclass(slots=True)
-class _Stored:
-    """What the store holds for the profiles of one transaction (absent rows: none)."""
-
-    # (segment, profile) -> (state, evaluated_at in epoch microseconds)
-    states: dict[tuple[str, str], tuple[bytes, int]]
-    members: dict[tuple[str, str], int]
-    timers: dict[tuple[str, str], int]
-
-
-@dataclass(slots=True)
 class _Work:
     """What one transaction changes, gathered before it is written."""
 
-    states: dict[tuple[str, str], tuple[bytes, datetime]] = field(default_factory=dict)
-    timers: dict[tuple[str, str], datetime | None] = field(default_factory=dict)
+    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    fired: set[str] = field(default_factory=set)
+    """Profiles whose timer was due: it is written again (or deleted) in any case."""
     transitions: list[Transition] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
@@ -140,7 +137,7 @@ class LiveSegments:
         key = tuple((r.name, r.live_version, r.generation) for r in rows)
         if key != self._key:
             live: dict[str, _Segment] = {}
-            for name, version, _ in key:
+            for name, version, generation in key:
                 definition = self._catalog.definition(name, version)
                 if definition is None:
                     continue
@@ -148,7 +145,13 @@ class LiveSegments:
                 evaluator = RealtimeSegment(core)
                 empty = evaluator.new_state()
                 live[name] = _Segment(
-                    name, version, evaluator, reads_of(core), empty, evaluator.encode(empty)
+                    name,
+                    version,
+                    evaluator,
+                    reads_of(core),
+                    generation,
+                    empty,
+                    evaluator.encode(empty),
                 )
             self._live, self._key = live, key
             # Which segments read an event, by track event name (None: identify).
@@ -176,7 +179,8 @@ class LiveSegments:
             merged = self._merged_into(conn, touched)
             everyone = sorted(set(touched) | {old for olds in merged.values() for old in olds})
             stored = self._load(conn, everyone, live)
-            now = micros_of(self._clock.now())
+            clock = self._clock.now()
+            now = micros_of(clock)
             work = _Work()
             evaluated: set[tuple[str, str]] = set()
             for pid in touched:
@@ -191,7 +195,7 @@ class LiveSegments:
                     evaluated.add((segment.name, pid))
             self._enter_empty(touched, live, evaluated, stored, now, work)
             work.gone = sorted({old for olds in merged.values() for old in olds})
-            self._write(conn, work, live)
+            self._write(conn, work, stored, live, clock)
 
     def _reading(self, views: Sequence[EventView]) -> list[_Segment]:
         """The live segments that read at least one of these events, once each."""
@@ -207,7 +211,7 @@ class LiveSegments:
         touched: Sequence[str],
         live: dict[str, _Segment],
         evaluated: set[tuple[str, str]],
-        stored: _Stored,
+        stored: Stored,
         now: int,
         work: _Work,
     ) -> None:
@@ -220,7 +224,7 @@ class LiveSegments:
             same = None if evaluator.per_profile else evaluator.member_at(empty, "", now)
             for pid in touched:
                 key = (name, pid)
-                if key in evaluated or key in stored.states:
+                if key in evaluated or key in stored.entries:
                     continue
                 was = key in stored.members
                 if same is not None and same == was:
@@ -302,28 +306,8 @@ class LiveSegments:
         return merged
 
     @staticmethod
-    def _load(conn: Connection, pids: Sequence[str], live: dict[str, _Segment]) -> _Stored:
-        stored = _Stored({}, {}, {})
-        for chunk in chunks(list(pids)):
-            for r in conn.execute(
-                select(segment_states).where(
-                    segment_states.c.profile_id.in_(chunk), segment_states.c.segment.in_(live)
-                )
-            ):
-                stored.states[(r.segment, r.profile_id)] = (r.state, micros_of(r.evaluated_at))
-            for r in conn.execute(
-                select(segment_members.c.segment, segment_members.c.profile_id)
-                .add_columns(segment_members.c.version)
-                .where(segment_members.c.profile_id.in_(chunk), segment_members.c.segment.in_(live))
-            ):
-                stored.members[(r.segment, r.profile_id)] = r.version
-            for r in conn.execute(
-                select(segment_timers).where(
-                    segment_timers.c.profile_id.in_(chunk), segment_timers.c.segment.in_(live)
-                )
-            ):
-                stored.timers[(r.segment, r.profile_id)] = micros_of(r.due_at)
-        return stored
+    def _load(conn: Connection, pids: Sequence[str], live: dict[str, _Segment]) -> Stored:
+        return load_states(conn, pids, {name: seg.generation for name, seg in live.items()})
 
     def _evaluate(
         self,
@@ -332,7 +316,7 @@ class LiveSegments:
         views: Sequence[EventView],
         olds: Sequence[str],
         now: int,
-        stored: _Stored,
+        stored: Stored,
         work: _Work,
     ) -> None:
         """Fold a profile's new events (and merged-away profiles) into its state; decide.
@@ -344,14 +328,14 @@ class LiveSegments:
         name, evaluator = segment.name, segment.evaluator
         key = (name, pid)
         try:
-            before = stored.states.get(key)
-            state = evaluator.decode(before[0]) if before else evaluator.new_state()
-            at = max(now, before[1]) if before else now
+            before = stored.entries.get(key)
+            state = evaluator.decode(before.state) if before else evaluator.new_state()
+            at = max(now, before.evaluated_at) if before else now
             for old in olds:
-                other = stored.states.get((name, old))
+                other = stored.entries.get((name, old))
                 if other is not None:
-                    state = evaluator.merge(state, evaluator.decode(other[0]))
-                    at = max(at, other[1])
+                    state = evaluator.merge(state, evaluator.decode(other.state))
+                    at = max(at, other.evaluated_at)
             for view in views:
                 at = max(at, view.at)
                 evaluator.apply_at(state, view, at)
@@ -365,7 +349,9 @@ class LiveSegments:
                 {"segment": name, "version": segment.version, "profile_id": pid}
                 | {"detail": f"{type(exc).__name__}: {exc}", "at": to_datetime(now)}
             )
-            work.timers[key] = None  # a failing profile must not spin the timers
+            # A failing profile must not spin the timers.
+            if before is not None:
+                work.entries[key] = msgspec.structs.replace(before, due=None)
             return
         for old in olds:
             if (name, old) in stored.members:
@@ -379,66 +365,32 @@ class LiveSegments:
         # Evaluation time matters beyond the clock only: later evaluations start at
         # max(now, evaluated_at) and the clock does not go back.
         if before is None:
-            changed = encoded != segment.empty_bytes  # no row is the empty state
+            changed = encoded != segment.empty_bytes  # no entry is the empty state
+            due = None
         else:
-            changed = encoded != before[0]
-        if changed or at > now or olds:
-            work.states[key] = (encoded, to_datetime(at))
-        if upcoming != stored.timers.get(key):
-            work.timers[key] = None if upcoming is None else to_datetime(upcoming)
+            changed = encoded != before.state
+            due = before.due
+        if changed or at > now or olds or upcoming != due:
+            work.entries[key] = Entry(segment.generation, at, upcoming, encoded)
 
-    def _write(self, conn: Connection, work: _Work, live: dict[str, _Segment]) -> None:
-        for chunk in chunks(work.gone):
-            for table in (segment_states, segment_timers):
-                conn.execute(
-                    table.delete().where(table.c.profile_id.in_(chunk), table.c.segment.in_(live))
-                )
-        if work.states:
-            stmt = self._insert(segment_states)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[segment_states.c.segment, segment_states.c.profile_id],
-                set_={"state": stmt.excluded.state, "evaluated_at": stmt.excluded.evaluated_at},
-            )
-            conn.execute(
-                stmt,
-                [
-                    {"segment": s, "profile_id": p, "state": state, "evaluated_at": at}
-                    for (s, p), (state, at) in work.states.items()
-                ],
-            )
-        self._write_timers(conn, work.timers)
+    def _write(
+        self,
+        conn: Connection,
+        work: _Work,
+        stored: Stored,
+        live: dict[str, _Segment],
+        now: datetime,
+    ) -> None:
+        forget_states(conn, work.gone, live)
+        gone = set(work.gone)
+        stored.loose -= gone
+        changed = {key: entry for key, entry in work.entries.items() if key[1] not in gone}
+        save_states(conn, stored, changed, now, fired=work.fired)
         write_transitions(conn, work.transitions)
         for t in work.transitions:
             SEGMENT_TRANSITIONS.labels("entered" if t.entered else "exited").inc()
         if work.errors:
             conn.execute(segment_errors.insert(), work.errors)
-
-    def _write_timers(
-        self, conn: Connection, timers: dict[tuple[str, str], datetime | None]
-    ) -> None:
-        due = [
-            {"segment": s, "profile_id": p, "due_at": at}
-            for (s, p), at in timers.items()
-            if at is not None
-        ]
-        by_segment: dict[str, list[str]] = defaultdict(list)
-        for (s, p), at in timers.items():
-            if at is None:
-                by_segment[s].append(p)
-        for s, pids in by_segment.items():
-            for chunk in chunks(pids):
-                conn.execute(
-                    segment_timers.delete().where(
-                        segment_timers.c.segment == s, segment_timers.c.profile_id.in_(chunk)
-                    )
-                )
-        if due:
-            stmt = self._insert(segment_timers)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[segment_timers.c.segment, segment_timers.c.profile_id],
-                set_={"due_at": stmt.excluded.due_at},
-            )
-            conn.execute(stmt, due)
 
     # -- timers --------------------------------------------------------------------
 
@@ -456,21 +408,20 @@ class LiveSegments:
             ).all()
             if not due:
                 return 0
-            stale = [(s, p) for s, p in due if s not in live]
-            for s, p in stale:
-                conn.execute(
-                    segment_timers.delete().where(
-                        segment_timers.c.segment == s, segment_timers.c.profile_id == p
-                    )
-                )
-            pids = sorted({p for s, p in due if s in live})
+            # A profile's own timer ("") may be due for any of its segments; a backfill's
+            # timer (a segment name) for that segment; timers of gone segments are dropped.
+            # Once fired, a backfill's timer is folded into the profile's own.
+            write_timers(conn, {(s, p): None for s, p in due if s != COMBINED})
+            pids = sorted({p for s, p in due if s == COMBINED or s in live})
             stored = self._load(conn, pids, live)
             at = micros_of(now)
-            work = _Work()
+            work = _Work(fired=set(pids))
             for s, p in due:
-                if s in live:
-                    self._evaluate(live[s], p, (), (), at, stored, work)
-            self._write(conn, work, live)
+                for segment in live.values() if s == COMBINED else [live.get(s)]:
+                    entry = stored.entries.get((segment.name, p)) if segment else None
+                    if segment and entry is not None and entry.due is not None and entry.due <= at:
+                        self._evaluate(segment, p, (), (), at, stored, work)
+            self._write(conn, work, stored, live, now)
             return len(due)
 
     # -- backfill ------------------------------------------------------------------
