@@ -7,13 +7,14 @@ import tempfile
 from datetime import timedelta
 from pathlib import Path
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
 from remarket.clock import ManualClock
 from remarket.profiles.store import ProfileStore
-from remarket.schema.events import as_utc
+from remarket.schema.events import Track, as_utc
 from remarket.schema.segment import SegmentDefinition
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.desugar import desugar
@@ -98,3 +99,40 @@ def test_sink_equals_evaluator(
     assert due is None or as_utc(due) > world.at  # every due timer has fired
     assert loose is None or late  # the sink writes one row per profile
     assert found == realtime_members(expected_core, world)
+
+
+def test_a_backfill_timer_fires_into_the_profile_row(tmp_path: Path) -> None:
+    """A view backfilled before its 2 h pass: the backfill's timer makes the profile enter
+    later, and the profile's own timer takes over (here: the 7 d lookback's end)."""
+    engine = connect_state(f"sqlite:///{tmp_path / 'state.db'}")
+    upgrade_state(engine)
+    warehouse = DuckDBWarehouse(None)
+    clock = ManualClock(BASE)
+    catalog = SegmentCatalog(engine, clock=clock)
+    live = LiveSegments(engine, warehouse, clock)
+    view = Track(
+        event="Product Viewed",
+        anonymous_id="a0",
+        message_id="m0",
+        properties=msgspec.Raw(b"{}"),
+        timestamp=BASE,
+        received_at=BASE,
+    )
+    ProfileStore(engine).apply(
+        "profiles", [(1, view)], 1, expected=0, mirror=warehouse.upsert_identities
+    )
+    warehouse.write_events("test", [(1, view)], through=1, expected=0)
+    live.apply([(1, view)], 1, 0)
+    node = {"id": "b", "type": "browse_abandoned", "within": "2h", "lookback": "7d"}
+    catalog.create({"name": "browsers", "entry": "b", "nodes": [node]})
+    assert live.backfill_pending() == ["browsers"]
+    reader = MembershipReader(engine)
+    assert reader.size("browsers") == 0
+    clock.advance(timedelta(days=1))
+    assert live.run_timers() == 1
+    assert [m.since for m in reader.members("browsers", limit=10)] == [BASE + timedelta(days=1)]
+    with engine.connect() as conn:
+        timers = conn.execute(select(segment_timers.c.segment, segment_timers.c.due_at)).all()
+    engine.dispose()
+    warehouse.close()
+    assert [(s, as_utc(at)) for s, at in timers] == [(COMBINED, BASE + timedelta(days=7))]

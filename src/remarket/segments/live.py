@@ -190,9 +190,11 @@ class LiveSegments:
                 # (time alone is the timers' job), unless profiles merged into it.
                 reading = live.values() if olds else self._reading(views)
                 for segment in reading:
-                    fresh = [v for v in views if segment.reads.wants(v.type, v.event)]
-                    self._evaluate(segment, pid, fresh, olds, now, stored, work)
-                    evaluated.add((segment.name, pid))
+                    fresh = [v for v in views if segment.evaluator.accepts(v)]
+                    # Events its filters reject change no state: nothing to decide.
+                    if fresh or olds:
+                        self._evaluate(segment, pid, fresh, olds, now, stored, work)
+                        evaluated.add((segment.name, pid))
             self._enter_empty(touched, live, evaluated, stored, now, work)
             work.gone = sorted({old for olds in merged.values() for old in olds})
             self._write(conn, work, stored, live, clock)
@@ -410,10 +412,11 @@ class LiveSegments:
                 return 0
             # A profile's own timer ("") may be due for any of its segments; a backfill's
             # timer (a segment name) for that segment; timers of gone segments are dropped.
-            # Once fired, a backfill's timer is folded into the profile's own.
-            write_timers(conn, {(s, p): None for s, p in due if s != COMBINED})
             pids = sorted({p for s, p in due if s == COMBINED or s in live})
             stored = self._load(conn, pids, live)
+            # Once fired (and read by the load), a backfill's timer is folded into the
+            # profile's own.
+            write_timers(conn, {(s, p): None for s, p in due if s != COMBINED})
             at = micros_of(now)
             work = _Work(fired=set(pids))
             for s, p in due:

@@ -118,7 +118,7 @@ LeafState = TraitState | CountState | TimeState | AggregateState | SequenceState
 ProfileState = list[LeafState]
 """One profile's state for one segment: one entry per stateful leaf, in leaf order."""
 
-_Applier = tuple[int, Callable[[Any, "EventView", int], None]]
+_Applier = tuple[int, "_Leaf"]
 _Predicate = Callable[[ProfileState, str, int], bool]
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -221,6 +221,10 @@ class _Leaf(ABC):
     def new(self) -> LeafState: ...
 
     @abstractmethod
+    def accepts(self, ev: EventView) -> bool:
+        """Whether the event can change the state at all (else :meth:`apply` skips it)."""
+
+    @abstractmethod
     def apply(self, state: Any, ev: EventView, now: int) -> None: ...
 
     @abstractmethod
@@ -252,6 +256,9 @@ class _Trait(_Leaf):
 
     def new(self) -> TraitState:
         return TraitState()
+
+    def accepts(self, ev: EventView) -> bool:
+        return ev.type == "identify" and text_at(ev.traits, self.path) is not None
 
     def apply(self, state: TraitState, ev: EventView, now: int) -> None:
         if ev.type != "identify":
@@ -291,6 +298,9 @@ class _Performed(_Leaf):
 
     def new(self) -> CountState:
         return CountState()
+
+    def accepts(self, ev: EventView) -> bool:
+        return self.match(ev)
 
     def apply(self, state: CountState, ev: EventView, now: int) -> None:
         if not self.match(ev):
@@ -344,6 +354,9 @@ class _EventTime(_Leaf):
     def new(self) -> TimeState:
         return TimeState()
 
+    def accepts(self, ev: EventView) -> bool:
+        return self.match(ev)
+
     def apply(self, state: TimeState, ev: EventView, now: int) -> None:
         if self.match(ev):
             state.at = ev.at if state.at is None else self.pick(state.at, ev.at)
@@ -395,6 +408,9 @@ class _Aggregate(_Leaf):
         if text is None or not self.numeric:
             return text
         return number_of_text(text)
+
+    def accepts(self, ev: EventView) -> bool:
+        return self.match(ev)
 
     def apply(self, state: AggregateState, ev: EventView, now: int) -> None:
         if not self.match(ev):
@@ -502,6 +518,9 @@ class _Sequence(_Leaf):
     def new(self) -> SequenceState:
         return SequenceState()
 
+    def accepts(self, ev: EventView) -> bool:
+        return self.first(ev) or self.then(ev)
+
     def apply(self, state: SequenceState, ev: EventView, now: int) -> None:
         if state.paired:
             return
@@ -605,7 +624,7 @@ class RealtimeSegment:
                 continue
             slot = self._slot[node_id] = len(self._leaves)
             self._leaves.append(leaf)
-            applier = (slot, leaf.apply)
+            applier = (slot, leaf)
             if isinstance(node, TraitNode):
                 self._traits.append(applier)
             for name in _event_names(node):
@@ -656,8 +675,19 @@ class RealtimeSegment:
             appliers = self._by_event.get(event.event, ())
         else:
             return
-        for slot, apply in appliers:
-            apply(state[slot], event, now)
+        for slot, leaf in appliers:
+            leaf.apply(state[slot], event, now)
+
+    def accepts(self, event: EventView) -> bool:
+        """Whether the event can change a profile's state (a leaf reads it and its
+        filters pass); if not, applying it changes nothing."""
+        if event.type == "identify":
+            appliers: Iterable[_Applier] = self._traits
+        elif event.type == "track" and event.event is not None:
+            appliers = self._by_event.get(event.event, ())
+        else:
+            return False
+        return any(leaf.accepts(event) for _, leaf in appliers)
 
     def is_member(self, state: ProfileState, profile_id: str, at: datetime) -> bool:
         """Membership at ``at`` (which must not precede any applied event)."""
