@@ -11,10 +11,13 @@
     database, created and dropped) holding 1M events of the same generator, and checked
     against DuckDB's answer on the same data.
 (b) Real-time. 50 live segments (the ten, five variants each):
-    - per-event cost of the evaluator (`RealtimeSegment.apply` for every segment that
-      reads the event, then `is_member` and `next_change`, as `LiveSegments` runs it),
-      replaying the full 90-day history of a sample of profiles in time order, and the
-      state bytes per profile (`RealtimeSegment.encode`, as `segment_states` stores it);
+    - per-event CPU cost of the evaluator (`RealtimeSegment.apply_at` for every segment
+      that reads the event, then `member_at` and `next_change_at`, as `LiveSegments`
+      runs it), replaying the full 90-day history of a sample of profiles in time order,
+      and the state bytes per profile (`RealtimeSegment.encode`, as `segment_states`
+      stores it);
+    - CPU per event of the segments sink itself (`LiveSegments.apply` on a SQLite state
+      store: identities, states, memberships, timers, outbox) on the serve stream below;
     - end to end through a real `remarket serve` (API + workers in one process): the 50
       segments created through `POST /v1/segments`, events offered at 20,000/s in
       batches of 100 from an async client; one event in 100 is the first `Order
@@ -23,7 +26,7 @@
       moment a reader polling the log file every 20 ms sees that visitor's `Segment
       Entered`.
 
-    .venv/bin/python benchmarks/segments.py [--quick] [--rate 20000]
+    .venv/bin/python benchmarks/segments.py [--quick] [--rate 20000] [--part realtime|evaluator]
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Final
 
@@ -49,11 +52,17 @@ import msgspec
 import psycopg
 
 import common
+from remarket.clock import ManualClock
+from remarket.profiles.store import ProfileStore
+from remarket.schema.events import Message, Track
 from remarket.schema.segment import parse_segment
 from remarket.segments.backfill import reads_of
+from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.compile import compile_segment
 from remarket.segments.desugar import CoreSegment, desugar
+from remarket.segments.live import LiveSegments
 from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment
+from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
 from remarket.storage.warehouse.postgres import PostgresWarehouse
 
@@ -494,9 +503,14 @@ def evaluator(wh: DuckDBWarehouse, sample: int) -> EvaluatorResult:
         LEFT JOIN identities AS ia ON ia.kind = 'anonymous_id' AND ia.value = e.anonymous_id
         WHERE hash(COALESCE(iu.profile_id, ia.profile_id)) % {sample} = 0
         ORDER BY e.timestamp, e."offset" """)
+    # The segments that read an event, by track name (None: identify), as LiveSegments has.
+    readers: dict[str | None, list[tuple[str, RealtimeSegment]]] = {}
+    for name, segment, reads in live:
+        for key in [*reads.events, *([None] if reads.traits else [])]:
+            readers.setdefault(key, []).append((name, segment))
     states: dict[str, dict[str, ProfileState]] = {}
     costs: list[float] = []
-    clock = time.perf_counter_ns
+    clock = time.thread_time_ns  # CPU time: the machine is shared
     for pid, kind, event, at, message_id, properties, traits in rows:
         start = clock()
         # What view_of does for a stored message: decode the JSON once for every segment.
@@ -508,23 +522,108 @@ def evaluator(wh: DuckDBWarehouse, sample: int) -> EvaluatorResult:
             _JSON.decode(properties) if properties else {},
             _JSON.decode(traits) if traits else {},
         )
-        now = datetime.fromtimestamp(at / 1e6, UTC)
         mine = states.setdefault(pid, {})
-        for name, segment, reads in live:
-            if not reads.wants(kind, event):
-                continue
+        for name, segment in readers.get(None if kind == "identify" else event, ()):
             state = mine.get(name)
             if state is None:
                 state = mine[name] = segment.new_state()
-            segment.apply(state, view, now)
-            segment.is_member(state, pid, now)
-            segment.next_change(state, now)
+            segment.apply_at(state, view, at)
+            segment.member_at(state, pid, at)
+            segment.next_change_at(state, at)
         costs.append((clock() - start) / 1000)
     sizes = [
         sum(len(RealtimeSegment.encode(state)) for state in mine.values())
         for mine in states.values()
     ]
     return EvaluatorResult(len(rows), len(states), costs, sizes)
+
+
+# -- (b) real time: the segments sink in process --------------------------------------
+
+
+@dataclass
+class SinkResult:
+    events: int
+    batches: int
+    cpu_s: float
+    per_event_us: list[float]
+
+    @property
+    def mean_us(self) -> float:
+        return self.cpu_s / self.events * 1e6
+
+
+def _stream(run: str, j: int, pool: int, at: datetime) -> list[Message]:
+    """The messages of `_body` batch ``j``, stamped ``at`` as collect would."""
+    out: list[Message] = [
+        Track(
+            event="Product Viewed",
+            anonymous_id=f"{run}-v{(j * 100 + n) % pool}",
+            message_id=f"{run}-{j}-{n}",
+            properties=msgspec.Raw(
+                msgspec.json.encode(
+                    {"product_id": f"P{n}", "category": CATEGORIES[n % 20], "price": 9.99}
+                )
+            ),
+            timestamp=at,
+            received_at=at,
+        )
+        for n in range(99)
+    ]
+    buyer = f"{run}-buyer-{j}"
+    out.append(
+        Track(
+            event="Order Completed",
+            anonymous_id=buyer,
+            message_id=buyer,
+            properties=msgspec.Raw(msgspec.json.encode({"revenue": 1000, "order_id": buyer})),
+            timestamp=at,
+            received_at=at,
+        )
+    )
+    return out
+
+
+def sink(pool: int, warm: int, measured: int, batch: int) -> SinkResult:
+    """`LiveSegments.apply` (the segments sink) with the 50 segments live, SQLite state.
+
+    The stream of the serve test (99 views of ``pool`` returning visitors, then a new
+    visitor's first order, per 100 events; 5 ms apart) in batches of ``batch`` events;
+    identities are written by `ProfileStore` first, as the profiles sink does, untimed.
+    The first ``warm`` events bring every visitor in; the CPU time (`process_time`) of the
+    next ``measured`` events is reported, per event and per batch.
+    """
+    with common.tmp_dir("segments-sink") as folder:
+        engine = connect_state(f"sqlite:///{folder / 'state.db'}")
+        upgrade_state(engine)
+        clock = ManualClock(AT)
+        warehouse = DuckDBWarehouse(None)
+        catalog = SegmentCatalog(engine, clock=clock)
+        for v in range(5):
+            for data in definitions(v):
+                catalog.create(data)
+        live = LiveSegments(engine, warehouse, clock)
+        live.backfill_pending()
+        store = ProfileStore(engine)
+        offset, j, cpu, costs = 0, 0, 0.0, []
+        while offset < warm + measured:
+            messages: list[Message] = []
+            while len(messages) < batch:
+                clock.advance(timedelta(milliseconds=5))
+                messages += _stream("r", j, pool, clock.now())
+                j += 1
+            rows = list(enumerate(messages, offset + 1))
+            store.apply("profiles", rows, offset + len(rows), expected=offset)
+            start = time.process_time()
+            live.apply(rows, offset + len(rows), offset)
+            spent = time.process_time() - start
+            if offset >= warm:
+                cpu += spent
+                costs.append(spent / len(rows) * 1e6)
+            offset += len(rows)
+        warehouse.close()
+        engine.dispose()
+    return SinkResult(measured, len(costs), cpu, costs)
 
 
 # -- (b) real time: through `remarket serve` -----------------------------------------
@@ -699,30 +798,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
     parser.add_argument("--rate", type=float, default=20_000, help="events/s offered to serve")
+    parser.add_argument(
+        "--part",
+        choices=["all", "realtime", "evaluator"],
+        default="all",
+        help="realtime: (b) only; evaluator: (b) without `remarket serve`",
+    )
     args = parser.parse_args()
     quick = args.quick
     events, profiles = (300_000, 30_000) if quick else (10_000_000, 1_000_000)
     pg_events, pg_profiles = (100_000, 10_000) if quick else (1_000_000, 100_000)
     repeats = 1 if quick else 3
 
+    figures: dict[str, object] = {}
+    met = True
     with common.tmp_dir("segments-sql") as folder:
-        wh = DuckDBWarehouse(folder / "warehouse.duckdb")
-        start = time.perf_counter()
-        generate(wh, events, profiles)
-        generate_s = time.perf_counter() - start
-        common.progress(f"generated {events:,} events in {generate_s:.1f} s")
-        duck = sql_duckdb(wh, repeats)
-        wh.close()
-
+        if args.part == "all":
+            figures, met = _sql(folder, events, profiles, pg_events, pg_profiles, repeats)
         small = DuckDBWarehouse(folder / "small.duckdb")
         generate(small, pg_events, pg_profiles)
-        pg, pg_load_s = sql_postgres(small, folder, repeats)
         common.progress("evaluator: replaying sampled profiles through 50 segments")
-        ev = evaluator(small, 100 if quick else 20)
+        ev = evaluator(small, 25 if quick else 20)
         small.close()
+    common.progress("segments sink: the serve stream through LiveSegments.apply")
+    sunk = sink(5_000, 5_000, 5_000, 2_000) if quick else sink(20_000, 20_000, 40_000, 2_000)
+    p99 = _report_evaluator(ev, sunk, figures)
+    met = met and p99 <= 1.0
+    if args.part != "evaluator":
+        served = serve(args.rate, 2 if quick else 30, 3 if quick else 120)
+        met = met and _report_serve(served, figures) <= 1.0
+    common.final_line("segments", figures, TARGETS, met)
 
-    served = serve(args.rate, 2 if quick else 30, 3 if quick else 120)
 
+def _sql(
+    folder: Path, events: int, profiles: int, pg_events: int, pg_profiles: int, repeats: int
+) -> tuple[dict[str, object], bool]:
+    """(a): the SQL figures and whether their targets are met."""
+    wh = DuckDBWarehouse(folder / "warehouse.duckdb")
+    start = time.perf_counter()
+    generate(wh, events, profiles)
+    generate_s = time.perf_counter() - start
+    common.progress(f"generated {events:,} events in {generate_s:.1f} s")
+    duck = sql_duckdb(wh, repeats)
+    wh.close()
+    small = DuckDBWarehouse(folder / "pg-source.duckdb")
+    generate(small, pg_events, pg_profiles)
+    pg, pg_load_s = sql_postgres(small, folder, repeats)
+    small.close()
     print(f"\n(a) SQL on DuckDB: {events:,} events, {profiles:,} profiles, median of {repeats}")
     print(
         common.table(
@@ -737,6 +859,33 @@ def main() -> None:
             [[r.segment, r.members, r.seconds, r.same_as_duckdb] for r in pg],
         )
     )
+    ratio_max = max(r.ratio for r in duck)
+    compiled_max = max(r.compiled_s for r in duck)
+    figures: dict[str, object] = {
+        "events": events,
+        "profiles": profiles,
+        "generate_s": round(generate_s, 2),
+        "sql_same_members": all(r.same for r in duck),
+        "sql_ratio_max": round(ratio_max, 3),
+        "sql_compiled_s_max": round(compiled_max, 3),
+        **{f"sql_{r.segment}_compiled_s": round(r.compiled_s, 3) for r in duck},
+        **{f"sql_{r.segment}_hand_s": round(r.hand_s, 3) for r in duck},
+        "pg_events": pg_events,
+        "pg_load_s": round(pg_load_s, 1),
+        "pg_same_members": all(r.same_as_duckdb for r in pg),
+        **{f"pg_{r.segment}_s": round(r.seconds, 3) for r in pg},
+    }
+    met = (
+        all(r.same for r in duck)
+        and all(r.same_as_duckdb for r in pg)
+        and ratio_max <= 1.25
+        and compiled_max <= 2.0
+    )
+    return figures, met
+
+
+def _report_evaluator(ev: EvaluatorResult, sunk: SinkResult, figures: dict[str, object]) -> float:
+    """Print the evaluator and sink figures, add them to ``figures``; the p99 in ms."""
     p50 = _percentile(ev.per_event_us, 0.5) / 1000
     p99 = _percentile(ev.per_event_us, 0.99) / 1000
     mean_state = statistics.mean(ev.state_bytes)
@@ -754,6 +903,33 @@ def main() -> None:
             ],
         )
     )
+    print(f"\n(b) segments sink (LiveSegments.apply, SQLite): {sunk.events:,} events measured")
+    print(
+        common.table(
+            ["figure", "value"],
+            [
+                ["CPU µs per event, mean", sunk.mean_us],
+                ["CPU µs per event, worst batch", max(sunk.per_event_us)],
+                ["events/s per core", 1e6 / sunk.mean_us],
+            ],
+        )
+    )
+    figures |= {
+        "realtime_segments": 50,
+        "realtime_events": ev.events,
+        "realtime_event_p50_ms": round(p50, 4),
+        "realtime_event_p99_ms": round(p99, 4),
+        "realtime_state_bytes_mean": round(mean_state, 1),
+        "realtime_state_bytes_max": max(ev.state_bytes),
+        "sink_events": sunk.events,
+        "sink_cpu_us_per_event": round(sunk.mean_us, 1),
+        "sink_events_per_core_s": round(1e6 / sunk.mean_us),
+    }
+    return p99
+
+
+def _report_serve(served: ServeResult, figures: dict[str, object]) -> float:
+    """Print the serve figures, add them to ``figures``; the entered p99 in seconds."""
     lat = served.latencies_s
     missing = served.triggers - served.seen
     # An entered event never seen counts as slower than any seen one.
@@ -777,27 +953,7 @@ def main() -> None:
             ],
         )
     )
-    ratio_max = max(r.ratio for r in duck)
-    compiled_max = max(r.compiled_s for r in duck)
-    figures: dict[str, object] = {
-        "events": events,
-        "profiles": profiles,
-        "generate_s": round(generate_s, 2),
-        "sql_same_members": all(r.same for r in duck),
-        "sql_ratio_max": round(ratio_max, 3),
-        "sql_compiled_s_max": round(compiled_max, 3),
-        **{f"sql_{r.segment}_compiled_s": round(r.compiled_s, 3) for r in duck},
-        **{f"sql_{r.segment}_hand_s": round(r.hand_s, 3) for r in duck},
-        "pg_events": pg_events,
-        "pg_load_s": round(pg_load_s, 1),
-        "pg_same_members": all(r.same_as_duckdb for r in pg),
-        **{f"pg_{r.segment}_s": round(r.seconds, 3) for r in pg},
-        "realtime_segments": 50,
-        "realtime_events": ev.events,
-        "realtime_event_p50_ms": round(p50, 4),
-        "realtime_event_p99_ms": round(p99, 4),
-        "realtime_state_bytes_mean": round(mean_state, 1),
-        "realtime_state_bytes_max": max(ev.state_bytes),
+    figures |= {
         "serve_offered_per_s": round(served.offered_per_s),
         "serve_accepted_per_s": round(served.accepted_per_s),
         "serve_http_errors": served.http_errors,
@@ -806,15 +962,7 @@ def main() -> None:
         "serve_entered_p50_s": round(lat_p50, 3) if lat_p50 != float("inf") else None,
         "serve_entered_p99_s": round(lat_p99, 3) if lat_p99 != float("inf") else None,
     }
-    met = (
-        all(r.same for r in duck)
-        and all(r.same_as_duckdb for r in pg)
-        and ratio_max <= 1.25
-        and compiled_max <= 2.0
-        and p99 <= 1.0
-        and lat_p99 <= 1.0
-    )
-    common.final_line("segments", figures, TARGETS, met)
+    return lat_p99
 
 
 if __name__ == "__main__":

@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+import msgspec
 from prometheus_client import Counter
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -36,7 +37,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remarket.clock import Clock, SystemClock
 from remarket.errors import OffsetConflict
 from remarket.profiles.identity import Identifier, identifiers_of
-from remarket.schema.events import Identify, Message, Track, as_utc
+from remarket.schema.events import Identify, Message, Track
 from remarket.segments.backfill import Reads, reads_of, replay_states, sql_members
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import (
@@ -48,7 +49,11 @@ from remarket.segments.membership import (
     write_transitions,
 )
 from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment, view_of
-from remarket.segments.values import to_datetime
+from remarket.segments.states import COMBINED, Entry, Stored, write_timers
+from remarket.segments.states import forget as forget_states
+from remarket.segments.states import load as load_states
+from remarket.segments.states import save as save_states
+from remarket.segments.values import micros_of, to_datetime
 from remarket.storage.state import (
     identities,
     profiles,
@@ -79,14 +84,19 @@ class _Segment:
     version: int
     evaluator: RealtimeSegment
     reads: Reads
+    generation: int
+    empty: ProfileState = field(default_factory=list)
+    """The state of a profile with no events: a profile without a stored state has it."""
+    empty_bytes: bytes = b""
 
 
 @dataclass(slots=True)
 class _Work:
     """What one transaction changes, gathered before it is written."""
 
-    states: dict[tuple[str, str], tuple[bytes, datetime]] = field(default_factory=dict)
-    timers: dict[tuple[str, str], datetime | None] = field(default_factory=dict)
+    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    fired: set[str] = field(default_factory=set)
+    """Profiles whose timer was due: it is written again (or deleted) in any case."""
     transitions: list[Transition] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
@@ -108,6 +118,7 @@ class LiveSegments:
         self._lock = threading.Lock()
         self._key: tuple[tuple[str, int, int], ...] | None = None
         self._live: dict[str, _Segment] = {}
+        self._readers: dict[str | None, list[_Segment]] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def committed(self) -> int:
@@ -126,13 +137,31 @@ class LiveSegments:
         key = tuple((r.name, r.live_version, r.generation) for r in rows)
         if key != self._key:
             live: dict[str, _Segment] = {}
-            for name, version, _ in key:
+            for name, version, generation in key:
                 definition = self._catalog.definition(name, version)
                 if definition is None:
                     continue
                 core = self._catalog.compile(definition)
-                live[name] = _Segment(name, version, RealtimeSegment(core), reads_of(core))
+                evaluator = RealtimeSegment(core)
+                empty = evaluator.new_state()
+                live[name] = _Segment(
+                    name,
+                    version,
+                    evaluator,
+                    reads_of(core),
+                    generation,
+                    empty,
+                    evaluator.encode(empty),
+                )
             self._live, self._key = live, key
+            # Which segments read an event, by track event name (None: identify).
+            readers: dict[str | None, list[_Segment]] = defaultdict(list)
+            for segment in live.values():
+                for event in segment.reads.events:
+                    readers[event].append(segment)
+                if segment.reads.traits:
+                    readers[None].append(segment)
+            self._readers = dict(readers)
         return self._live
 
     # -- the sink ------------------------------------------------------------------
@@ -144,45 +173,85 @@ class LiveSegments:
             live = self._refresh(conn)
             if not live:
                 return
-            events, touched = self._events_by_profile(conn, rows, live.values())
+            events, touched = self._events_by_profile(conn, rows)
             if not touched:
                 return
             merged = self._merged_into(conn, touched)
             everyone = sorted(set(touched) | {old for olds in merged.values() for old in olds})
-            states = self._load_states(conn, everyone, live)
-            members = self._load_members(conn, everyone, live)
-            now = self._clock.now()
+            stored = self._load(conn, everyone, live)
+            clock = self._clock.now()
+            now = micros_of(clock)
             work = _Work()
-            for segment in live.values():
-                for pid in touched:
-                    fresh = [v for v in events.get(pid, ()) if segment.reads.wants(v.type, v.event)]
-                    olds = merged.get(pid, ())
-                    # Time alone is the timers' job: re-check only what changed, and
-                    # profiles the segment has never seen (they may be members already).
-                    if fresh or olds or (segment.name, pid) not in states:
-                        self._evaluate(segment, pid, fresh, olds, now, states, members, work)
+            evaluated: set[tuple[str, str]] = set()
+            for pid in touched:
+                views = events.get(pid, ())
+                olds = merged.get(pid, ())
+                # Only the segments that read one of the profile's events can change
+                # (time alone is the timers' job), unless profiles merged into it.
+                reading = live.values() if olds else self._reading(views)
+                for segment in reading:
+                    fresh = [v for v in views if segment.evaluator.accepts(v)]
+                    # Events its filters reject change no state: nothing to decide.
+                    if fresh or olds:
+                        self._evaluate(segment, pid, fresh, olds, now, stored, work)
+                        evaluated.add((segment.name, pid))
+            self._enter_empty(touched, live, evaluated, stored, now, work)
             work.gone = sorted({old for olds in merged.values() for old in olds})
-            self._write(conn, work, live)
+            self._write(conn, work, stored, live, clock)
+
+    def _reading(self, views: Sequence[EventView]) -> list[_Segment]:
+        """The live segments that read at least one of these events, once each."""
+        found: dict[str, _Segment] = {}
+        for view in views:
+            key = None if view.type == "identify" else view.event
+            for segment in self._readers.get(key, ()):
+                found.setdefault(segment.name, segment)
+        return list(found.values())
+
+    def _enter_empty(
+        self,
+        touched: Sequence[str],
+        live: dict[str, _Segment],
+        evaluated: set[tuple[str, str]],
+        stored: Stored,
+        now: int,
+        work: _Work,
+    ) -> None:
+        """Decide the touched profiles no segment state exists for and no event changed:
+        their state is the empty one, so they are members iff an empty state is (e.g.
+        "never ordered"). Nothing is stored for them."""
+        for segment in live.values():
+            name, evaluator, empty = segment.name, segment.evaluator, segment.empty
+            # Without buckets or scores every empty state gives the same answer.
+            same = None if evaluator.per_profile else evaluator.member_at(empty, "", now)
+            for pid in touched:
+                key = (name, pid)
+                if key in evaluated or key in stored.entries:
+                    continue
+                was = key in stored.members
+                if same is not None and same == was:
+                    continue
+                member = evaluator.member_at(empty, pid, now) if same is None else same
+                if member != was:
+                    work.transitions.append(
+                        Transition(name, segment.version, pid, member, to_datetime(now))
+                    )
 
     def _events_by_profile(
-        self,
-        conn: Connection,
-        rows: Sequence[tuple[int, Message]],
-        live: Iterable[_Segment],
+        self, conn: Connection, rows: Sequence[tuple[int, Message]]
     ) -> tuple[dict[str, list[EventView]], list[str]]:
         """Views of the events some live segment reads, by profile; and the profiles
         the batch touched. Published transitions touch nothing unless a segment reads them
         (else every transition would come back as activity)."""
-        reads = [segment.reads for segment in live]
+        readers = self._readers
         seen: list[tuple[Message, bool, list[Identifier]]] = []
         for _, message in rows:
             if isinstance(message, Identify):
-                event_type, event = "identify", None
+                read = None in readers
             elif isinstance(message, Track):
-                event_type, event = "track", message.event
+                read = message.event is not None and message.event in readers
             else:
-                event_type, event = "other", None
-            read = any(r.wants(event_type, event) for r in reads)
+                read = False
             if read or message.source_id != PUBLISHER_SOURCE:
                 seen.append((message, read, identifiers_of(message)))
         owners = self._profiles_of(conn, {i for _, _, ids in seen for i in ids})
@@ -239,34 +308,8 @@ class LiveSegments:
         return merged
 
     @staticmethod
-    def _load_states(
-        conn: Connection, pids: Sequence[str], live: dict[str, _Segment]
-    ) -> dict[tuple[str, str], tuple[bytes, datetime]]:
-        out: dict[tuple[str, str], tuple[bytes, datetime]] = {}
-        for chunk in chunks(list(pids)):
-            rows = conn.execute(
-                select(segment_states).where(
-                    segment_states.c.profile_id.in_(chunk), segment_states.c.segment.in_(live)
-                )
-            )
-            for r in rows:
-                out[(r.segment, r.profile_id)] = (r.state, as_utc(r.evaluated_at))
-        return out
-
-    @staticmethod
-    def _load_members(
-        conn: Connection, pids: Sequence[str], live: dict[str, _Segment]
-    ) -> dict[tuple[str, str], int]:
-        out: dict[tuple[str, str], int] = {}
-        for chunk in chunks(list(pids)):
-            rows = conn.execute(
-                select(segment_members).where(
-                    segment_members.c.profile_id.in_(chunk), segment_members.c.segment.in_(live)
-                )
-            )
-            for r in rows:
-                out[(r.segment, r.profile_id)] = r.version
-        return out
+    def _load(conn: Connection, pids: Sequence[str], live: dict[str, _Segment]) -> Stored:
+        return load_states(conn, pids, {name: seg.generation for name, seg in live.items()})
 
     def _evaluate(
         self,
@@ -274,97 +317,82 @@ class LiveSegments:
         pid: str,
         views: Sequence[EventView],
         olds: Sequence[str],
-        now: datetime,
-        states: dict[tuple[str, str], tuple[bytes, datetime]],
-        members: dict[tuple[str, str], int],
+        now: int,
+        stored: Stored,
         work: _Work,
     ) -> None:
-        """Fold a profile's new events (and merged-away profiles) into its state; decide."""
+        """Fold a profile's new events (and merged-away profiles) into its state; decide.
+
+        Times are epoch microseconds. Only what changed is written: the state when its
+        bytes (or the time it is evaluated at, if an event is ahead of the clock) moved,
+        the timer when its instant did.
+        """
         name, evaluator = segment.name, segment.evaluator
+        key = (name, pid)
         try:
-            stored = states.get((name, pid))
-            state = evaluator.decode(stored[0]) if stored else evaluator.new_state()
-            at = max([now, *([stored[1]] if stored else [])])
+            before = stored.entries.get(key)
+            state = evaluator.decode(before.state) if before else evaluator.new_state()
+            at = max(now, before.evaluated_at) if before else now
             for old in olds:
-                other = states.get((name, old))
+                other = stored.entries.get((name, old))
                 if other is not None:
-                    state = evaluator.merge(state, evaluator.decode(other[0]))
-                    at = max(at, other[1])
+                    state = evaluator.merge(state, evaluator.decode(other.state))
+                    at = max(at, other.evaluated_at)
             for view in views:
-                at = max(at, to_datetime(view.at))
-                evaluator.apply(state, view, at)
-            member = evaluator.is_member(state, pid, at)
-            upcoming = evaluator.next_change(state, at)
+                at = max(at, view.at)
+                evaluator.apply_at(state, view, at)
+            member = evaluator.member_at(state, pid, at)
+            upcoming = evaluator.next_change_at(state, at)
+            encoded = evaluator.encode(state)
         except Exception as exc:
             _log.exception("segment %s failed for profile %s", name, pid)
             SEGMENT_ERRORS.labels(name).inc()
             work.errors.append(
                 {"segment": name, "version": segment.version, "profile_id": pid}
-                | {"detail": f"{type(exc).__name__}: {exc}", "at": now}
+                | {"detail": f"{type(exc).__name__}: {exc}", "at": to_datetime(now)}
             )
-            work.timers[(name, pid)] = None  # a failing profile must not spin the timers
+            # A failing profile must not spin the timers.
+            if before is not None:
+                work.entries[key] = msgspec.structs.replace(before, due=None)
             return
         for old in olds:
-            if (name, old) in members:
-                work.transitions.append(Transition(name, members[(name, old)], old, False, at))
-        was = (name, pid) in members
-        if member != was:
-            work.transitions.append(Transition(name, segment.version, pid, member, at))
-        work.states[(name, pid)] = (evaluator.encode(state), at)
-        work.timers[(name, pid)] = upcoming
-
-    def _write(self, conn: Connection, work: _Work, live: dict[str, _Segment]) -> None:
-        for chunk in chunks(work.gone):
-            for table in (segment_states, segment_timers):
-                conn.execute(
-                    table.delete().where(table.c.profile_id.in_(chunk), table.c.segment.in_(live))
+            if (name, old) in stored.members:
+                transition = Transition(
+                    name, stored.members[(name, old)], old, False, to_datetime(at)
                 )
-        if work.states:
-            stmt = self._insert(segment_states)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[segment_states.c.segment, segment_states.c.profile_id],
-                set_={"state": stmt.excluded.state, "evaluated_at": stmt.excluded.evaluated_at},
-            )
-            conn.execute(
-                stmt,
-                [
-                    {"segment": s, "profile_id": p, "state": state, "evaluated_at": at}
-                    for (s, p), (state, at) in work.states.items()
-                ],
-            )
-        self._write_timers(conn, work.timers)
+                work.transitions.append(transition)
+        was = key in stored.members
+        if member != was:
+            work.transitions.append(Transition(name, segment.version, pid, member, to_datetime(at)))
+        # Evaluation time matters beyond the clock only: later evaluations start at
+        # max(now, evaluated_at) and the clock does not go back.
+        if before is None:
+            changed = encoded != segment.empty_bytes  # no entry is the empty state
+            due = None
+        else:
+            changed = encoded != before.state
+            due = before.due
+        if changed or at > now or olds or upcoming != due:
+            work.entries[key] = Entry(segment.generation, at, upcoming, encoded)
+
+    def _write(
+        self,
+        conn: Connection,
+        work: _Work,
+        stored: Stored,
+        live: dict[str, _Segment],
+        now: datetime,
+    ) -> None:
+        forget_states(conn, work.gone, live)
+        gone = set(work.gone)
+        stored.loose -= gone
+        changed = {key: entry for key, entry in work.entries.items() if key[1] not in gone}
+        save_states(conn, stored, changed, now, fired=work.fired)
         write_transitions(conn, work.transitions)
         for t in work.transitions:
             SEGMENT_TRANSITIONS.labels("entered" if t.entered else "exited").inc()
         if work.errors:
             conn.execute(segment_errors.insert(), work.errors)
-
-    def _write_timers(
-        self, conn: Connection, timers: dict[tuple[str, str], datetime | None]
-    ) -> None:
-        due = [
-            {"segment": s, "profile_id": p, "due_at": at}
-            for (s, p), at in timers.items()
-            if at is not None
-        ]
-        by_segment: dict[str, list[str]] = defaultdict(list)
-        for (s, p), at in timers.items():
-            if at is None:
-                by_segment[s].append(p)
-        for s, pids in by_segment.items():
-            for chunk in chunks(pids):
-                conn.execute(
-                    segment_timers.delete().where(
-                        segment_timers.c.segment == s, segment_timers.c.profile_id.in_(chunk)
-                    )
-                )
-        if due:
-            stmt = self._insert(segment_timers)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=[segment_timers.c.segment, segment_timers.c.profile_id],
-                set_={"due_at": stmt.excluded.due_at},
-            )
-            conn.execute(stmt, due)
 
     # -- timers --------------------------------------------------------------------
 
@@ -382,21 +410,21 @@ class LiveSegments:
             ).all()
             if not due:
                 return 0
-            stale = [(s, p) for s, p in due if s not in live]
-            for s, p in stale:
-                conn.execute(
-                    segment_timers.delete().where(
-                        segment_timers.c.segment == s, segment_timers.c.profile_id == p
-                    )
-                )
-            pids = sorted({p for s, p in due if s in live})
-            states = self._load_states(conn, pids, live)
-            members = self._load_members(conn, pids, live)
-            work = _Work()
+            # A profile's own timer ("") may be due for any of its segments; a backfill's
+            # timer (a segment name) for that segment; timers of gone segments are dropped.
+            pids = sorted({p for s, p in due if s == COMBINED or s in live})
+            stored = self._load(conn, pids, live)
+            # Once fired (and read by the load), a backfill's timer is folded into the
+            # profile's own.
+            write_timers(conn, {(s, p): None for s, p in due if s != COMBINED})
+            at = micros_of(now)
+            work = _Work(fired=set(pids))
             for s, p in due:
-                if s in live:
-                    self._evaluate(live[s], p, (), (), now, states, members, work)
-            self._write(conn, work, live)
+                for segment in live.values() if s == COMBINED else [live.get(s)]:
+                    entry = stored.entries.get((segment.name, p)) if segment else None
+                    if segment and entry is not None and entry.due is not None and entry.due <= at:
+                        self._evaluate(segment, p, (), (), at, stored, work)
+            self._write(conn, work, stored, live, now)
             return len(due)
 
     # -- backfill ------------------------------------------------------------------

@@ -35,7 +35,6 @@ from remarket.schema.segment import (
     AggregateNode,
     Ago,
     AndNode,
-    EventSpec,
     FirstPerformedNode,
     LastPerformedNode,
     NotNode,
@@ -119,6 +118,9 @@ LeafState = TraitState | CountState | TimeState | AggregateState | SequenceState
 ProfileState = list[LeafState]
 """One profile's state for one segment: one entry per stateful leaf, in leaf order."""
 
+_Applier = tuple[int, "_Leaf"]
+_Predicate = Callable[[ProfileState, str, int], bool]
+
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(list[LeafState])
 
@@ -167,25 +169,40 @@ def bucket_of(profile_id: str, salt: str) -> int:
     return int(digest[:7], 16) % 100
 
 
-def _filters_hold(where: Iterable[PropertyFilter], properties: Mapping[str, Any]) -> bool:
-    return all(
-        matches(f.operator, f.value, text_at(properties, f.path.split(".")), 0) for f in where
-    )
+class _Matcher:
+    """Whether an event is a track of one name, inside a fixed window, passing filters.
 
+    Built once per leaf: paths split and window bounds converted ahead of the events.
+    """
 
-def _event_matches(name: str, where: Iterable[PropertyFilter], ev: EventView) -> bool:
-    return ev.type == "track" and ev.event == name and _filters_hold(where, ev.properties)
+    __slots__ = ("end", "filters", "name", "start")
+
+    def __init__(
+        self,
+        name: str,
+        where: Iterable[PropertyFilter],
+        window: RelativeWindow | AbsoluteWindow | None = None,
+    ) -> None:
+        self.name = name
+        self.filters = [(f.operator, f.value, f.path.split(".")) for f in where]
+        self.start = self.end = None
+        if isinstance(window, AbsoluteWindow):
+            self.start, self.end = micros_of(window.start), micros_of(window.end)
+
+    def __call__(self, ev: EventView) -> bool:
+        if ev.type != "track" or ev.event != self.name:
+            return False
+        if self.start is not None and not self.start < ev.at <= self.end:  # type: ignore[operator]
+            return False
+        properties = ev.properties
+        return all(
+            matches(operator, value, text_at(properties, path), 0)
+            for operator, value, path in self.filters
+        )
 
 
 def _span(window: RelativeWindow | AbsoluteWindow | None) -> int | None:
     return duration_seconds(window.last) * MICROS if isinstance(window, RelativeWindow) else None
-
-
-def _inside_static(window: RelativeWindow | AbsoluteWindow | None, at: int) -> bool:
-    """Whether an event at ``at`` can count at all (the absolute window is fixed)."""
-    if isinstance(window, AbsoluteWindow):
-        return micros_of(window.start) < at <= micros_of(window.end)
-    return True
 
 
 def _insort_desc_capped(times: list[int], at: int, cap: int) -> None:
@@ -204,14 +221,19 @@ class _Leaf(ABC):
     def new(self) -> LeafState: ...
 
     @abstractmethod
+    def accepts(self, ev: EventView) -> bool:
+        """Whether the event can change the state at all (else :meth:`apply` skips it)."""
+
+    @abstractmethod
     def apply(self, state: Any, ev: EventView, now: int) -> None: ...
 
     @abstractmethod
     def holds(self, state: Any, at: int) -> bool: ...
 
-    def edges(self, state: Any, at: int) -> Iterable[int]:
-        """Instants (> at or not) where the leaf's truth may flip with no new event."""
-        return ()
+    def next_edge(self, state: Any, at: int) -> int | None:
+        """The earliest instant after ``at`` where the leaf's truth may flip with no new
+        event (None if there is none)."""
+        return None
 
     @abstractmethod
     def merge(self, a: Any, b: Any) -> LeafState: ...
@@ -223,9 +245,20 @@ class _Trait(_Leaf):
     def __init__(self, node: TraitNode) -> None:
         self.node = node
         self.path = node.path.split(".")
+        value = node.value
+        self.spans = [
+            duration_seconds(m.ago) * MICROS
+            for m in (value if isinstance(value, list) else [value])
+            if isinstance(m, Ago)
+        ]
+        if node.operator == "within_last":
+            self.spans.append(duration_seconds(str(value)) * MICROS)
 
     def new(self) -> TraitState:
         return TraitState()
+
+    def accepts(self, ev: EventView) -> bool:
+        return ev.type == "identify" and text_at(ev.traits, self.path) is not None
 
     def apply(self, state: TraitState, ev: EventView, now: int) -> None:
         if ev.type != "identify":
@@ -237,21 +270,18 @@ class _Trait(_Leaf):
     def holds(self, state: TraitState, at: int) -> bool:
         return matches(self.node.operator, self.node.value, state.text, at)
 
-    def edges(self, state: TraitState, at: int) -> Iterable[int]:
-        instant = instant_of_text(state.text) if state.text is not None else None
+    def next_edge(self, state: TraitState, at: int) -> int | None:
+        if not self.spans or state.text is None:
+            return None
+        instant = instant_of_text(state.text)
         if instant is None:
-            return ()
-        value = self.node.value
-        spans = [
-            duration_seconds(m.ago) * MICROS
-            for m in (value if isinstance(value, list) else [value])
-            if isinstance(m, Ago)
-        ]
+            return None
         if self.node.operator == "within_last":
-            spans.append(duration_seconds(str(value)) * MICROS)
-            return [instant, *(instant + s for s in spans)]
-        # gt/lte flip at instant + span, gte/lt one microsecond later.
-        return [e for s in spans for e in (instant + s, instant + s + 1)]
+            edges = [instant, *(instant + s for s in self.spans)]
+        else:
+            # gt/lte flip at instant + span, gte/lt one microsecond later.
+            edges = [e for s in self.spans for e in (instant + s, instant + s + 1)]
+        return min((e for e in edges if e > at), default=None)
 
     def merge(self, a: TraitState, b: TraitState) -> TraitState:
         return a if (a.at, a.message_id) >= (b.at, b.message_id) else b
@@ -264,13 +294,16 @@ class _Performed(_Leaf):
         self.node = node
         self.cap = node.times + 1
         self.span = _span(node.window)
+        self.match = _Matcher(node.event, node.where, node.window)
 
     def new(self) -> CountState:
         return CountState()
 
+    def accepts(self, ev: EventView) -> bool:
+        return self.match(ev)
+
     def apply(self, state: CountState, ev: EventView, now: int) -> None:
-        node = self.node
-        if not _event_matches(node.event, node.where, ev) or not _inside_static(node.window, ev.at):
+        if not self.match(ev):
             return
         if self.span is None:
             state.count = min(state.count + 1, self.cap)
@@ -292,9 +325,12 @@ class _Performed(_Leaf):
             return count <= times
         return count == times
 
-    def edges(self, state: CountState, at: int) -> Iterable[int]:
+    def next_edge(self, state: CountState, at: int) -> int | None:
         span = self.span
-        return () if span is None else [t + span for t in state.times]
+        if span is None:
+            return None
+        # times are in descending order: the oldest one still inside moves out first.
+        return min((t + span for t in state.times if t + span > at), default=None)
 
     def merge(self, a: CountState, b: CountState) -> CountState:
         times = sorted(a.times + b.times, reverse=True)[: self.cap]
@@ -307,12 +343,22 @@ class _EventTime(_Leaf):
     def __init__(self, node: FirstPerformedNode | LastPerformedNode) -> None:
         self.node = node
         self.pick = max if isinstance(node, LastPerformedNode) else min
+        self.match = _Matcher(node.event, node.where)
+        value = node.value
+        self.span: int | None = None
+        if isinstance(value, str):
+            self.span = duration_seconds(value) * MICROS
+        elif isinstance(value, Ago):
+            self.span = duration_seconds(value.ago) * MICROS
 
     def new(self) -> TimeState:
         return TimeState()
 
+    def accepts(self, ev: EventView) -> bool:
+        return self.match(ev)
+
     def apply(self, state: TimeState, ev: EventView, now: int) -> None:
-        if _event_matches(self.node.event, self.node.where, ev):
+        if self.match(ev):
             state.at = ev.at if state.at is None else self.pick(state.at, ev.at)
 
     def holds(self, state: TimeState, at: int) -> bool:
@@ -320,23 +366,24 @@ class _EventTime(_Leaf):
             return False
         value = self.node.value
         if self.node.operator == "within_last":
-            return state.at > at - duration_seconds(str(value)) * MICROS
+            assert self.span is not None
+            return state.at > at - self.span
         bound = moment_micros(value, at)  # type: ignore[arg-type]
         return state.at <= bound if self.node.operator == "before" else state.at > bound
 
-    def edges(self, state: TimeState, at: int) -> Iterable[int]:
-        value = self.node.value
-        if state.at is None:
-            return ()
-        if isinstance(value, str):
-            return [state.at + duration_seconds(value) * MICROS]
-        if isinstance(value, Ago):
-            return [state.at + duration_seconds(value.ago) * MICROS]
-        return ()
+    def next_edge(self, state: TimeState, at: int) -> int | None:
+        if state.at is None or self.span is None:
+            return None
+        edge = state.at + self.span
+        return edge if edge > at else None
 
     def merge(self, a: TimeState, b: TimeState) -> TimeState:
         known = [t for t in (a.at, b.at) if t is not None]
         return TimeState(at=self.pick(known) if known else None)
+
+
+def _time_of(item: tuple[int, float | str]) -> int:
+    return item[0]
 
 
 class _Aggregate(_Leaf):
@@ -347,6 +394,9 @@ class _Aggregate(_Leaf):
         self.path = node.property.split(".") if node.property is not None else None
         self.span = _span(node.window)
         self.numeric = node.function in ("sum", "avg", "min", "max")
+        self.match = _Matcher(node.event, node.where, node.window)
+        # A distinct value counts while its latest occurrence is inside the window.
+        self.latest_only = node.function == "count_distinct"
 
     def new(self) -> AggregateState:
         return AggregateState()
@@ -359,36 +409,58 @@ class _Aggregate(_Leaf):
             return text
         return number_of_text(text)
 
+    def accepts(self, ev: EventView) -> bool:
+        return self.match(ev)
+
     def apply(self, state: AggregateState, ev: EventView, now: int) -> None:
-        node = self.node
-        if not _event_matches(node.event, node.where, ev) or not _inside_static(node.window, ev.at):
+        if not self.match(ev):
             return
         value = self._value(ev)
         if value is None:
             return
-        if self.span is not None:
-            state.items.append((ev.at, value))
-            state.items = [item for item in state.items if item[0] > now - self.span]
+        if self.span is None:
+            self._add(state, value)
             return
-        self._add(state, [value])
+        items = state.items  # ascending by time
+        if self.latest_only:
+            for i, (at, seen) in enumerate(items):
+                if seen == value:
+                    if at >= ev.at:
+                        return
+                    del items[i]
+                    break
+        bisect.insort(items, (ev.at, value), key=_time_of)
+        del items[: bisect.bisect_right(items, now - self.span, key=_time_of)]
 
-    def _add(self, state: AggregateState, values: Iterable[float | str]) -> None:
-        for value in values:
-            state.count += 1
-            if isinstance(value, float):
-                state.total += value
-                state.low = value if state.low is None else min(state.low, value)
-                state.high = value if state.high is None else max(state.high, value)
-            elif self.node.function == "count_distinct" and value not in state.distinct:
-                bisect.insort(state.distinct, value)
+    def _add(self, state: AggregateState, value: float | str) -> None:
+        state.count += 1
+        if isinstance(value, float):
+            state.total += value
+            state.low = value if state.low is None else min(state.low, value)
+            state.high = value if state.high is None else max(state.high, value)
+        elif self.node.function == "count_distinct" and value not in state.distinct:
+            bisect.insort(state.distinct, value)
 
     def holds(self, state: AggregateState, at: int) -> bool:
-        if self.span is not None:
-            live = AggregateState()
-            self._add(live, [v for t, v in state.items if t > at - self.span])
-            state = live
-        result = self._result(state)
+        result = self._result(state) if self.span is None else self._window_result(state, at)
         return result is not None and compare_number(self.node.operator, result, self.node.value)
+
+    def _window_result(self, state: AggregateState, at: int) -> float | None:
+        items = state.items
+        live = items[bisect.bisect_right(items, at - self.span, key=_time_of) :]  # type: ignore[operator]
+        function = self.node.function
+        if function == "count":
+            return float(len(live))
+        if function == "count_distinct":
+            return float(len({value for _, value in live}))
+        values = [value for _, value in live if isinstance(value, float)]
+        if function == "sum":
+            return float(sum(values))
+        if function == "avg":
+            return sum(values) / len(values) if values else None
+        if not values:
+            return None
+        return min(values) if function == "min" else max(values)
 
     def _result(self, state: AggregateState) -> float | None:
         function = self.node.function
@@ -402,12 +474,19 @@ class _Aggregate(_Leaf):
             return state.total / state.count if state.count else None
         return state.low if function == "min" else state.high
 
-    def edges(self, state: AggregateState, at: int) -> Iterable[int]:
-        span = self.span
-        return () if span is None else [t + span for t, _ in state.items]
+    def next_edge(self, state: AggregateState, at: int) -> int | None:
+        span, items = self.span, state.items
+        if span is None:
+            return None
+        i = bisect.bisect_right(items, at - span, key=_time_of)
+        return items[i][0] + span if i < len(items) else None
 
     def merge(self, a: AggregateState, b: AggregateState) -> AggregateState:
-        merged = AggregateState(items=sorted(a.items + b.items, key=lambda item: item[0]))
+        items = sorted(a.items + b.items, key=_time_of)
+        if self.latest_only:
+            latest = {value: at for at, value in items}
+            items = sorted(((at, value) for value, at in latest.items()), key=_time_of)
+        merged = AggregateState(items=items)
         merged.count, merged.total = a.count + b.count, a.total + b.total
         lows = [v for v in (a.low, b.low) if v is not None]
         highs = [v for v in (a.high, b.high) if v is not None]
@@ -417,6 +496,14 @@ class _Aggregate(_Leaf):
 
 
 class _Sequence(_Leaf):
+    """E1 then E2 within W (optionally with E1 inside a window).
+
+    "Not followed": a first that a then follows stays followed for good (thens are only
+    dropped once older than every first that can still count), so it is dropped at once
+    and the rest stay unfollowed: the profile holds iff the oldest first still inside the
+    window is at least W old.
+    """
+
     node: SequenceNode
 
     def __init__(self, node: SequenceNode) -> None:
@@ -425,52 +512,71 @@ class _Sequence(_Leaf):
         self.span = _span(node.window)
         # Without a moving window a found pair never expires: keep a flag, not lists.
         self.latch = node.followed and self.span is None
+        self.first = _Matcher(node.first.event, node.first.where, node.window)
+        self.then = _Matcher(node.then.event, node.then.where)
 
     def new(self) -> SequenceState:
         return SequenceState()
 
-    def _is(self, spec: EventSpec, ev: EventView) -> bool:
-        return _event_matches(spec.event, spec.where, ev)
+    def accepts(self, ev: EventView) -> bool:
+        return self.first(ev) or self.then(ev)
 
     def apply(self, state: SequenceState, ev: EventView, now: int) -> None:
         if state.paired:
             return
-        if self._is(self.node.first, ev) and _inside_static(self.node.window, ev.at):
-            bisect.insort(state.firsts, ev.at)
-        if self._is(self.node.then, ev):
-            bisect.insort(state.thens, ev.at)
+        firsts, thens = state.firsts, state.thens
+        if self.first(ev):
+            if self.node.followed or not self._followed(state, ev.at):
+                bisect.insort(firsts, ev.at)
+        if self.then(ev):
+            bisect.insort(thens, ev.at)
+            if not self.node.followed:
+                # Firsts in [then - W, then) are followed now.
+                low = bisect.bisect_left(firsts, ev.at - self.within)
+                del firsts[low : bisect.bisect_left(firsts, ev.at)]
         if self.span is not None:
             floor = now - self.span
-            state.firsts = [t for t in state.firsts if t > floor]
-            state.thens = [t for t in state.thens if t > floor]
-        if self.latch and any(self._followed(state, t) for t in state.firsts):
+            del firsts[: bisect.bisect_right(firsts, floor)]
+            del thens[: bisect.bisect_right(thens, floor)]
+        if self.latch and any(self._followed(state, t) for t in firsts):
             state.paired, state.firsts, state.thens = True, [], []
 
     def _followed(self, state: SequenceState, first: int) -> bool:
         i = bisect.bisect_right(state.thens, first)
         return i < len(state.thens) and state.thens[i] <= first + self.within
 
+    def _live(self, state: SequenceState, at: int) -> int:
+        """The index of the oldest first inside the window at ``at``."""
+        return 0 if self.span is None else bisect.bisect_right(state.firsts, at - self.span)
+
     def holds(self, state: SequenceState, at: int) -> bool:
         if state.paired:
             return True
-        firsts = state.firsts
-        if self.span is not None:
-            firsts = [t for t in firsts if t > at - self.span]
+        firsts, i = state.firsts, self._live(state, at)
         if self.node.followed:
-            return any(self._followed(state, t) for t in firsts)
-        return any(t + self.within <= at and not self._followed(state, t) for t in firsts)
+            return any(self._followed(state, t) for t in firsts[i:])
+        return i < len(firsts) and firsts[i] + self.within <= at
 
-    def edges(self, state: SequenceState, at: int) -> Iterable[int]:
-        span = self.span
-        out = [t + self.within for t in state.firsts] if not self.node.followed else []
-        if span is not None:
-            out += [t + span for t in state.firsts]
-        return out
+    def next_edge(self, state: SequenceState, at: int) -> int | None:
+        firsts, edges = state.firsts, []
+        if not self.node.followed:
+            i = bisect.bisect_right(firsts, at - self.within)
+            if i < len(firsts):
+                edges.append(firsts[i] + self.within)
+        if self.span is not None:
+            i = bisect.bisect_right(firsts, at - self.span)
+            if i < len(firsts):
+                edges.append(firsts[i] + self.span)
+        return min(edges, default=None)
 
     def merge(self, a: SequenceState, b: SequenceState) -> SequenceState:
         if a.paired or b.paired:
             return SequenceState(paired=True)
-        merged = SequenceState(firsts=sorted(a.firsts + b.firsts), thens=sorted(a.thens + b.thens))
+        merged = SequenceState(thens=sorted(a.thens + b.thens))
+        firsts = sorted(a.firsts + b.firsts)
+        if not self.node.followed:
+            firsts = [t for t in firsts if not self._followed(merged, t)]
+        merged.firsts = firsts
         if self.latch and any(self._followed(merged, t) for t in merged.firsts):
             return SequenceState(paired=True)
         return merged
@@ -510,18 +616,48 @@ class RealtimeSegment:
         self._scores = scores
         self._slot: dict[str, int] = {}
         self._leaves: list[_Leaf] = []
-        self._by_event: dict[str, list[int]] = {}
-        self._trait_slots: list[int] = []
+        self._by_event: dict[str, list[_Applier]] = {}
+        self._traits: list[_Applier] = []
         for node_id, node in segment.nodes.items():
             leaf = _leaf(node)
             if leaf is None:
                 continue
             slot = self._slot[node_id] = len(self._leaves)
             self._leaves.append(leaf)
+            applier = (slot, leaf)
             if isinstance(node, TraitNode):
-                self._trait_slots.append(slot)
+                self._traits.append(applier)
             for name in _event_names(node):
-                self._by_event.setdefault(name, []).append(slot)
+                self._by_event.setdefault(name, []).append(applier)
+        self._edges = [(slot, leaf.next_edge) for slot, leaf in enumerate(self._leaves)]
+        self._predicate = self._compile(segment.entry)
+        # Whether membership depends on the profile id itself (buckets, scores), not
+        # only on the state: else every profile with the same state has the same answer.
+        self.per_profile = any(
+            isinstance(n, RandomBucketNode | ScoreNode) for n in segment.nodes.values()
+        )
+
+    def _compile(self, node_id: str) -> _Predicate:
+        """The entry's truth as nested closures: no node dispatch per evaluation."""
+        node = self.segment.nodes[node_id]
+        if isinstance(node, AndNode | OrNode):
+            parts = [self._compile(c) for c in node.children]
+            return _fold(parts, conjunction=isinstance(node, AndNode))
+        if isinstance(node, NotNode):
+            inner = self._compile(node.child)
+            return lambda state, pid, at: not inner(state, pid, at)
+        if isinstance(node, RandomBucketNode):
+            salt, percent = node.salt, node.percent
+            return lambda state, pid, at: bucket_of(pid, salt) < percent
+        if isinstance(node, ScoreNode):
+            return lambda state, pid, at: self._score_holds(node, pid)
+        slot = self._slot[node_id]
+        holds = self._leaves[slot].holds
+        return lambda state, pid, at: holds(state[slot], at)
+
+    def _score_holds(self, node: ScoreNode, profile_id: str) -> bool:
+        score = self._scores(profile_id, node.model) if self._scores is not None else None
+        return score is not None and compare_number(node.operator, score, node.value)
 
     def new_state(self) -> ProfileState:
         """The state of a profile with no events."""
@@ -529,46 +665,51 @@ class RealtimeSegment:
 
     def apply(self, state: ProfileState, event: EventView, now: datetime) -> None:
         """Fold one (deduplicated) event of the profile into its state, in place."""
-        now_micros = micros_of(now)
+        self.apply_at(state, event, micros_of(now))
+
+    def apply_at(self, state: ProfileState, event: EventView, now: int) -> None:
+        """:meth:`apply` with ``now`` in epoch microseconds."""
         if event.type == "identify":
-            slots: Iterable[int] = self._trait_slots
+            appliers: Iterable[_Applier] = self._traits
         elif event.type == "track" and event.event is not None:
-            slots = self._by_event.get(event.event, ())
+            appliers = self._by_event.get(event.event, ())
         else:
             return
-        for slot in slots:
-            self._leaves[slot].apply(state[slot], event, now_micros)
+        for slot, leaf in appliers:
+            leaf.apply(state[slot], event, now)
+
+    def accepts(self, event: EventView) -> bool:
+        """Whether the event can change a profile's state (a leaf reads it and its
+        filters pass); if not, applying it changes nothing."""
+        if event.type == "identify":
+            appliers: Iterable[_Applier] = self._traits
+        elif event.type == "track" and event.event is not None:
+            appliers = self._by_event.get(event.event, ())
+        else:
+            return False
+        return any(leaf.accepts(event) for _, leaf in appliers)
 
     def is_member(self, state: ProfileState, profile_id: str, at: datetime) -> bool:
         """Membership at ``at`` (which must not precede any applied event)."""
-        return self._holds(self.segment.entry, state, profile_id, micros_of(at))
+        return self._predicate(state, profile_id, micros_of(at))
 
-    def _holds(self, node_id: str, state: ProfileState, profile_id: str, at: int) -> bool:
-        node = self.segment.nodes[node_id]
-        if isinstance(node, AndNode):
-            return all(self._holds(c, state, profile_id, at) for c in node.children)
-        if isinstance(node, OrNode):
-            return any(self._holds(c, state, profile_id, at) for c in node.children)
-        if isinstance(node, NotNode):
-            return not self._holds(node.child, state, profile_id, at)
-        if isinstance(node, RandomBucketNode):
-            return bucket_of(profile_id, node.salt) < node.percent
-        if isinstance(node, ScoreNode):
-            score = self._scores(profile_id, node.model) if self._scores is not None else None
-            return score is not None and compare_number(node.operator, score, node.value)
-        slot = self._slot[node_id]
-        return self._leaves[slot].holds(state[slot], at)
+    def member_at(self, state: ProfileState, profile_id: str, at: int) -> bool:
+        """:meth:`is_member` with ``at`` in epoch microseconds."""
+        return self._predicate(state, profile_id, at)
 
     def next_change(self, state: ProfileState, after: datetime) -> datetime | None:
         """The earliest instant after ``after`` where membership may change with no event."""
-        floor = micros_of(after)
-        upcoming = [
-            edge
-            for leaf, leaf_state in zip(self._leaves, state, strict=True)
-            for edge in leaf.edges(leaf_state, floor)
-            if edge > floor
-        ]
-        return to_datetime(min(upcoming)) if upcoming else None
+        upcoming = self.next_change_at(state, micros_of(after))
+        return None if upcoming is None else to_datetime(upcoming)
+
+    def next_change_at(self, state: ProfileState, after: int) -> int | None:
+        """:meth:`next_change` in epoch microseconds."""
+        upcoming = None
+        for slot, next_edge in self._edges:
+            edge = next_edge(state[slot], after)
+            if edge is not None and (upcoming is None or edge < upcoming):
+                upcoming = edge
+        return upcoming
 
     def merge(self, a: ProfileState, b: ProfileState) -> ProfileState:
         """The state of two profiles merged into one (as if one had seen all events)."""
@@ -583,6 +724,17 @@ class RealtimeSegment:
     def decode(data: bytes) -> ProfileState:
         """A state from :meth:`encode`."""
         return _DECODER.decode(data)
+
+
+def _fold(parts: list[_Predicate], *, conjunction: bool) -> _Predicate:
+    """``parts`` joined by and/or as nested two-operand closures (no generator per call)."""
+    head, *rest = parts
+    if not rest:
+        return head
+    tail = _fold(rest, conjunction=conjunction)
+    if conjunction:
+        return lambda state, pid, at: head(state, pid, at) and tail(state, pid, at)
+    return lambda state, pid, at: head(state, pid, at) or tail(state, pid, at)
 
 
 def _event_names(node: CoreNode) -> list[str]:

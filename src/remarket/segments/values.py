@@ -77,7 +77,8 @@ def micros_of(value: datetime) -> int:
     """
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return (value - _EPOCH) // timedelta(microseconds=1)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * MICROS + delta.microseconds
 
 
 def to_datetime(micros: int) -> datetime:
