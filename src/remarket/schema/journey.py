@@ -49,6 +49,8 @@ from remarket.schema.segment import (
     PropertyFilter,
     SegmentDefinition,
     SegmentNode,
+    node_by_id,
+    refuse_graph_errors,
 )
 
 __all__ = [
@@ -415,18 +417,12 @@ class JourneyDefinition(_Model):
 
     @model_validator(mode="after")
     def _graph(self) -> JourneyDefinition:
-        for path, message in _graph_errors(self):
-            raise PydanticCustomError(
-                "invalid_graph", "{path}: {message}", {"path": path, "message": message}
-            )
+        refuse_graph_errors(_graph_errors(self))
         return self
 
     def node(self, node_id: str) -> Any:
         """The node with this id (KeyError if none)."""
-        for node in self.nodes:
-            if node.id == node_id:
-                return node
-        raise KeyError(node_id)
+        return node_by_id(self.nodes, node_id)
 
     def events_read(self) -> frozenset[str]:
         """Names of the track events that can move a profile in this journey."""

@@ -75,7 +75,9 @@ __all__ = [
     "Window",
     "children_of",
     "duration_seconds",
+    "node_by_id",
     "parse_segment",
+    "refuse_graph_errors",
     "segment_json_schema",
 ]
 
@@ -648,18 +650,28 @@ class SegmentDefinition(_Model):
 
     @model_validator(mode="after")
     def _graph(self) -> SegmentDefinition:
-        for path, message in _graph_errors(self):
-            raise PydanticCustomError(
-                "invalid_graph", "{path}: {message}", {"path": path, "message": message}
-            )
+        refuse_graph_errors(_graph_errors(self))
         return self
 
     def node(self, node_id: str) -> Any:
         """The node with this id (KeyError if none)."""
-        for node in self.nodes:
-            if node.id == node_id:
-                return node
-        raise KeyError(node_id)
+        return node_by_id(self.nodes, node_id)
+
+
+def refuse_graph_errors(errors: Iterable[tuple[str, str]]) -> None:
+    """Raise the first (path, rule) of a definition's node graph as a validation error."""
+    for path, message in errors:
+        raise PydanticCustomError(
+            "invalid_graph", "{path}: {message}", {"path": path, "message": message}
+        )
+
+
+def node_by_id(nodes: Iterable[Any], node_id: str) -> Any:
+    """The node of a flat node list with this id (KeyError if none)."""
+    for node in nodes:
+        if node.id == node_id:
+            return node
+    raise KeyError(node_id)
 
 
 def _graph_errors(definition: SegmentDefinition) -> Iterator[tuple[str, str]]:
