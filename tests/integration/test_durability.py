@@ -42,7 +42,9 @@ def _batch_body(batch: int) -> bytes:
         {
             "type": "track",
             "event": "Load Tested",
-            "anonymousId": f"dur-anon-{(batch * BATCH_SIZE + i) % 97}",
+            # Spread over many people: a few hundred events of one person within a minute
+            # would be a velocity anomaly, and this test is about durability.
+            "anonymousId": f"dur-anon-{(batch * BATCH_SIZE + i) % 10_007}",
             "messageId": _message_id(batch, i),
             "timestamp": "2024-05-01T12:00:00Z",
             "properties": {"batch": batch, "i": i},
