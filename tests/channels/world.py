@@ -18,7 +18,7 @@ from remarket.channels.templates import Template, TemplateStore
 from remarket.clock import ManualClock
 from remarket.config import Settings
 from remarket.privacy import ConsentLedger
-from remarket.storage.state import channel_outbox, profile_traits, profiles
+from remarket.storage.state import channel_outbox, profile_traits, profiles, segments
 
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, noon UTC
 
@@ -57,6 +57,23 @@ class World:
                 pid, dict.fromkeys(consent, True), actor="test"
             )
         return pid
+
+    def segment(self, name: str) -> None:
+        """A live segment row (for audiences to follow); members come by transitions."""
+        now = self.clock.now()
+        with self.engine.begin() as conn:
+            conn.execute(
+                segments.insert(),
+                {
+                    "name": name,
+                    "version": 1,
+                    "live_version": 1,
+                    "pending": False,
+                    "generation": 1,
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
 
     def provider(self, kind: str, *, rate_per_s: int | None = None, **settings: Any) -> str:
         from remarket.channels.registry import KINDS
