@@ -8,6 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from remarket.cli import app
+from remarket.config import Settings
 
 runner = CliRunner()
 
@@ -31,6 +32,15 @@ def test_config_reads_remarket_toml(env: dict[str, str], tmp_path: Path) -> None
     (tmp_path / "remarket.toml").write_text("port = 9123\n")
     result = runner.invoke(app, ["config", "show"], env=env)
     assert "9123" in result.output
+
+
+def test_readme_configuration_reference_lists_every_setting(env: dict[str, str]) -> None:
+    result = runner.invoke(app, ["config", "reference"], env=env)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if line.startswith("| `REMARKET_")]
+    assert len(rows) == len(Settings.model_fields)
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert result.output in readme, "README's table is stale: paste `remarket config reference`"
 
 
 def test_invalid_setting_is_a_clear_error(env: dict[str, str]) -> None:

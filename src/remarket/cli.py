@@ -23,7 +23,7 @@ from remarket.api.passwords import Passwords
 from remarket.api.users import UserStore
 from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
-from remarket.config import Settings, load_settings
+from remarket.config import Settings, load_settings, reference_table
 from remarket.errors import ConflictError, RemarketError
 from remarket.journeys import JourneyCatalog
 from remarket.privacy import AuditLog, RetentionJob, RetentionReport, RetentionRules
@@ -105,6 +105,12 @@ def config_show() -> None:
         shown = "**********" if value is not None and "url" in name else value
         table.add_row(name, json.dumps(shown, default=str), f"REMARKET_{name.upper()}")
     console.print(table)
+
+
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print every setting, its default and meaning, as a Markdown table."""
+    typer.echo(reference_table(), nl=False)
 
 
 @sources_app.command("create")

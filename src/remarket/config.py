@@ -15,7 +15,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "load_settings", "reference_table"]
 
 _CONFIG_ENV = "REMARKET_CONFIG"
 _DEFAULT_CONFIG_FILE = Path("remarket.toml")
@@ -321,3 +321,32 @@ def load_settings(**overrides: Any) -> Settings:
     The TOML file is ``./remarket.toml`` or the path in ``REMARKET_CONFIG``.
     """
     return Settings(**overrides)
+
+
+def _shown_default(name: str) -> str:
+    field = Settings.model_fields[name]
+    if field.is_required():
+        return "(required)"
+    value = field.get_default(call_default_factory=True)
+    if value is None:
+        return "(embedded)" if name.endswith("_url") else "(none)"
+    if isinstance(value, SecretStr):
+        return "(secret)"
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def reference_table() -> str:
+    """Every setting as a Markdown table (the README's configuration reference).
+
+    >>> reference_table().splitlines()[2].startswith("| `REMARKET_DATA_DIR` | `var` |")
+    True
+    """
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        meaning = " ".join((field.description or "").split()).replace("|", "\\|")
+        default = _shown_default(name).replace("|", "\\|")
+        lines.append(f"| `REMARKET_{name.upper()}` | `{default}` | {meaning} |")
+    return "\n".join(lines) + "\n"
+
