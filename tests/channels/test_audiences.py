@@ -13,8 +13,6 @@ import pytest
 from sqlalchemy import Engine
 
 from remarket.channels.audiences import AudienceStore, e164, google_identifiers, meta_row
-from remarket.segments.membership import Transition, write_transitions
-from remarket.storage.state import segments
 from tests.channels.sinks import HttpSink, Request, http_server
 from tests.channels.world import World
 
@@ -60,27 +58,12 @@ def sink() -> Iterator[HttpSink]:
 @pytest.fixture
 def world(state_engine: Engine, tmp_path: Path) -> World:
     world = World.make(state_engine, tmp_path)
-    now = world.clock.now()
-    with world.engine.begin() as conn:
-        conn.execute(
-            segments.insert(),
-            {
-                "name": "buyers",
-                "version": 1,
-                "live_version": 1,
-                "pending": False,
-                "generation": 1,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
+    world.segment("buyers")
     return world
 
 
 def _move(world: World, pid: str, entered: bool) -> None:
-    world.clock.advance(timedelta(seconds=1))
-    with world.engine.begin() as conn:
-        write_transitions(conn, [Transition("buyers", 1, pid, entered, world.clock.now())])
+    world.move("buyers", pid, entered)
 
 
 def test_meta_audience_follows_segment_membership(world: World, sink: HttpSink) -> None:
