@@ -59,27 +59,8 @@ class World:
             )
         return pid
 
-    def provider(self, kind: str, *, rate_per_s: int | None = None, **settings: Any) -> str:
-        from remarket.channels.registry import KINDS
-
-        spec = KINDS[kind]
-        config = {k: v for k, v in settings.items() if k in spec.config}
-        credentials = {k: v for k, v in settings.items() if k in spec.credentials}
-        return (
-            ProviderStore(self.engine, self.box)
-            .create(
-                name=f"{kind}-{len(settings)}-{id(settings)}",
-                kind=kind,
-                config=config,
-                credentials=credentials,
-                rate_per_s=rate_per_s,
-                now=self.clock.now(),
-            )
-            .id
-        )
-
     def segment(self, name: str) -> None:
-        """A published segment (version 1) whose members tests move in and out."""
+        """A live segment row (for audiences to follow); members come by transitions."""
         now = self.clock.now()
         with self.engine.begin() as conn:
             conn.execute(
@@ -100,6 +81,25 @@ class World:
         self.clock.advance(timedelta(seconds=1))
         with self.engine.begin() as conn:
             write_transitions(conn, [Transition(segment, 1, pid, entered, self.clock.now())])
+
+    def provider(self, kind: str, *, rate_per_s: int | None = None, **settings: Any) -> str:
+        from remarket.channels.registry import KINDS
+
+        spec = KINDS[kind]
+        config = {k: v for k, v in settings.items() if k in spec.config}
+        credentials = {k: v for k, v in settings.items() if k in spec.credentials}
+        return (
+            ProviderStore(self.engine, self.box)
+            .create(
+                name=f"{kind}-{len(settings)}-{id(settings)}",
+                kind=kind,
+                config=config,
+                credentials=credentials,
+                rate_per_s=rate_per_s,
+                now=self.clock.now(),
+            )
+            .id
+        )
 
     def template(self, tid: str, channel: str, text: str, **parts: str | None) -> None:
         TemplateStore(self.engine).put(

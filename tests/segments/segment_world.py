@@ -128,7 +128,10 @@ def _traits(draw: st.DrawFn) -> dict[str, Any]:
     traits |= draw(_maybe("plan", _TRAIT_VALUES))
     traits |= draw(_maybe("age", _NUMBERS | st.sampled_from(["30", "old"])))
     traits |= draw(_maybe("signup", _INSTANT_TEXTS))
-    traits |= draw(_maybe("consent", _maybe("email", st.sampled_from([True, False, "true", None]))))
+    choice = st.sampled_from([True, False, "true", None])
+    # personalization: score nodes hold only with it.
+    purposes = st.builds(dict.__or__, _maybe("email", choice), _maybe("personalization", choice))
+    traits |= draw(_maybe("consent", purposes))
     return traits
 
 

@@ -15,13 +15,13 @@ from remarket.channels.audiences import DEFAULT_COUNTRY_CODE, generation, hashed
 from remarket.channels.outbox import OutboxMessage, enqueue_many
 from remarket.privacy.erasure import Subject
 from remarket.schema.events import as_utc
-from remarket.segments.membership import chunks
 from remarket.storage.state import (
     channel_audiences,
     channel_outbox,
     channel_providers,
     profile_traits,
 )
+from remarket.storage.state.published import chunks
 
 __all__ = ["ERASED", "ERASURE", "AudienceRemovals", "is_erasure_removal"]
 

@@ -25,18 +25,13 @@ from remarket.config import Settings
 from remarket.privacy.sink import consents_in
 from remarket.schema.events import Message
 from remarket.storage.state import consents, identities, profiles
+from remarket.storage.state.published import chunks
 
 __all__ = ["ConsentCache", "ConsentFilter"]
 
 _PURPOSE: Final = "analytics"
-_CHUNK: Final = 500
 # The identity kinds the profiles worker writes (remarket.profiles.identity).
 _KINDS: Final = {"user_id": "u", "anonymous_id": "a"}
-
-
-def _chunks(values: list[str]) -> Iterable[list[str]]:
-    for at in range(0, len(values), _CHUNK):
-        yield values[at : at + _CHUNK]
 
 
 class ConsentCache:
@@ -72,7 +67,7 @@ class ConsentCache:
                 held = newest.get(profile_id)
                 if held is None or (at, ref) > (held[0], held[1]):
                     newest[profile_id] = (at, ref, state)
-            for chunk in _chunks(sorted(newest)):
+            for chunk in chunks(sorted(newest)):
                 rows = conn.execute(
                     select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
                         identities.c.profile_id.in_(chunk), identities.c.kind.in_(_KINDS)

@@ -42,8 +42,8 @@ from remarket.journeys.bulk import bulk_insert, bulk_update
 from remarket.journeys.catalog import CONSUMER, JourneyCatalog
 from remarket.journeys.conditions import members_among
 from remarket.journeys.interpreter import Effect, Plan, Position, advance
-from remarket.profiles.identity import ANONYMOUS_ID, USER_ID, Identifier, identifiers_of
-from remarket.schema.events import Identify, Message, Track, as_utc, encode_message
+from remarket.profiles.identity import Identifier, identifiers_of
+from remarket.schema.events import Message, Track, as_utc
 from remarket.schema.journey import EventEntry, ScheduleEntry, SegmentEntry, WaitNode
 from remarket.schema.segment import PropertyFilter, duration_seconds
 from remarket.segments.membership import ENTERED, chunks, hold_offset
@@ -60,6 +60,7 @@ from remarket.storage.state import (
     segment_outbox,
 )
 from remarket.storage.state.offsets import claim_offset, committed_offset
+from remarket.storage.state.published import identify_rows
 from remarket.storage.warehouse import Warehouse
 
 __all__ = ["PUBLISHER_SOURCE", "JourneyRuntime", "filters_hold", "instance_id_of"]
@@ -645,23 +646,6 @@ def _zones(conn: Connection, pids: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _senders(conn: Connection, pids: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """An identifier to publish each profile's events under: a user id, else anonymous."""
-    found: dict[str, tuple[str, str]] = {}
-    for chunk in chunks(sorted(set(pids))):
-        rows = conn.execute(
-            select(identities.c.profile_id, identities.c.kind, identities.c.value)
-            .where(
-                identities.c.profile_id.in_(chunk),
-                identities.c.kind.in_((USER_ID, ANONYMOUS_ID)),
-            )
-            .order_by(identities.c.kind.desc(), identities.c.value)
-        )
-        for pid, kind, value in rows:
-            found.setdefault(pid, (kind, value))
-    return found
-
-
 def _publish_traits(
     conn: Connection,
     traits: list[tuple[str, str, str, str, Any]],
@@ -669,30 +653,12 @@ def _publish_traits(
 ) -> None:
     """Identify events for ``update_trait`` effects, into the log outbox (the segment
     worker's publisher appends them to the log once; their messageId is deterministic)."""
-    senders = _senders(conn, [t[0] for t in traits])
-    rows = []
+    items = []
     for pid, instance_id, node, path, value in traits:
-        sender = senders.get(pid)
-        if sender is None:
-            _log.warning("profile %s has no identifier to publish trait %s under", pid, path)
-            continue
         digest = hashlib.blake2b(f"{instance_id}\x1f{node}".encode(), digest_size=16)
-        message_id = f"journey-{digest.hexdigest()}"
         nested: Any = value
         for key in reversed(path.split(".")):
             nested = {key: nested}
-        kind, ident = sender
-        message = Identify(
-            traits=msgspec.Raw(msgspec.json.encode(nested)),
-            message_id=message_id,
-            user_id=ident if kind == USER_ID else None,
-            anonymous_id=ident if kind == ANONYMOUS_ID else None,
-            timestamp=now,
-            received_at=now,
-            source_id=PUBLISHER_SOURCE,
-        )
-        rows.append(
-            {"message_id": message_id, "profile_id": pid, "payload": encode_message(message)}
-            | {"created_at": now}
-        )
+        items.append((pid, f"journey-{digest.hexdigest()}", nested, now))
+    rows = identify_rows(conn, items, source_id=PUBLISHER_SOURCE)
     bulk_insert(conn, segment_outbox, rows, skip_existing=True)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import uuid
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,10 +17,12 @@ from remarket.clock import Clock, SystemClock
 from remarket.privacy.audit import AuditLog
 from remarket.privacy.transactions import immediate
 from remarket.schema.events import as_utc
-from remarket.storage.state import consent_history, consents, profiles
+from remarket.storage.state import consent_history, consents, profiles, segment_outbox
+from remarket.storage.state.published import chunks, identify_rows
 
 __all__ = [
     "LEGAL_BASES",
+    "PUBLISHER_SOURCE",
     "PURPOSES",
     "STATES",
     "ConsentLedger",
@@ -49,6 +53,8 @@ PURPOSES: Final[tuple[Purpose, ...]] = (
     "advertising",
 )
 STATES: Final[tuple[State, ...]] = ("granted", "denied")
+PUBLISHER_SOURCE: Final = "consent"
+"""The ``source_id`` of the identify events the ledger publishes on every change."""
 LEGAL_BASES: Final[tuple[LegalBasis, ...]] = (
     "consent",
     "contract",
@@ -99,6 +105,37 @@ def is_allowed(current: Mapping[str, ConsentRecord], purpose: str) -> bool:
         raise ValueError(f"purpose must be one of {list(PURPOSES)}, got {purpose!r}")
     record = current.get(purpose)
     return record is not None and record.state == "granted"
+
+
+def _known_refs(conn: Connection, family: list[str], refs: set[str]) -> set[tuple[str, str]]:
+    """``(purpose, ref)`` of the family's history rows among ``refs``."""
+    return {
+        (purpose, ref)
+        for chunk in chunks(sorted(refs))
+        for purpose, ref in conn.execute(
+            select(consent_history.c.purpose, consent_history.c.ref).where(
+                consent_history.c.profile_id.in_(family), consent_history.c.ref.in_(chunk)
+            )
+        )
+    }
+
+
+def _changes(
+    before: Mapping[str, ConsentRecord], after: Mapping[str, ConsentRecord], record: ConsentRecord
+) -> bool:
+    """Whether ``record`` became its purpose's current record with another state."""
+    held = before.get(record.purpose)
+    return after[record.purpose] is record and (held is None or held.state != record.state)
+
+
+def _published(record: ConsentRecord) -> dict[str, str]:
+    return {
+        "purpose": record.purpose,
+        "state": record.state,
+        "source": record.source,
+        "legal_basis": record.legal_basis,
+        "ref": record.ref,
+    }
 
 
 def _record(row: Row[Any]) -> ConsentRecord:
@@ -209,11 +246,16 @@ class ConsentLedger:
         Unless ``always``, a record that repeats the current choice (state, source and
         legal basis) is skipped: a CMP resends its TC string with every event.
         """
+        live, family = self._family(conn, profile_id)
         current = self._current(conn, profile_id)
+        before = dict(current)
+        known = _known_refs(conn, family, {r.ref for r in records})
         written: list[ConsentRecord] = []
         now = self._clock.now()
         for record in sorted(records, key=lambda r: (r.at, r.ref, r.purpose)):
             held = current.get(record.purpose)
+            if (record.purpose, record.ref) in known:
+                continue  # already recorded: a replayed event, or the ledger's own
             if not always and held is not None and held.same_choice(record):
                 continue
             record = ConsentRecord(
@@ -231,6 +273,7 @@ class ConsentLedger:
         if not written:
             return written
         conn.execute(consent_history.insert(), [_values(r) | {"recorded_at": now} for r in written])
+        self._publish(conn, live, [r for r in written if _changes(before, current, r)])
         # One row per purpose: the newest of this call, if it beats what is stored.
         newest = [_values(r) for r in written if current[r.purpose] is r]
         if newest:
@@ -251,6 +294,26 @@ class ConsentLedger:
                 newest,
             )
         return written
+
+    def _publish(self, conn: Connection, profile_id: str, changed: list[ConsentRecord]) -> None:
+        """Queue, for the log, an identify event per instant at which a purpose's current
+        state changed: ``traits.consent.<purpose>`` true or false, the records themselves
+        in ``context.consent.ledger`` (a replay of the log rebuilds the ledger from them).
+        """
+        by_time: dict[datetime, list[ConsentRecord]] = defaultdict(list)
+        for record in changed:
+            by_time[record.at].append(record)
+        items: list[tuple[str, str, Any, datetime]] = []
+        contexts: list[dict[str, Any]] = []
+        for at, group in sorted(by_time.items()):
+            key = "\x1f".join([profile_id, *sorted(f"{r.purpose}:{r.ref}" for r in group)])
+            digest = hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+            traits = {"consent": {r.purpose: r.state == "granted" for r in group}}
+            items.append((profile_id, f"consent-{digest}", traits, at))
+            contexts.append({"consent": {"ledger": [_published(r) for r in group]}})
+        rows = identify_rows(conn, items, source_id=PUBLISHER_SOURCE, contexts=contexts)
+        if rows:
+            conn.execute(self._insert(segment_outbox).on_conflict_do_nothing(), rows)
 
     # -- reading ---------------------------------------------------------------
 

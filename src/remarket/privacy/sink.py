@@ -12,6 +12,13 @@ Read from each event:
 The legal basis of all of them is ``consent``. Unknown purposes and non-boolean values
 are ignored; a TC string that does not decode is logged and ignored (the event itself
 was valid and is kept).
+
+Every change of a purpose's current state, from any source (the API and one-click
+unsubscribe included), is published back to the log by the ledger as an identify event
+of source ``consent``: ``traits.consent.<purpose>`` for profiles and segments, and the
+records themselves in ``context.consent.ledger``. This sink skips records it already
+holds (by ref), so those events change nothing live, while a replay of the log into
+empty stores rebuilds the whole ledger, API choices included.
 """
 
 from __future__ import annotations
@@ -24,20 +31,25 @@ from typing import Any, Final
 import msgspec
 from sqlalchemy import select, tuple_
 
-from remarket.privacy.consent import PURPOSES, ConsentLedger, ConsentRecord
+from remarket.privacy.consent import (
+    LEGAL_BASES,
+    PUBLISHER_SOURCE,
+    PURPOSES,
+    STATES,
+    ConsentLedger,
+    ConsentRecord,
+)
 from remarket.privacy.tcf import decode_tc_string, tcf_consents
 from remarket.privacy.transactions import immediate
 from remarket.schema.events import Identify, Message
 from remarket.storage.state import identities
 from remarket.storage.state.offsets import claim_offset, committed_offset
+from remarket.storage.state.published import ANONYMOUS_ID, USER_ID
 
 __all__ = ["ConsentSink", "consents_in"]
 
 _log = logging.getLogger(__name__)
 _OBJECT: Final = msgspec.json.Decoder(dict[str, Any])
-# The identity kinds the profiles worker writes (remarket.profiles.identity, a layer up).
-_ANONYMOUS_ID: Final = "anonymous_id"
-_USER_ID: Final = "user_id"
 
 
 def _object(raw: msgspec.Raw) -> dict[str, Any]:
@@ -87,6 +99,33 @@ def consents_in(message: Message) -> list[tuple[str, bool, str]]:
     return found
 
 
+_Choice = tuple[str, str, str, str, str]
+"""``(purpose, state, source, legal basis, ref)``: a ledger record but its profile and time."""
+
+
+def _choices(message: Message) -> list[_Choice]:
+    """The records an event makes: from the consent it carries, or, for the ledger's own
+    published events, the records they copy (``context.consent.ledger``)."""
+    if message.source_id != PUBLISHER_SOURCE:
+        return [
+            (purpose, "granted" if granted else "denied", source, "consent", f"{source}:{mid}")
+            for purpose, granted, source in consents_in(message)
+            for mid in (message.message_id or "",)
+        ]
+    consent = _object(message.context).get("consent")
+    copied = consent.get("ledger") if isinstance(consent, dict) else None
+    fields = ("purpose", "state", "source", "legal_basis", "ref")
+    return [
+        (item["purpose"], item["state"], item["source"], item["legal_basis"], item["ref"])
+        for item in (copied if isinstance(copied, list) else ())
+        if isinstance(item, dict)
+        and all(isinstance(item.get(f), str) for f in fields)
+        and item["purpose"] in PURPOSES
+        and item["state"] in STATES
+        and item["legal_basis"] in LEGAL_BASES
+    ]
+
+
 class ConsentSink:
     """Applies consent carried by events to the ledger, after the profiles worker.
 
@@ -104,7 +143,7 @@ class ConsentSink:
             return committed_offset(conn, self.name)
 
     def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
-        found = [(message, consents) for _, message in rows if (consents := consents_in(message))]
+        found = [(message, choices) for _, message in rows if (choices := _choices(message))]
         with immediate(self._engine) as conn:
             claim_offset(conn, self.name, through, expected)
             if not found:
@@ -119,25 +158,17 @@ class ConsentSink:
                 )
             )
             per_profile: dict[str, list[ConsentRecord]] = defaultdict(list)
-            for message, consents in found:
+            for message, choices in found:
                 profile_id = next(
                     (owner[i] for i in self._identifiers(message) if i in owner), None
                 )
                 if profile_id is None or message.timestamp is None:
                     _log.warning("message %s: no profile for its consent", message.message_id)
                     continue
-                for purpose, granted, source in consents:
-                    per_profile[profile_id].append(
-                        ConsentRecord(
-                            profile_id,
-                            purpose,
-                            "granted" if granted else "denied",
-                            source,
-                            "consent",
-                            message.timestamp,
-                            f"{source}:{message.message_id or ''}",
-                        )
-                    )
+                per_profile[profile_id] += [
+                    ConsentRecord(profile_id, purpose, state, source, basis, message.timestamp, ref)
+                    for purpose, state, source, basis, ref in choices
+                ]
             for profile_id, records in sorted(per_profile.items()):
                 self._ledger.record(conn, profile_id, records)
 
@@ -145,7 +176,7 @@ class ConsentSink:
     def _identifiers(message: Message) -> list[tuple[str, str]]:
         found: list[tuple[str, str]] = []
         if message.user_id is not None:
-            found.append((_USER_ID, str(message.user_id)))
+            found.append((USER_ID, str(message.user_id)))
         if message.anonymous_id is not None:
-            found.append((_ANONYMOUS_ID, str(message.anonymous_id)))
+            found.append((ANONYMOUS_ID, str(message.anonymous_id)))
         return found

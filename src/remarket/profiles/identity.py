@@ -15,6 +15,7 @@ from typing import Final
 import msgspec
 
 from remarket.schema.events import Alias, Identify, Message
+from remarket.storage.state.published import ANONYMOUS_ID, USER_ID
 
 __all__ = [
     "ANONYMOUS_ID",
@@ -28,8 +29,6 @@ __all__ = [
     "profile_id_of",
 ]
 
-ANONYMOUS_ID: Final = "anonymous_id"
-USER_ID: Final = "user_id"
 EMAIL: Final = "email"
 
 Identifier = tuple[str, str]

@@ -5,11 +5,13 @@ inlined (the referenced definition's nodes under ``<node id>/``) so each engine 
 one self-contained tree; a segment that references another must be compiled again
 when that one changes (:attr:`CoreSegment.references` names them). ``consent`` is
 rewritten by a pluggable function; the default reads the identify trait
-``consent.<purpose>``, the same trait the consent ledger takes from identify events
-(:mod:`remarket.privacy.sink`), so both engines see it from events alone. Consent set
-through the API or a TC string is in the ledger only: reading it needs the ledger's
-current state mirrored into the warehouse (as identities are) and a core node both
-engines evaluate against it.
+``consent.<purpose>``. That trait is the consent ledger's state: the ledger publishes
+every change of a purpose's current state, whatever set it (identify traits, a TC
+string or Segment's ``categoryPreferences`` in ``context``, the API, one-click
+unsubscribe), as an identify event at the time of the choice
+(:mod:`remarket.privacy.sink`), so both engines read the ledger from events alone, in
+real time and as of any T. A ``score`` node holds only with ``personalization``
+consent: a model's output is used only for people who allowed it.
 """
 
 from __future__ import annotations
@@ -110,6 +112,9 @@ class CoreSegment:
     entry: str
     nodes: Mapping[str, CoreNode]
     references: frozenset[str] = field(default_factory=frozenset)
+
+
+_MODEL_PURPOSE: Final = "personalization"
 
 
 def _node(node_id: str, data: dict[str, Any], children: list[str] | None = None) -> CoreNode:
@@ -219,7 +224,13 @@ def _expand(
 ) -> None:
     for index, node in enumerate(definition.nodes):
         node_id = prefix + node.id
-        if isinstance(node, _CORE):
+        if isinstance(node, ScoreNode):
+            # A model's score may be used only with the person's personalization consent.
+            scored, allowed = f"{node_id}/score", f"{node_id}/consent"
+            out[scored] = _core(node, scored, prefix)
+            out[allowed] = _node(allowed, consent(_MODEL_PURPOSE))
+            out[node_id] = _node(node_id, {"type": "and"}, [scored, allowed])
+        elif isinstance(node, _CORE):
             out[node_id] = _core(node, node_id, prefix)
         elif isinstance(node, InSegmentNode):
             target = resolve(node.segment) if resolve is not None else None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
@@ -23,12 +23,12 @@ from remarket.profiles.identity import ANONYMOUS_ID, USER_ID
 from remarket.schema.events import Track, as_utc, encode_message
 from remarket.storage.state import (
     consumer_offsets,
-    identities,
     segment_history,
     segment_members,
     segment_outbox,
 )
 from remarket.storage.state.offsets import committed_offset
+from remarket.storage.state.published import chunks, senders
 
 __all__ = [
     "CONSUMER",
@@ -52,14 +52,7 @@ EXITED: Final = "Segment Exited"
 PUBLISHER_SOURCE: Final = "segments"
 """The ``source_id`` of published transitions (no real source has this id)."""
 
-_CHUNK: Final = 500
 _BUCKETS: Final = {"minute": 60, "hour": 3600, "day": 86_400}
-
-
-def chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
-    """``items`` in slices of ``size`` (for IN lists that must stay short)."""
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,25 +103,6 @@ def message_id_of(segment: str, profile_id: str, seq: int) -> str:
     return f"segment-{digest.hexdigest()}"
 
 
-def _senders(conn: Connection, profile_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
-    """An identifier per profile to send its events under: a user id, else an anonymous id."""
-    found: dict[str, tuple[str, str]] = {}
-    for chunk in chunks(sorted(set(profile_ids))):
-        rows = conn.execute(
-            select(identities.c.profile_id, identities.c.kind, identities.c.value)
-            .where(
-                identities.c.profile_id.in_(chunk),
-                identities.c.kind.in_((USER_ID, ANONYMOUS_ID)),
-            )
-            .order_by(identities.c.value)
-        )
-        for pid, kind, value in rows:
-            current = found.get(pid)
-            if current is None or (kind == USER_ID and current[0] != USER_ID):
-                found[pid] = (kind, value)
-    return found
-
-
 def _last_seqs(conn: Connection, pairs: set[tuple[str, str]]) -> dict[tuple[str, str], int]:
     last: dict[tuple[str, str], int] = {}
     profiles = sorted({pid for _, pid in pairs})
@@ -153,7 +127,7 @@ def write_transitions(conn: Connection, transitions: Sequence[Transition]) -> No
     if not transitions:
         return
     last = _last_seqs(conn, {(t.segment, t.profile_id) for t in transitions})
-    senders = _senders(conn, [t.profile_id for t in transitions])
+    who = senders(conn, [t.profile_id for t in transitions])
     history: list[dict[str, Any]] = []
     outbox: list[dict[str, Any]] = []
     entered: list[dict[str, Any]] = []
@@ -179,7 +153,7 @@ def write_transitions(conn: Connection, transitions: Sequence[Transition]) -> No
             )
         else:
             exited[t.segment].append(t.profile_id)
-        sender = senders.get(t.profile_id)
+        sender = who.get(t.profile_id)
         if sender is not None:
             message_id = message_id_of(t.segment, t.profile_id, seq)
             payload = _event(t, sender, message_id)
