@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from remarket.api import Runtime, create_app
 from remarket.api.erasure import subject_for_value
@@ -28,11 +28,10 @@ from remarket.privacy.keyring import Keyring
 from remarket.privacy.rights import build_rights
 from remarket.profiles import ProfileStore
 from remarket.storage.log import open_log
-from remarket.storage.state import connect_state, upgrade_state
-from remarket.storage.state.tables import pii_keys, privacy_secrets
+from remarket.storage.state import connect_state
 from remarket.storage.warehouse import DuckDBWarehouse
-from remarket.workers import build_workers
 from tests.api.harness import Server
+from tests.privacy.replay import replay_log
 
 ANN = {"anonymousId": "a-ann-7f3e", "userId": "u-ann-4411", "email": "ann.lee@example.com"}
 BOB = {"anonymousId": "a-bob-91c2", "userId": "u-bob-5522", "email": "bob.ray@example.com"}
@@ -197,38 +196,11 @@ def _scan_log(settings: Settings, values: list[str]) -> int:
     return asyncio.run(scan())
 
 
-def _replay(
-    settings: Settings, live_state: Engine, tmp_path: Path
-) -> tuple[Engine, DuckDBWarehouse]:
-    """The whole log into an empty state store and warehouse (keys carried over)."""
-    engine = connect_state(f"sqlite:///{tmp_path / 'replay' / 'state.db'}")
-    upgrade_state(engine)
-    with live_state.connect() as source, engine.begin() as target:
-        for table in (privacy_secrets, pii_keys):
-            rows = [dict(r._mapping) for r in source.execute(select(table))]
-            if rows:
-                target.execute(table.insert(), rows)
-    warehouse = DuckDBWarehouse(None)
-    replay_settings = settings.model_copy(
-        update={"log_url": SecretStr(settings.resolved_log_url())}
-    )
-
-    async def run() -> None:
-        workers = await build_workers(replay_settings, engine, warehouse, keyring=Keyring(engine))
-        try:
-            await workers.runner.drain()
-        finally:
-            await workers.log.close()
-
-    asyncio.run(run())
-    return engine, warehouse
-
-
 def _check_replay(
     settings: Settings, live_state: Engine, tmp_path: Path, bob_before: dict[str, Any]
 ) -> None:
     unreadable = EVENTS_UNREADABLE._value.get()
-    engine, warehouse = _replay(settings, live_state, tmp_path)
+    engine, warehouse = replay_log(settings, live_state, tmp_path / "replay")
     try:
         # Ann's events (8, plus her segment transition) could not be opened.
         assert EVENTS_UNREADABLE._value.get() - unreadable >= 9

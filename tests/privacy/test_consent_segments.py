@@ -8,21 +8,14 @@ the ledger, choices made through the API included.
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from pydantic import SecretStr
-from sqlalchemy import select
 
 from remarket.clock import ManualClock
 from remarket.config import Settings
 from remarket.privacy import ConsentLedger
-from remarket.privacy.keyring import Keyring
-from remarket.storage.state import connect_state, upgrade_state
-from remarket.storage.state.tables import pii_keys, privacy_secrets
-from remarket.storage.warehouse import DuckDBWarehouse
-from remarket.workers import build_workers
+from remarket.storage.state import connect_state
+from tests.privacy.replay import replay_log
 from tests.privacy.test_consent import ALL_TCF, NONE_TCF
 from tests.segments.world import World, running
 
@@ -124,26 +117,9 @@ def test_the_consent_node_follows_the_ledger(tmp_path: Path) -> None:
 
     # The whole log into empty stores (the keys carried over: nobody was erased).
     settings = Settings(data_dir=tmp_path)
-    settings = settings.model_copy(update={"log_url": SecretStr(settings.resolved_log_url())})
-    engine = connect_state(f"sqlite:///{tmp_path / 'replayed.db'}")
-    upgrade_state(engine)
     live_state = connect_state(settings.resolved_database_url())
-    with live_state.connect() as source, engine.begin() as target:
-        for table in (privacy_secrets, pii_keys):
-            target.execute(
-                table.insert(), [dict(r._mapping) for r in source.execute(select(table))]
-            )
+    engine, warehouse = replay_log(settings, live_state, tmp_path / "replay")
     live_state.dispose()
-    warehouse = DuckDBWarehouse(None)
-
-    async def replay() -> None:
-        workers = await build_workers(settings, engine, warehouse, keyring=Keyring(engine))
-        try:
-            await workers.runner.drain()
-        finally:
-            await workers.log.close()
-
-    asyncio.run(replay())
     ledger = ConsentLedger(engine)
     for pid, history in live.items():
         # Every choice comes back, with its source, basis, time and ref, once.

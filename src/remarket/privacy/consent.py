@@ -128,14 +128,9 @@ def _changes(
     return after[record.purpose] is record and (held is None or held.state != record.state)
 
 
-def _published(record: ConsentRecord) -> dict[str, str]:
-    return {
-        "purpose": record.purpose,
-        "state": record.state,
-        "source": record.source,
-        "legal_basis": record.legal_basis,
-        "ref": record.ref,
-    }
+def _published(record: ConsentRecord) -> dict[str, Any]:
+    """The record as a published event carries it (its profile and time are the event's)."""
+    return {k: v for k, v in _values(record).items() if k not in ("profile_id", "at")}
 
 
 def _record(row: Row[Any]) -> ConsentRecord:
