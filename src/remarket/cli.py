@@ -21,6 +21,7 @@ from remarket.api import ROLES, ApiKeyStore, Runtime, WorkersMode, create_app
 from remarket.api.erasure import subject_for_value
 from remarket.api.passwords import Passwords
 from remarket.api.users import UserStore
+from remarket.channels.removals import AudienceRemovals
 from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings, reference_table
@@ -341,7 +342,9 @@ def _rights(settings: Settings) -> tuple[Any, Rights, Any]:
     """(engine, rights, warehouse) for the privacy commands; close the warehouse after."""
     engine = _engine(settings)
     warehouse = open_warehouse(settings)
-    return engine, build_rights(settings, engine, warehouse, Keyring(engine)), warehouse
+    rights = build_rights(settings, engine, warehouse, Keyring(engine))
+    rights.erasers.inform(AudienceRemovals(engine))
+    return engine, rights, warehouse
 
 
 @privacy_app.command("erase")
@@ -375,12 +378,16 @@ def privacy_verify_erased(
     value: Annotated[str, typer.Argument(help="A profile id, user id, anonymous id or e-mail.")],
 ) -> None:
     """Scan every store (and the whole event log, for VALUE in the clear) for what remains
-    of a person; exit 1 if anything does."""
+    of a person; exit 1 if anything does.
+
+    Removals from ad audiences that the erasure queued and that are not delivered yet
+    (hashed identifiers only, no PII) are listed apart as pending, not as residue."""
     settings = _settings()
     _, rights, warehouse = _rights(settings)
     try:
         subject = subject_for_value(rights.erasure, value)
         residue = rights.erasure.residue(subject)
+        pending = rights.erasure.pending(subject)
     finally:
         warehouse.close()
 
@@ -396,6 +403,9 @@ def privacy_verify_erased(
     for store, count in residue.items():
         table.add_row(store, str(count))
     console.print(table)
+    if any(pending.values()):
+        waiting = ", ".join(f"{n} to {name}" for name, n in pending.items() if n)
+        console.print(f"[yellow]pending platform removals (hashed identifiers): {waiting}[/]")
     total = sum(residue.values())
     if total:
         err.print(f"[red]{total} rows of {value!r} remain[/]")

@@ -13,7 +13,6 @@ import pytest
 from sqlalchemy import Engine
 
 from remarket.channels.audiences import AudienceStore, e164, google_identifiers, meta_row
-from remarket.segments.membership import Transition, write_transitions
 from tests.channels.sinks import HttpSink, Request, http_server
 from tests.channels.world import World
 
@@ -64,9 +63,7 @@ def world(state_engine: Engine, tmp_path: Path) -> World:
 
 
 def _move(world: World, pid: str, entered: bool) -> None:
-    world.clock.advance(timedelta(seconds=1))
-    with world.engine.begin() as conn:
-        write_transitions(conn, [Transition("buyers", 1, pid, entered, world.clock.now())])
+    world.move("buyers", pid, entered)
 
 
 def test_meta_audience_follows_segment_membership(world: World, sink: HttpSink) -> None:

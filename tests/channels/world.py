@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from remarket.channels.templates import Template, TemplateStore
 from remarket.clock import ManualClock
 from remarket.config import Settings
 from remarket.privacy import ConsentLedger
+from remarket.segments.membership import Transition, write_transitions
 from remarket.storage.state import channel_outbox, profile_traits, profiles, segments
 
 START = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)  # a Monday, noon UTC
@@ -74,6 +75,12 @@ class World:
                     "updated_at": now,
                 },
             )
+
+    def move(self, segment: str, pid: str, entered: bool) -> None:
+        """One second later, the profile enters (or leaves) the segment."""
+        self.clock.advance(timedelta(seconds=1))
+        with self.engine.begin() as conn:
+            write_transitions(conn, [Transition(segment, 1, pid, entered, self.clock.now())])
 
     def provider(self, kind: str, *, rate_per_s: int | None = None, **settings: Any) -> str:
         from remarket.channels.registry import KINDS

@@ -13,6 +13,7 @@ from remarket.api import Runtime, create_app
 from remarket.cli import app
 from remarket.config import Settings
 from tests.api.harness import Server
+from tests.api.platforms import ad_platforms, outbox, shop, wait
 
 runner = CliRunner()
 
@@ -73,3 +74,31 @@ def test_erase_then_verify_then_export(env: dict[str, str], tmp_path: Path) -> N
     # The other visitor is still there.
     other = runner.invoke(app, ["privacy", "verify-erased", "a-cli-2"], env=env)
     assert other.exit_code == 1
+
+
+def test_verify_erased_reports_pending_platform_removals_apart(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    settings = Settings(data_dir=tmp_path / "var", log_fsync="normal", worker_poll_interval_s=0.01)
+    ann = {"userId": "u-cli-ann", "email": "ann@example.com", "phone": "+33 6 12 34 56 78"}
+
+    with ad_platforms() as platforms:
+        with TestClient(create_app(settings)) as client:
+            runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+            _, write_key = runtime.sources.create("web")
+            _, admin_key = runtime.keys.create("tests", "admin")
+            server = Server(client, runtime, write_key, admin_key)
+            ids = shop(server, platforms, {"ann": (ann, "pro", True)})
+        # The server is down: the erasure's removals wait in the outbox.
+        erased = runner.invoke(app, ["privacy", "erase", ann["userId"]], env=env)
+        assert erased.exit_code == 0, erased.output
+        assert "queued.audiences" in erased.output
+        after = runner.invoke(app, ["privacy", "verify-erased", ids["ann"]], env=env)
+        assert after.exit_code == 0, after.output  # hashes to send are not residue
+        assert "pending platform removals (hashed identifiers): 2 to audiences" in after.output
+        with TestClient(create_app(settings)) as client:  # its deliverer sends them
+            engine = client.app.state.runtime.engine  # type: ignore[attr-defined]
+            wait(lambda: not outbox(engine), "the removals to go out")
+        assert [r.method for r in platforms.meta.requests] == ["POST", "DELETE"]
+    done = runner.invoke(app, ["privacy", "verify-erased", ids["ann"]], env=env)
+    assert done.exit_code == 0 and "pending" not in done.output, done.output

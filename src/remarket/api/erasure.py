@@ -41,7 +41,10 @@ class ErasureOut(BaseModel):
     actor: str = Field(description="The API key id, or cli.")
     requested_at: datetime
     completed_at: datetime
-    counts: dict[str, int] = Field(description="Rows removed per store; pii_keys: keys destroyed.")
+    counts: dict[str, int] = Field(
+        description="Rows removed per store; pii_keys: keys destroyed; queued.audiences: "
+        "removals from ad audiences queued (hashed identifiers only)."
+    )
 
 
 class ErasurePageOut(BaseModel):
@@ -112,7 +115,9 @@ async def erase_profile(
 ) -> ErasureOut:
     """Erase the person (GDPR art. 17) from every store: profile, identities, traits,
     consents, segments, quarantine, warehouse, Parquet exports; their keys are destroyed,
-    so what the event log and its backups hold of them can never be read again.
+    so what the event log and its backups hold of them can never be read again. First,
+    their removal from every ad audience they were uploaded to is queued (the platforms'
+    hashed identifiers only), so an answered erasure has always queued it.
 
     Answers once done, with what was removed per store; recorded (without PII) in the
     erasure records and the audit log.

@@ -15,6 +15,7 @@ from remarket.api.lockout import Lockout
 from remarket.api.passwords import Passwords
 from remarket.api.sessions import SessionStore
 from remarket.api.users import UserStore
+from remarket.channels.removals import AudienceRemovals
 from remarket.clock import Clock, SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
 from remarket.collect.protection import Protection
@@ -111,6 +112,9 @@ class Runtime:
             max_failures=settings.login_max_failures,
             window=timedelta(seconds=settings.login_failure_window_s),
         )
+        rights = build_rights(settings, engine, warehouse, keyring, clock)
+        # Erasure queues the person's removal from the ad audiences they were uploaded to.
+        rights.erasers.inform(AudienceRemovals(engine))
         return cls(
             settings=settings,
             clock=clock,
@@ -124,7 +128,7 @@ class Runtime:
             profiles=ProfileStore(engine),
             workers=process or thread,
             keyring=keyring,
-            rights=build_rights(settings, engine, warehouse, keyring, clock),
+            rights=rights,
             protection=protection,
             users=users,
             sessions=SessionStore(

@@ -9,7 +9,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from sqlalchemy import Connection, Engine, delete, func, select, update
 
@@ -28,6 +28,7 @@ from remarket.storage.state import (
 )
 
 __all__ = [
+    "DEFAULT_COUNTRY_CODE",
     "PLATFORMS",
     "Audience",
     "AudienceProvider",
@@ -35,12 +36,16 @@ __all__ = [
     "GoogleCustomerMatchProvider",
     "MetaAudienceProvider",
     "e164",
+    "generation",
     "google_identifiers",
+    "hashed_identifiers",
     "meta_row",
     "sha256_hex",
 ]
 
 PLATFORMS: Final = ("meta", "google")
+DEFAULT_COUNTRY_CODE: Final = "1"
+"""The country code of phone numbers written without one, unless the provider sets it."""
 _GMAIL: Final = ("gmail.com", "googlemail.com")
 _SYNC_BATCH: Final = 5_000
 
@@ -115,11 +120,45 @@ def google_identifiers(
     return found
 
 
+def hashed_identifiers(
+    platform: str, email: str | None, phone: str | None, country_code: str
+) -> dict[str, Any]:
+    """What an upload to ``platform`` holds of a person: Meta's ``schema`` and ``row``,
+    or Google's ``userIdentifiers`` (empty if the person has neither identifier).
+
+    >>> hashed_identifiers("meta", "a@example.com", None, "1")["schema"]
+    ['EMAIL']
+    >>> hashed_identifiers("google", None, None, "1")
+    {'userIdentifiers': []}
+    """
+    if platform == "meta":
+        schema, row = meta_row(email, phone, country_code)
+        return {"schema": schema, "row": row}
+    return {"userIdentifiers": google_identifiers(email, phone, country_code)}
+
+
 class AudienceProvider(HttpProvider, ABC):
     """An ad platform: uploads many identifiers of one audience and operation at once
-    (every envelope given to :meth:`send_many` has the same audience and op)."""
+    (every envelope given to :meth:`send_many` has the same audience and op).
+
+    An envelope's ``data`` holds the person's ``email`` and ``phone``, hashed here, or
+    (a removal queued by erasure, when they are gone) ``hashed``: what
+    :func:`hashed_identifiers` made of them then."""
 
     channel = "audience"
+    platform: ClassVar[str]
+
+    def __init__(self, *, country_code: str, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self._country_code = country_code
+
+    def _hashed(self, data: dict[str, Any]) -> dict[str, Any]:
+        given = data.get("hashed")
+        if isinstance(given, dict):
+            return given
+        return hashed_identifiers(
+            self.platform, data.get("email"), data.get("phone"), self._country_code
+        )
 
     async def send(self, envelope: Envelope) -> None:
         await self.send_many([envelope])
@@ -133,29 +172,28 @@ class MetaAudienceProvider(AudienceProvider):
     with ``{"session": ..., "payload": {"schema": [...], "data": [[...]]}}`` and the
     access token as Bearer (Meta Marketing API, Customer File Custom Audiences)."""
 
+    platform = "meta"
+
     def __init__(
         self,
         *,
         access_token: str,
-        country_code: str = "1",
+        country_code: str = DEFAULT_COUNTRY_CODE,
         base_url: str = "https://graph.facebook.com",
         version: str = "v21.0",
         timeout: float = 30.0,
     ) -> None:
-        super().__init__(timeout=timeout)
+        super().__init__(country_code=country_code, timeout=timeout)
         self._base = f"{base_url.rstrip('/')}/{version}"
         self._headers = {"Authorization": f"Bearer {access_token}"}
-        self._country_code = country_code
 
     async def send_many(self, envelopes: Sequence[Envelope]) -> None:
         """One request per identifier schema (Meta takes up to 10,000 rows in one)."""
         first = envelopes[0].data
         by_schema: dict[tuple[str, ...], list[list[str]]] = {}
         for envelope in envelopes:
-            schema, row = meta_row(
-                envelope.data.get("email"), envelope.data.get("phone"), self._country_code
-            )
-            by_schema.setdefault(tuple(schema), []).append(row)
+            hashed = self._hashed(envelope.data)
+            by_schema.setdefault(tuple(hashed["schema"]), []).append(list(hashed["row"]))
         # The session id derives from the idempotency keys: a repeat names the same upload.
         keys = "\x1f".join(e.key for e in envelopes)
         session = int(hashlib.sha256(keys.encode()).hexdigest()[:12], 16)
@@ -180,6 +218,8 @@ class GoogleCustomerMatchProvider(AudienceProvider):
     then ``:run``; headers ``Authorization: Bearer``, ``developer-token`` and
     ``login-customer-id``."""
 
+    platform = "google"
+
     def __init__(
         self,
         *,
@@ -187,12 +227,12 @@ class GoogleCustomerMatchProvider(AudienceProvider):
         developer_token: str,
         access_token: str,
         login_customer_id: str | None = None,
-        country_code: str = "1",
+        country_code: str = DEFAULT_COUNTRY_CODE,
         base_url: str = "https://googleads.googleapis.com",
         version: str = "v17",
         timeout: float = 30.0,
     ) -> None:
-        super().__init__(timeout=timeout)
+        super().__init__(country_code=country_code, timeout=timeout)
         self._base = f"{base_url.rstrip('/')}/{version}"
         self._customer = customer_id.replace("-", "")
         self._headers = {
@@ -201,7 +241,6 @@ class GoogleCustomerMatchProvider(AudienceProvider):
         }
         if login_customer_id:
             self._headers["login-customer-id"] = login_customer_id.replace("-", "")
-        self._country_code = country_code
 
     async def send_many(self, envelopes: Sequence[Envelope]) -> None:
         """One job: create it, add every operation, run it."""
@@ -220,14 +259,7 @@ class GoogleCustomerMatchProvider(AudienceProvider):
         job = created.json()["resourceName"]
         op = "create" if first["op"] == "add" else "remove"
         operations = [
-            {
-                op: {
-                    "userIdentifiers": google_identifiers(
-                        e.data.get("email"), e.data.get("phone"), self._country_code
-                    )
-                }
-            }
-            for e in envelopes
+            {op: {"userIdentifiers": self._hashed(e.data)["userIdentifiers"]}} for e in envelopes
         ]
         await self._post(
             f"{self._base}/{job}:addOperations",
@@ -253,7 +285,8 @@ def _audience(row: Any) -> Audience:
     )
 
 
-def _generation(audience_id: str, created_at: datetime) -> str:
+def generation(audience_id: str, created_at: datetime) -> str:
+    """The prefix of an audience's upload keys."""
     # A re-created audience of the same id uploads again: its keys differ from the old.
     return f"aud:{audience_id}:{int(created_at.timestamp() * 1_000_000)}"
 
@@ -298,7 +331,7 @@ class AudienceStore:
                     "created_at": now,
                 },
             )
-            generation = _generation(audience_id, now)
+            prefix = generation(audience_id, now)
             members = conn.scalars(
                 select(segment_members.c.profile_id).where(segment_members.c.segment == segment)
             ).all()
@@ -306,7 +339,7 @@ class AudienceStore:
                 conn,
                 [
                     OutboxMessage(
-                        f"{generation}:m:{pid}",
+                        f"{prefix}:m:{pid}",
                         pid,
                         "audience",
                         None,
@@ -365,9 +398,9 @@ class AudienceStore:
         ).all()
         if not rows:
             return 0
-        generation = _generation(audience.id, audience.created_at)
+        prefix = generation(audience.id, audience.created_at)
         wanted = {
-            f"{generation}:c:{hashlib.sha256(r.ref.encode()).hexdigest()[:16]}:{r.profile_id}": r
+            f"{prefix}:c:{hashlib.sha256(r.ref.encode()).hexdigest()[:16]}:{r.profile_id}": r
             for r in rows
         }
         known: set[str] = set()
@@ -412,12 +445,12 @@ class AudienceStore:
         ).all()
         if not rows:
             return 0
-        generation = _generation(audience.id, audience.created_at)
+        prefix = generation(audience.id, audience.created_at)
         added = enqueue_many(
             conn,
             [
                 OutboxMessage(
-                    f"{generation}:h:{row.id}",
+                    f"{prefix}:h:{row.id}",
                     row.profile_id,
                     "audience",
                     None,

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, Row, or_, select, update
+from sqlalchemy import Connection, Engine, Row, delete, or_, select, update
 
 from remarket.channels.audiences import AudienceProvider, AudienceStore, e164
 from remarket.channels.guards import (
@@ -28,6 +28,7 @@ from remarket.channels.guards import (
 )
 from remarket.channels.providers import Envelope, Provider, SendFailed
 from remarket.channels.registry import ProviderStore
+from remarket.channels.removals import is_erasure_removal
 from remarket.channels.secrets import SecretBox, load_key
 from remarket.channels.templates import Template, TemplateStore, render, template_context
 from remarket.clock import Clock
@@ -263,12 +264,13 @@ class Delivery:
         else:
             values["finished_at"] = now
             values["lease_until"] = None
+        mine = (channel_outbox.c.id == row.id, channel_outbox.c.status == "pending")
         with self._engine.begin() as conn:
-            conn.execute(
-                update(channel_outbox)
-                .where(channel_outbox.c.id == row.id, channel_outbox.c.status == "pending")
-                .values(values)
-            )
+            if outcome.status in ("sent", "skipped") and is_erasure_removal(row.variables):
+                # Done with an erased person: nothing of them (not even hashes) stays.
+                conn.execute(delete(channel_outbox).where(*mine))
+            else:
+                conn.execute(update(channel_outbox).where(*mine).values(values))
 
     # -- one message -----------------------------------------------------------------
 
@@ -371,10 +373,14 @@ class Delivery:
         with self._engine.connect() as conn:
             live_id = self._live_id(conn, row.profile_id)
             family = sorted({row.profile_id, live_id})
-            if not self._consented(row, live_id):
-                return Verdict("skip", "no_consent"), None, None
-            if suppressed(conn, family, channel):
-                return Verdict("skip", "suppressed"), None, None
+            # Taking someone out of an audience is always allowed: no consent needed,
+            # no suppression holds it back (and caps and quiet hours are for messages).
+            removal = channel == "audience" and row.variables.get("op") == "remove"
+            if not removal:
+                if not self._consent.allowed(live_id, purpose_of(channel, self._settings)):
+                    return Verdict("skip", "no_consent"), None, None
+                if suppressed(conn, family, channel):
+                    return Verdict("skip", "suppressed"), None, None
             traits = self._traits(conn, live_id)
             provider = self._provider_for(conn, row)
             if provider is None:
@@ -416,11 +422,6 @@ class Delivery:
                 self._in_flight[journey_id] = left
             else:
                 self._in_flight.pop(journey_id, None)
-
-    def _consented(self, row: Row[Any], live_id: str) -> bool:
-        if row.channel == "audience" and row.variables.get("op") == "remove":
-            return True  # taking someone out of an audience needs no consent
-        return self._consent.allowed(live_id, purpose_of(row.channel, self._settings))
 
     @staticmethod
     def _live_id(conn: Connection, profile_id: str) -> str:
@@ -511,6 +512,11 @@ class Delivery:
         ).one_or_none()
         if audience is None:
             return Verdict("skip", "audience_gone"), None, None
+        if is_erasure_removal(row.variables):
+            # The person is gone: what the platform holds of them was hashed at erasure.
+            data = {"audience": audience.external_id, "op": op, "hashed": row.variables["hashed"]}
+            envelope = Envelope(row.idempotency_key, live_id, "audience", "", data=data)
+            return SEND, envelope, provider
         member = conn.scalar(
             select(segment_members.c.profile_id).where(
                 segment_members.c.segment == audience.segment,

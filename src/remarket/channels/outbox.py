@@ -22,7 +22,8 @@ class OutboxMessage:
     """One effect to deliver: a message to a profile, a webhook call, an audience change.
 
     ``variables`` are the extra template variables (email, sms, push), the webhook body,
-    or the audience operation ``{"audience": id, "op": "add" | "remove"}``.
+    or the audience operation ``{"audience": id, "op": "add" | "remove"}``. ``due_at``:
+    not before then (None: at once).
 
     >>> OutboxMessage("k1", "p_1", "email", "welcome", {}).channel
     'email'
@@ -37,6 +38,7 @@ class OutboxMessage:
     journey_version: int | None = None
     node_id: str | None = None
     trigger: dict[str, Any] | None = None
+    due_at: datetime | None = None
 
     def __post_init__(self) -> None:
         if self.channel not in CHANNELS:
@@ -63,7 +65,7 @@ def _row(message: OutboxMessage, now: datetime) -> dict[str, Any]:
         "status": "pending",
         "attempts": 0,
         "failures": 0,
-        "due_at": now,
+        "due_at": max(now, as_utc(message.due_at)) if message.due_at else now,
         "created_at": now,
     }
 

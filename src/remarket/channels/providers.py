@@ -36,7 +36,8 @@ class Envelope:
 
     ``to``: the e-mail address, E.164 phone number or push token (empty for webhooks
     and audiences). ``data``: the webhook body, or for audiences ``{"audience":
-    external id, "op": "add" | "remove", "email": ..., "phone": ...}``.
+    external id, "op": "add" | "remove", "email": ..., "phone": ...}`` (an erasure's
+    removal: ``"hashed"`` identifiers instead of e-mail and phone).
     """
 
     key: str

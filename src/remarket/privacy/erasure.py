@@ -3,8 +3,11 @@
 A person is a :class:`Subject`: the profile ids (the live one and those merged into it)
 and the identifiers of the identity graph (plus the PII values of their traits, to find
 them in raw payloads). Each store has an :class:`Eraser` in an :class:`ErasureRegistry`
-(modules register theirs); erasure runs in steps:
+(modules register theirs), and so has each :class:`Recipient` the person's data went to
+(an ad platform); erasure runs in steps:
 
+0. :meth:`Erasure.notify` queues, in one transaction and before anything is destroyed,
+   what tells every recipient to erase the person too (GDPR art. 17(2), 19);
 1. :meth:`Erasure.begin` destroys the keys of the person's identifiers (so the log,
    its backups and JetStream hold their events only as ciphertext that nothing can open
    any more, and a replay skips them) and writes the erasure record, which tells every
@@ -23,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Protocol
 
-from sqlalchemy import Engine, select, tuple_, update
+from sqlalchemy import Connection, Engine, select, tuple_, update
 
 from remarket.clock import Clock, SystemClock
 from remarket.privacy.audit import AuditLog
@@ -40,6 +43,7 @@ __all__ = [
     "ErasureRecord",
     "ErasureRegistry",
     "Identifier",
+    "Recipient",
     "Subject",
 ]
 
@@ -68,8 +72,35 @@ class Eraser(Protocol):
         ...
 
 
+class Recipient(Protocol):
+    """A third party the person's data was disclosed to (an ad platform), told of their
+    erasure. :meth:`queue` runs before any of the person's keys and rows are destroyed, in
+    one transaction with every other recipient's, so an acknowledged erasure has queued
+    every notice. A notice names the person only by ``tags`` (keyed hashes of their
+    profile ids, as the erasure record does) and by what the recipient holds already (its
+    hashed identifiers): no profile id, no PII in the clear."""
+
+    name: str
+
+    def queue(
+        self,
+        conn: Connection,
+        subject: Subject,
+        *,
+        profile_hash: str,
+        tags: Collection[str],
+        now: datetime,
+    ) -> int:
+        """Queue the notices in ``conn``'s transaction (idempotent); how many are new."""
+        ...
+
+    def pending(self, tags: Collection[str]) -> int:
+        """Notices for any of ``tags`` not delivered yet (0 once they went out)."""
+        ...
+
+
 class ErasureRegistry:
-    """The erasers of every store, run in registration order.
+    """The erasers of every store, run in registration order, and the recipients told.
 
     >>> registry = ErasureRegistry()
     >>> class Nothing:
@@ -82,6 +113,7 @@ class ErasureRegistry:
 
     def __init__(self, erasers: Iterable[Eraser] = ()) -> None:
         self._erasers: list[Eraser] = []
+        self._recipients: list[Recipient] = []
         for eraser in erasers:
             self.register(eraser)
 
@@ -90,8 +122,18 @@ class ErasureRegistry:
             raise ValueError(f"an eraser named {eraser.name!r} is registered already")
         self._erasers.append(eraser)
 
+    def inform(self, recipient: Recipient) -> None:
+        """Tell ``recipient`` of every erasure from now on."""
+        if any(r.name == recipient.name for r in self._recipients):
+            raise ValueError(f"a recipient named {recipient.name!r} is registered already")
+        self._recipients.append(recipient)
+
     def __iter__(self) -> Iterator[Eraser]:
         return iter(list(self._erasers))
+
+    @property
+    def recipients(self) -> list[Recipient]:
+        return list(self._recipients)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +278,28 @@ class Erasure:
     def profile_hash(self, subject: Subject) -> str:
         return self._keyring.digest(min(subject.profile_ids, default=""))
 
+    def tags(self, subject: Subject) -> list[str]:
+        """The keyed hashes of each of the subject's profile ids (whichever of them a
+        later check names the person by, it finds their notices)."""
+        return sorted({self._keyring.digest(pid) for pid in subject.profile_ids})
+
     # -- erase ----------------------------------------------------------------------
+
+    def notify(self, subject: Subject) -> dict[str, int]:
+        """Queue every recipient's notice in one transaction; new notices per recipient
+        (``queued.<name>``). Runs first: the notices are computed from what is about to
+        be destroyed, and a crash after this step leaves them queued."""
+        recipients = self._registry.recipients
+        if not recipients:
+            return {}
+        profile_hash, tags, now = self.profile_hash(subject), self.tags(subject), self._clock.now()
+        with immediate(self._engine) as conn:
+            return {
+                f"queued.{r.name}": r.queue(
+                    conn, subject, profile_hash=profile_hash, tags=tags, now=now
+                )
+                for r in recipients
+            }
 
     def begin(self, subject: Subject, actor: str) -> tuple[int, int]:
         """Destroy the person's keys and open the erasure record: (record id, keys)."""
@@ -289,8 +352,9 @@ class Erasure:
         the workers have applied everything that was in the log at that point."""
         if subject.empty:
             raise ValueError("nothing to erase: the subject has no profile id or identifier")
+        queued = self.notify(subject)
         record_id, keys = self.begin(subject, actor)
-        counts = self.sweep(subject)
+        counts = self.sweep(subject) | queued
         if settle is not None:
             settle()
             for name, more in self.sweep(subject).items():
@@ -304,6 +368,12 @@ class Erasure:
         """Rows of the person left in each store (all 0 after an erasure)."""
         pids, ids = subject.profile_ids, subject.identities
         return {eraser.name: eraser.residue(pids, ids) for eraser in self._registry}
+
+    def pending(self, subject: Subject) -> dict[str, int]:
+        """Notices to recipients queued by the subject's erasure and not delivered yet
+        (hashed identifiers only: not residue, but not done either)."""
+        tags = self.tags(subject)
+        return {r.name: r.pending(tags) for r in self._registry.recipients}
 
     def records(self, *, after: int = 0, limit: int = 100) -> list[ErasureRecord]:
         """Erasure records with id > ``after``, oldest first."""

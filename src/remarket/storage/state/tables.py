@@ -319,8 +319,9 @@ chain ends where it says."""
 # --- channels -----------------------------------------------------------------
 # Erasure of a person deletes their rows (by profile_id) from channel_outbox and
 # channel_suppressions; providers, templates and audiences hold no personal data (a
-# provider's credentials are encrypted at rest). Audience removals already uploaded stay
-# with the ad platform: erasure enqueues nothing (a follow-up may).
+# provider's credentials are encrypted at rest). First, it queues the person's removal
+# from the ad audiences they were uploaded to: channel_outbox rows whose profile_id starts
+# with "erased:" and that hold hashed identifiers only (channels/removals.py).
 
 channel_providers = Table(
     "channel_providers",
