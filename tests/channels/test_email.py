@@ -6,9 +6,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import Engine, update
 
+from remarket.channels.delivery import RESENT, SENDING
 from remarket.channels.email import message_id_for
+from remarket.storage.state import channel_outbox
 from tests.channels.sinks import MailSink, self_signed, smtp_server
 from tests.channels.world import World
 
@@ -85,3 +88,34 @@ def test_a_second_enqueue_of_the_same_key_sends_nothing_more(world: World, smtp:
     assert world.enqueue("k1", "p_1") is False
     world.deliver()
     assert len(smtp.messages()) == 1
+
+
+def test_a_send_is_marked_before_the_server_has_it_and_a_send_in_doubt_is_marked_resent(
+    world: World, smtp: MailSink
+) -> None:
+    world.profile("p_1", email="ann@example.com")
+    world.profile("p_2", email="bob@example.com")
+    world.template("welcome", "email", "Hi", subject="Hi")
+    world.enqueue("k1", "p_1")
+    world.enqueue("k2", "p_2")
+    # k2 as a deliverer killed during its send leaves it: marked, never recorded.
+    with world.engine.begin() as conn:
+        conn.execute(
+            update(channel_outbox)
+            .where(channel_outbox.c.idempotency_key == "k2")
+            .values(reason=SENDING)
+        )
+    seen: dict[str, str | None] = {}
+    accept = smtp.handle_DATA
+
+    async def handle_data(server: SMTP, session: Session, envelope: Envelope) -> str:
+        # What the store says while the server holds the message and has not answered.
+        to = envelope.rcpt_tos[0]
+        seen[to] = world.row("k1" if to.startswith("ann") else "k2").reason
+        return await accept(server, session, envelope)
+
+    smtp.handle_DATA = handle_data  # type: ignore[method-assign]
+    assert world.deliver() == 2
+    assert seen == {"ann@example.com": SENDING, "bob@example.com": SENDING}
+    assert (world.row("k1").status, world.row("k1").reason) == ("sent", None)
+    assert (world.row("k2").status, world.row("k2").reason) == ("sent", RESENT)

@@ -163,20 +163,33 @@ def test_a_due_timer_fires_once_and_effects_land_with_the_step(rig: Rig) -> None
 
 
 @pytest.mark.parametrize(
-    ("reentry", "entries"),
-    [({"policy": "never"}, 1), ({"policy": "after", "after": "1d"}, 2)],
+    ("reentry", "entries", "refused"),
+    [
+        ({"policy": "never"}, 1, "reentry_never"),
+        ({"policy": "after", "after": "1d"}, 2, "reentry_wait"),
+    ],
     ids=["never", "after-1d"],
 )
-def test_reentry_policy(rig: Rig, reentry: dict[str, Any], entries: int) -> None:
+def test_reentry_policy_and_every_refusal_is_counted(
+    rig: Rig, reentry: dict[str, Any], entries: int, refused: str
+) -> None:
     rig.journey(BASE | {"reentry": reentry})
     rig.track("ann", "Product Added")
     rig.track("ann", "Product Added")  # already in: never twice at once
     rig.run(timedelta(hours=2))
-    rig.clock.advance(timedelta(hours=23))
+    rig.clock.advance(timedelta(hours=20))
+    rig.track("ann", "Product Added")  # 22 h after the entry: "after 1d" refuses too
+    rig.clock.advance(timedelta(hours=3))
     rig.track("ann", "Product Added")
     rig.run(timedelta(hours=2))
     assert len(rig.walks()) == entries
     assert len(rig.sent()) == entries  # one idempotency key per entry
+    counts = funnel(rig.engine, "j", ["w", "m", "x"])
+    assert counts.entered == entries
+    assert counts.not_entered == {"already_active": 1, refused: 1}
+    skips = [(s.kind, s.reason) for s in history(rig.engine, "p_ann") if s.kind == "skipped"]
+    expected = [("skipped", "already_active"), ("skipped", refused)]
+    assert skips == expected + ([("skipped", refused)] if refused == "reentry_never" else [])
 
 
 def test_max_concurrent_profiles(rig: Rig) -> None:
@@ -184,9 +197,12 @@ def test_max_concurrent_profiles(rig: Rig) -> None:
     for user in ("a", "b", "c"):
         rig.track(user, "Product Added")
     assert [w["profile_id"] for w in rig.walks()] == ["p_a", "p_b"]
+    assert funnel(rig.engine, "j", ["w"]).not_entered == {"max_concurrent": 1}
     rig.run(timedelta(hours=2))
     rig.track("c", "Product Added")  # room again
     assert len(rig.walks()) == 3
+    counts = funnel(rig.engine, "j", ["w"])
+    assert (counts.entered, counts.not_entered) == (3, {"max_concurrent": 1})
 
 
 def test_wait_until_event_or_timeout(rig: Rig) -> None:
@@ -323,6 +339,7 @@ def test_pause_freezes_walks_and_archive_ends_them(rig: Rig) -> None:
     rig.track("bob", "Product Added")  # paused: nobody enters
     assert rig.run(timedelta(hours=2)) == 0
     assert rig.sent() == [] and len(rig.walks()) == 1
+    assert funnel(rig.engine, "j", ["w"]).not_entered == {"paused": 1}
     rig.runtime.catalog.transition("j", "activate", actor="test")
     assert rig.run() == 1  # the wait that fell due while paused fires once on resume
     rig.track("bob", "Product Added")
@@ -357,6 +374,9 @@ def test_a_schedule_enters_the_segment_members_each_run(rig: Rig) -> None:
     rig.clock.advance(timedelta(hours=22))
     assert rig.runtime.run_schedules() == 2
     assert len(rig.walks()) == 4
+    rig.clock.advance(timedelta(days=1))
+    assert rig.runtime.run_schedules() == 0  # both still in their second walk
+    assert funnel(rig.engine, "j", ["w"]).not_entered == {"already_active": 2}
 
 
 def test_bulk_writes_store_what_sqlalchemy_stores(state_engine: Engine) -> None:

@@ -55,6 +55,7 @@ def test_cart_without_order_gets_one_email_after_an_hour(
         _cart(world, "ann")
         world.settle()
         world.advance(timedelta(minutes=59))
+        _cart(world, "ann")  # a second cart while waiting: refused, counted
         world.settle()
         world.deliver()
         assert world.outbox() == [] and _recipients(sink) == []
@@ -65,6 +66,7 @@ def test_cart_without_order_gets_one_email_after_an_hour(
         assert b"Subject: Your cart" in sink.raw()[0]
         funnel = world.funnel("cart-abandonment")
         assert funnel["entered"] == 1 and funnel["exited"] == {"completed": 1}
+        assert funnel["not_entered"] == {"already_active": 1}
         mail = next(n for n in funnel["nodes"] if n["node"] == "mail")
         assert (mail["entered"], mail["queued"], mail["sent"]) == (1, 1, 1)
         # Nothing more, however long we wait.

@@ -67,6 +67,10 @@ class NodeCountsOut(BaseModel):
 class FunnelOut(BaseModel):
     journey_id: str
     entered: int
+    not_entered: dict[str, int] = Field(
+        description="Profiles that could not enter, by reason: paused, already_active, "
+        "reentry_never, reentry_wait, max_concurrent."
+    )
     active: int
     waiting: int
     exited: dict[str, int] = Field(description="Profiles that left, by reason.")

@@ -7,7 +7,11 @@ default) sends those messages again after restart, with the same idempotency key
 the same ``Message-ID`` for e-mail, the same ``Idempotency-Key`` header for webhooks,
 the same upload session for Meta. So a provider may see a message twice, never two
 different messages: effectively once for any receiver that de-duplicates by that id
-(SMS through Twilio has no such id: a crash may repeat an SMS).
+(SMS through Twilio has no such id: a crash may repeat an SMS). Each send is marked
+``sending`` before the provider is reached, so the store knows which messages are in
+doubt after a crash: they are sent again and recorded as ``resent``, and every message a
+crash repeats is among them (a retry after a timeout, the provider's answer lost, may
+repeat a message too).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from remarket.storage.state import (
     segment_members,
 )
 
-__all__ = ["Delivery", "unsubscribe_url"]
+__all__ = ["RESENT", "SENDING", "Delivery", "unsubscribe_url"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,6 +54,12 @@ _RATE_WAIT_MAX: Final = 1.0
 _PROVIDER_REFRESH_S: Final = 0.5
 _AUDIENCE_SYNC_S: Final = 5.0
 _NO_PROVIDER_WAIT: Final = timedelta(seconds=30)
+SENDING: Final = "sending"
+"""The reason of a pending row whose send has begun: one a deliverer finds so marked
+when it claims it was in flight when another deliverer died, and may have gone out."""
+RESENT: Final = "resent"
+"""The reason of a sent row that was in doubt (marked ``sending`` by a deliverer that
+died): the provider may have it twice, under the same idempotency key."""
 
 
 def unsubscribe_url(box: SecretBox, settings: Settings, profile_id: str) -> str:
@@ -250,9 +256,23 @@ class Delivery:
                 )
         return rows
 
+    def _mark_sending(self, ids: list[int]) -> None:
+        """Commit that these rows' send begins (before the provider is reached)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                update(channel_outbox)
+                .where(channel_outbox.c.id.in_(ids), channel_outbox.c.status == "pending")
+                .values(reason=SENDING)
+            )
+
     def _record(self, row: Row[Any], outcome: _Outcome) -> None:
         now = self._clock.now()
         values: dict[str, Any] = {"status": outcome.status, "reason": outcome.reason}
+        if row.reason == SENDING:  # in doubt, and stays so until it is sent
+            if outcome.status == "sent":
+                values["reason"] = RESENT
+            elif outcome.status == "pending":
+                values["reason"] = SENDING
         if not outcome.attempted:
             values["attempts"] = channel_outbox.c.attempts - 1
         if outcome.failed:
@@ -310,6 +330,8 @@ class Delivery:
             return [_Outcome("pending", "rate_limited", due_at=later, attempted=False)] * len(rows)
         if wait > 0:
             await asyncio.sleep(wait)
+        async with self._write_lock:
+            await asyncio.to_thread(self._mark_sending, [row.id for row in rows])
         try:
             await send()
         except SendFailed as exc:

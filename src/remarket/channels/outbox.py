@@ -77,17 +77,15 @@ def enqueue_many(conn: Connection, messages: list[OutboxMessage], *, now: dateti
         return 0
     now = as_utc(now)
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    # RETURNING rather than rowcount: psycopg reports no count for an insert that
-    # SQLAlchemy gave an implicit RETURNING.
+    # One statement for the whole list (SQLAlchemy's "insertmanyvalues": multi-row
+    # VALUES pages); RETURNING names the rows that were new, which rowcount cannot for
+    # an executemany that skipped conflicts.
     stmt = (
         insert(channel_outbox)
         .on_conflict_do_nothing(index_elements=[channel_outbox.c.idempotency_key])
         .returning(channel_outbox.c.id)
     )
-    total = 0
-    for message in messages:
-        total += len(conn.execute(stmt, _row(message, now)).all())
-    return total
+    return len(conn.execute(stmt, [_row(message, now) for message in messages]).all())
 
 
 def enqueue(conn: Connection, message: OutboxMessage, *, now: datetime) -> bool:

@@ -1,9 +1,9 @@
 """What journeys did: counts per journey and node (the funnel), and a profile's history.
 
 Entered, waiting, exited (by reason and node) and converted come from
-``journey_instances``, nodes reached from ``journey_steps``; delivery outcomes
-(sent, skipped by reason, failed: given up after retries) from the channels'
-:func:`~remarket.channels.counts.delivery_counts`.
+``journey_instances``, nodes reached and entries refused from ``journey_steps``;
+delivery outcomes (sent, skipped by reason, failed: given up after retries) from the
+channels' :func:`~remarket.channels.counts.delivery_counts`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Final, Literal, get_args
 
 from sqlalchemy import Engine, func, select
 
@@ -18,7 +19,15 @@ from remarket.channels.counts import delivery_counts
 from remarket.schema.events import as_utc
 from remarket.storage.state import journey_assignments, journey_instances, journey_steps
 
-__all__ = ["Funnel", "NodeCounts", "StepEntry", "funnel", "history"]
+__all__ = ["ENTRY_SKIPS", "EntrySkip", "Funnel", "NodeCounts", "StepEntry", "funnel", "history"]
+
+EntrySkip = Literal["paused", "already_active", "reentry_never", "reentry_wait", "max_concurrent"]
+ENTRY_SKIPS: Final[tuple[EntrySkip, ...]] = get_args(EntrySkip)
+"""Why a profile could not enter: the journey was paused; it was walking the journey
+already; the re-entry policy is ``never``, or its ``after`` has not passed since the
+last entry; ``max_concurrent`` profiles were in it. Stored as the ``kind`` of a step
+(node None) on the walk the entry would have started. A message's daily limit is a
+delivery skip (``journey_daily_limit``), counted with the node's messages."""
 
 
 @dataclass(slots=True)
@@ -42,6 +51,8 @@ class NodeCounts:
 class Funnel:
     journey_id: str
     entered: int
+    not_entered: dict[str, int]
+    """Profiles that could not enter, by reason (each once per reason)."""
     active: int
     waiting: int
     exited: dict[str, int]
@@ -87,11 +98,17 @@ def funnel(engine: Engine, journey_id: str, node_order: list[str]) -> Funnel:
         wins = conn.execute(
             select(st.node, func.count(func.distinct(st.instance_id)))
             .join(journey_instances, i.id == st.instance_id)
-            .where(st.journey_id == journey_id, i.converted_at.is_not(None))
+            .where(st.journey_id == journey_id, st.kind == "reached", i.converted_at.is_not(None))
             .group_by(st.node)
         )
         for node, n in wins:
             at(node).converted = int(n)
+        refused = conn.execute(
+            select(st.kind, func.count(func.distinct(st.profile_id)))
+            .where(st.journey_id == journey_id, st.kind.in_(ENTRY_SKIPS))
+            .group_by(st.kind)
+        )
+        not_entered = {kind: int(n) for kind, n in refused}
         walks = conn.execute(
             select(i.status, i.reason, i.node, i.phase, func.count(), func.count(i.converted_at))
             .where(i.journey_id == journey_id)
@@ -130,6 +147,7 @@ def funnel(engine: Engine, journey_id: str, node_order: list[str]) -> Funnel:
     return Funnel(
         journey_id=journey_id,
         entered=entered,
+        not_entered=not_entered,
         active=active,
         waiting=waiting,
         exited=dict(exited),
@@ -172,7 +190,8 @@ def _arms(engine: Engine, journey_id: str) -> tuple[dict[str, dict[str, int]], d
 
 def history(engine: Engine, profile_id: str) -> list[StepEntry]:
     """A profile's steps in every journey, oldest first: entered, the nodes reached,
-    converted, exited (with the reason)."""
+    converted, exited (with the reason); entries refused are ``skipped`` steps with
+    their reason."""
     out: list[StepEntry] = []
     with engine.connect() as conn:
         walks = conn.execute(
@@ -197,6 +216,10 @@ def history(engine: Engine, profile_id: str) -> list[StepEntry]:
         )
         out += [
             StepEntry(r.journey_id, r.version, r.instance_id, r.node, r.kind, None, as_utc(r.at))
+            if r.kind not in ENTRY_SKIPS
+            else StepEntry(
+                r.journey_id, r.version, r.instance_id, None, "skipped", r.kind, as_utc(r.at)
+            )
             for r in steps
         ]
     order = {"entered": 0, "reached": 1, "converted": 2, "exited": 3}

@@ -41,6 +41,7 @@ from remarket.clock import Clock, SystemClock
 from remarket.journeys.bulk import bulk_insert, bulk_update
 from remarket.journeys.catalog import CONSUMER, JourneyCatalog
 from remarket.journeys.conditions import members_among
+from remarket.journeys.funnel import EntrySkip
 from remarket.journeys.interpreter import Effect, Plan, Position, advance
 from remarket.profiles.identity import Identifier, identifiers_of
 from remarket.schema.events import Message, Track, as_utc
@@ -104,6 +105,7 @@ class _Changes:
     messages: list[OutboxMessage] = field(default_factory=list)
     traits: list[tuple[str, str, str, str, Any]] = field(default_factory=list)
     assignments: list[dict[str, Any]] = field(default_factory=list)
+    refused: set[tuple[str, str, str]] = field(default_factory=set)
 
     def step(self, row: Mapping[str, Any], node: str | None, kind: str, at: datetime) -> None:
         self.steps.append(
@@ -111,6 +113,15 @@ class _Changes:
             | {"profile_id": row["profile_id"], "instance_id": row["id"], "node": node}
             | {"kind": kind, "at": at}
         )
+
+    def refuse(self, journey: _Live, pid: str, seq: int, reason: EntrySkip, at: datetime) -> None:
+        """Record that ``pid`` could not enter (a step of kind ``reason``, on the walk
+        it would have been); once per profile, journey and reason in one transaction."""
+        if (journey.id, pid, reason) in self.refused:
+            return
+        self.refused.add((journey.id, pid, reason))
+        row = {"journey_id": journey.id, "version": journey.version, "profile_id": pid}
+        self.step(row | {"id": instance_id_of(journey.id, pid, seq)}, None, reason, at)
 
 
 class JourneyRuntime:
@@ -248,7 +259,7 @@ class JourneyRuntime:
             for row in mine:
                 self._on_event(row, message.event, properties, at, now, changes)
             for journey in live:
-                if journey.status == "active" and _enters(journey, message.event, properties):
+                if _enters(journey, message.event, properties):
                     trigger = {"event": message.event, "properties": properties}
                     self._enter(journey, pid, mine, trigger, now, active, changes)
         self._write(conn, changes, now)
@@ -311,19 +322,11 @@ class JourneyRuntime:
     ) -> bool:
         definition = journey.plan.definition
         past = [r for r in mine if r["journey_id"] == journey.id]
-        if any(r["status"] == "active" for r in past):
-            return False
-        if past:
-            if definition.reentry.policy == "never":
-                return False
-            assert definition.reentry.after is not None
-            last = max(as_utc(r["entered_at"]) for r in past)
-            if now < last + timedelta(seconds=duration_seconds(definition.reentry.after)):
-                return False
-        cap = definition.max_concurrent
-        if cap is not None and active.get(journey.id, 0) >= cap:
-            return False
         seq = max((r["seq"] for r in past), default=0) + 1
+        reason = _refusal(journey, past, now, active.get(journey.id, 0))
+        if reason is not None:
+            changes.refuse(journey, pid, seq, reason, now)
+            return False
         row = {
             "id": instance_id_of(journey.id, pid, seq),
             "journey_id": journey.id,
@@ -545,6 +548,28 @@ class JourneyRuntime:
         enqueue_many(conn, changes.messages, now=now)
         if changes.traits:
             _publish_traits(conn, changes.traits, now)
+
+
+def _refusal(
+    journey: _Live, past: list[dict[str, Any]], now: datetime, active: int
+) -> EntrySkip | None:
+    """Why a profile with these ``past`` walks may not enter ``journey`` now, or None."""
+    definition = journey.plan.definition
+    if journey.status != "active":
+        return "paused"
+    if any(r["status"] == "active" for r in past):
+        return "already_active"
+    if past:
+        if definition.reentry.policy == "never":
+            return "reentry_never"
+        assert definition.reentry.after is not None
+        last = max(as_utc(r["entered_at"]) for r in past)
+        if now < last + timedelta(seconds=duration_seconds(definition.reentry.after)):
+            return "reentry_wait"
+    cap = definition.max_concurrent
+    if cap is not None and active >= cap:
+        return "max_concurrent"
+    return None
 
 
 def _dirty(changes: _Changes, row: Mapping[str, Any]) -> dict[str, Any]:
