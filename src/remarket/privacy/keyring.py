@@ -42,8 +42,6 @@ HANDLE_PREFIX: Final = "h_"
 _SECRET_NAME: Final = "handle_hmac"
 _LOOKUP_CHUNK: Final = 400
 _CACHE_LIMIT: Final = 1_000_000
-_KEY_BYTES: Final = 32
-_RANDOM_POOL: Final = _KEY_BYTES * 256
 
 
 class Keyring:
@@ -90,8 +88,6 @@ class Keyring:
         self._opening: dict[tuple[str, str], AESGCM] = {}
         self._pending: list[tuple[str, str, bytes]] = []
         self._made = 0
-        self._random = b""
-        self._random_at = 0
         self.generation = 0
         """Grows whenever cached sealing keys are dropped (an erasure here or elsewhere)."""
         # The nonce prefix (random per keyring) in the top 32 of 96 bits; a counter below.
@@ -169,13 +165,7 @@ class Keyring:
             if found is not None:
                 return found
             key_id = f"{self._key_prefix}{next(self._key_ids) & 0xFFFFFFFF:08x}"
-            # The kernel's randomness fetched for many keys at once: one call per key
-            # would cost as much as the rest of making it.
-            at = self._random_at
-            if at >= len(self._random):
-                self._random, at = os.urandom(_RANDOM_POOL), 0
-            secret = self._random[at : at + _KEY_BYTES]
-            self._random_at = at + _KEY_BYTES
+            secret = os.urandom(32)
             found = (key_id, AESGCM(secret))
             if len(self._sealing) >= _CACHE_LIMIT:
                 self._sealing.clear()
