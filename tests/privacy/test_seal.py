@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -22,7 +24,7 @@ from remarket.privacy.keyring import Keyring
 from remarket.privacy.seal import Opener, Sealer
 from remarket.schema.events import Message, decode_log_message, encode_message
 from remarket.storage.log import SQLiteLog
-from remarket.storage.state.tables import pii_keys
+from remarket.storage.state.tables import erasures, pii_keys, privacy_secrets
 
 PII = ("email", "phone", "name", "address", "ip")
 _VALUES = st.one_of(
@@ -101,8 +103,8 @@ def test_sealing_hides_pii_and_ids_and_opening_restores_them(
     assert _canonical(opened[1]) == _canonical(original)
 
 
-def _sealed(ring: Keyring, user: str = "u-1", message_id: str = "m-1") -> Message:
-    message = decode_log_message(
+def _identify(user: str, message_id: str) -> Message:
+    return decode_log_message(
         json.dumps(
             {
                 "type": "identify",
@@ -112,6 +114,10 @@ def _sealed(ring: Keyring, user: str = "u-1", message_id: str = "m-1") -> Messag
             }
         ).encode()
     )
+
+
+def _sealed(ring: Keyring, user: str = "u-1", message_id: str = "m-1") -> Message:
+    message = _identify(user, message_id)
     Sealer(ring).seal(message)
     ring.flush()
     return decode_log_message(encode_message(message))
@@ -150,6 +156,65 @@ def test_keys_are_per_identity_and_group_committed(ring: Keyring, engine: Engine
     assert stored() == 2
     # Another process shares the handle secret, so handles agree.
     assert Keyring(engine).handle("anonymous_id", "a-1") == handle
+
+
+def test_a_handle_is_the_keyed_sha256_of_the_identifier(ring: Keyring, engine: Engine) -> None:
+    # Handles in stores and logs written earlier must keep matching: the function is fixed.
+    with engine.connect() as conn:
+        secret = conn.scalar(select(privacy_secrets.c.value))
+    expected = hmac.new(bytes(secret), b"user_id:ann", hashlib.sha256).hexdigest()[:32]
+    assert ring.handle("user_id", "ann") == "h_" + expected
+
+
+def test_every_sealed_event_gets_its_own_nonce(ring: Keyring) -> None:
+    batches = [[_identify(f"u-{i % 3}", f"m-{n}-{i}") for i in range(50)] for n in range(3)]
+    sealer = Sealer(ring)
+    for batch in batches:
+        sealer.seal_all(batch)
+    nonces = [m.sealed[25:37] for batch in batches for m in batch if m.sealed is not None]
+    assert len(nonces) == 150 == len(set(nonces))
+
+
+def test_after_an_erasure_a_sealer_seals_under_a_fresh_key(ring: Keyring) -> None:
+    sealer = Sealer(ring)
+    before = _identify("ann", "m-1")
+    sealer.seal(before)
+    ring.flush()
+    assert ring.destroy([ring.handle("user_id", "ann")]) == 1
+    # The sealer had the destroyed key cached: it must not seal with it any more.
+    after = _identify("ann", "m-2")
+    sealer.seal(after)
+    assert after.sealed is not None and before.sealed is not None
+    assert after.sealed[17:25] != before.sealed[17:25]  # another key id
+    asyncio.run(ring.durable())
+    rows, dropped = Opener(Keyring(ring._engine)).open([(1, before), (2, after)])
+    assert dropped == 1 and [offset for offset, _ in rows] == [2]
+    assert rows[0][1].user_id == "ann"
+
+
+def test_a_sealer_drops_its_keys_when_another_process_erases(ring: Keyring, engine: Engine) -> None:
+    sealer = Sealer(ring)
+    before = _identify("ann", "m-1")
+    sealer.seal(before)
+    ring.flush()
+    other = Keyring(engine)
+    other.destroy([other.handle("user_id", "ann")])
+    with engine.begin() as conn:  # what Erasure records: how other processes learn of it
+        conn.execute(
+            erasures.insert().values(
+                profile_hash="x",
+                actor="test",
+                requested_at=datetime.now(UTC),
+                completed_at=datetime.now(UTC),
+                counts={},
+            )
+        )
+    assert ring.refresh()
+    after = _identify("ann", "m-2")
+    sealer.seal(after)
+    ring.flush()
+    (row,), dropped = Opener(Keyring(engine)).open([(2, after)])
+    assert dropped == 0 and row[1].user_id == "ann"
 
 
 def test_a_keyring_drops_cached_keys_after_another_process_erases(

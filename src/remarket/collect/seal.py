@@ -38,21 +38,22 @@ class SealPII:
         self._keyring = keyring
 
     def __call__(self, batch: InFlight) -> None:
-        sealer = self._sealer
         kept = []
+        unsealed = []
         for event in batch.events:
             m = event.message
-            if m.sealed is not None:
-                # Sealed here already (a replay whose original failed comes back through
-                # the stages), or sent by the client, which it may not.
-                if b'"sealed"' in event.raw and len(_SENT.decode(event.raw).sealed):
-                    batch.reject(
-                        event.index, "invalid_event", "sealed", "sealed is set by the server only"
-                    )
-                    continue
-            elif sealer is not None:
-                sealer.seal(m)
+            if m.sealed is None:
+                unsealed.append(m)
+            # Sealed here already (a replay whose original failed comes back through the
+            # stages), or sent by the client, which it may not.
+            elif b'"sealed"' in event.raw and len(_SENT.decode(event.raw).sealed):
+                batch.reject(
+                    event.index, "invalid_event", "sealed", "sealed is set by the server only"
+                )
+                continue
             kept.append(event)
+        if self._sealer is not None:
+            self._sealer.seal_all(unsealed)
         batch.events = kept
 
     async def durable(self) -> None:
@@ -76,17 +77,17 @@ class SealingLog:
         self.dedupes_itself = log.dedupes_itself
 
     async def append(self, entries: Sequence[LogEntry]) -> list[int]:
-        sealed = []
-        for entry in entries:
-            message = decode_log_message(entry.payload)
-            if message.sealed is None:
-                self._sealer.seal(message)
-                entry = LogEntry(
-                    encode_message(message),
-                    partition_of(message, self._partitions),
-                    entry.dedupe_key,
-                )
-            sealed.append(entry)
+        messages = [decode_log_message(entry.payload) for entry in entries]
+        unsealed = [i for i, message in enumerate(messages) if message.sealed is None]
+        self._sealer.seal_all([messages[i] for i in unsealed])
+        sealed = list(entries)
+        for i in unsealed:
+            message = messages[i]
+            sealed[i] = LogEntry(
+                encode_message(message),
+                partition_of(message, self._partitions),
+                entries[i].dedupe_key,
+            )
         await self._keyring.durable()
         return await self._log.append(sealed)
 

@@ -50,7 +50,8 @@ class Keyring:
     Thread-safe: the collector (event loop), workers (threads) and erasure (API threads)
     share one. Erasure drops the keys it destroys from the caches at once; ``refresh``
     (every ``refresh_interval`` seconds on the collect path, every batch in workers)
-    drops all cached keys once another process has recorded an erasure.
+    drops all cached keys once another process has recorded an erasure. Either way
+    :attr:`generation` grows, so that callers holding keys of their own drop them too.
 
     >>> from remarket.storage.state import connect_state, upgrade_state
     >>> engine = connect_state("sqlite://"); upgrade_state(engine)
@@ -79,6 +80,7 @@ class Keyring:
             f"VALUES ({mark}, {mark}, {mark}, {mark})"
         )
         self._secret = self._load_secret()
+        self._mac = hmac.new(self._secret, digestmod=hashlib.sha256)
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._handles: dict[str, str] = {}
@@ -86,10 +88,12 @@ class Keyring:
         self._opening: dict[tuple[str, str], AESGCM] = {}
         self._pending: list[tuple[str, str, bytes]] = []
         self._made = 0
-        self._nonce_prefix = secrets.token_bytes(4)
+        self.generation = 0
+        """Grows whenever cached sealing keys are dropped (an erasure here or elsewhere)."""
+        # The nonce prefix (random per keyring) in the top 32 of 96 bits; a counter below.
+        self._next_nonce = int.from_bytes(secrets.token_bytes(4), "big") << 64 | 1
         self._key_prefix = secrets.token_hex(4)
         self._key_ids = itertools.count(1)
-        self._nonces = itertools.count(1)
         self._flushing: asyncio.Future[None] | None = None
         self._durable = 0
         self._epoch = self.epoch()
@@ -119,8 +123,10 @@ class Keyring:
         text = f"{kind}:{value}"
         found = self._handles.get(text)
         if found is None:
-            digest = hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
-            found = HANDLE_PREFIX + digest[:32]
+            # A copy of the keyed state: cheaper than keying anew for every identifier.
+            mac = self._mac.copy()
+            mac.update(text.encode())
+            found = HANDLE_PREFIX + mac.digest()[:16].hex()
             if len(self._handles) >= _CACHE_LIMIT:
                 self._handles.clear()
             self._handles[text] = found
@@ -132,12 +138,19 @@ class Keyring:
 
     # -- sealing (collect) ----------------------------------------------------------
 
-    def nonce(self) -> bytes:
-        """A 96-bit AES-GCM nonce never used before with any key this keyring made: a
-        random prefix per keyring and a counter (NIST SP 800-38D, 8.2.1). A key seals
-        only in the process that made it, so no other process shares its nonces; a
-        counter is also much cheaper than asking the kernel for 12 random bytes per event."""
-        return self._nonce_prefix + next(self._nonces).to_bytes(8, "big")
+    def nonces(self, count: int) -> int:
+        """Reserve ``count`` 96-bit AES-GCM nonces never used before with any key this
+        keyring made; the first as an integer (the others follow it: nonce ``i`` is
+        ``(first + i).to_bytes(12, "big")``). A random prefix per keyring and a counter
+        (NIST SP 800-38D, 8.2.1): a key seals only in the process that made it, so no
+        other process shares its nonces; a counter is also much cheaper than asking the
+        kernel for 12 random bytes per event."""
+        with self._lock:
+            first = self._next_nonce
+            self._next_nonce = first + count
+        if (first + count - 1) >> 64 != first >> 64:
+            raise OverflowError("this keyring's nonce counter is exhausted")
+        return first
 
     def key_for(self, handle: str) -> tuple[str, AESGCM]:
         """The key to seal new events of ``handle`` under: ``(key_id, cipher)``.
@@ -273,6 +286,7 @@ class Keyring:
         with self._lock:
             self._sealing.clear()
             self._opening.clear()
+            self.generation += 1
 
     def destroy(self, handles: Iterable[str]) -> int:
         """Delete every key of these handles (commits); how many were deleted."""
@@ -291,6 +305,7 @@ class Keyring:
                 self._sealing.pop(handle, None)
             for pair in [p for p in self._opening if p[0] in gone]:
                 del self._opening[pair]
+            self.generation += 1
         return deleted
 
     def count(self, handles: Iterable[str]) -> int:

@@ -28,6 +28,7 @@ from typing import Final
 
 import msgspec
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from remarket.metrics import EVENTS_UNREADABLE
 from remarket.privacy.keyring import HANDLE_PREFIX, Keyring
@@ -41,7 +42,7 @@ _NONCE: Final = 12
 _PREFIX: Final = len(HANDLE_PREFIX)
 _HANDLE_BYTES: Final = 16
 _HEADER: Final = 1 + _HANDLE_BYTES + 8
-_HEADER_CACHE: Final = 1_000_000
+_KEY_CACHE: Final = 1_000_000
 # The identifier kinds of remarket.profiles.identity (a layer above this one).
 _ANONYMOUS_ID: Final = "anonymous_id"
 _USER_ID: Final = "user_id"
@@ -66,6 +67,11 @@ _SECRET: Final = msgspec.json.Decoder(_Secret)
 
 def _aad(message_id: str | None, handle: str) -> bytes:
     return f"{message_id or ''}\x1f{handle}".encode()
+
+
+_Key = tuple[str, bytes, bytes, AESGCM]
+"""A sealing key as :class:`Sealer` keeps it: the handle, the blob's header (version,
+handle, key id), the tail of the authenticated data (separator and handle), the cipher."""
 
 
 class Sealer:
@@ -94,45 +100,84 @@ class Sealer:
         self._mentions = re.compile(
             b'"(?:' + b"|".join(re.escape(json.dumps(n)[1:-1].encode()) for n in names) + b')"'
         ).search
-        self._headers: dict[tuple[str, str], bytes] = {}
+        # The keys of the identifiers met so far, by identifier (kind: anonymous_id, then
+        # user_id): one lookup per event instead of a handle, a key and a header. Dropped
+        # whenever the keyring drops keys (its generation grows: an erasure).
+        self._keys: tuple[dict[str, _Key], dict[str, _Key]] = ({}, {})
+        self._generation = keyring.generation
 
     def seal(self, m: Message) -> None:
-        if m.sealed is not None:
-            raise ValueError("message is sealed already")
+        """Seal one message (see :meth:`seal_all`)."""
+        self.seal_all((m,))
+
+    def seal_all(self, messages: Sequence[Message]) -> None:
+        """Seal these messages in place; each needs an anonymousId or a userId.
+
+        A key that an erasure destroys while the batch is being sealed may still seal the
+        rest of it: those events, of the person being erased, are then unreadable.
+        """
         ring = self._ring
+        generation = ring.generation
+        if generation != self._generation:
+            for keys in self._keys:
+                keys.clear()
+            self._generation = generation
+        by_anonymous, by_user = self._keys
+        handle = ring.handle
         mentions = self._mentions
-        secret = _Secret()
-        key_handle = ""
-        if m.anonymous_id is not None:
-            secret.a = str(m.anonymous_id)
-            m.anonymous_id = key_handle = ring.handle(_ANONYMOUS_ID, secret.a)
-        if m.user_id is not None:
-            secret.u = str(m.user_id)
-            m.user_id = ring.handle(_USER_ID, secret.u)
-            key_handle = key_handle or m.user_id
-        if not key_handle:
-            raise ValueError("a message needs anonymousId or userId to be sealed")
-        kind = type(m)
-        if kind is Alias:
-            secret.p = str(m.previous_id)  # type: ignore[union-attr]
-            m.previous_id = ring.handle(_PREVIOUS_ID, secret.p)  # type: ignore[union-attr]
-        elif kind is Identify or kind is Group:
-            if mentions(m.traits) is not None:  # type: ignore[union-attr]
-                secret.t, m.traits = m.traits, EMPTY_OBJECT  # type: ignore[union-attr]
-        elif mentions(m.properties) is not None:  # type: ignore[union-attr]
-            secret.r, m.properties = m.properties, EMPTY_OBJECT  # type: ignore[union-attr]
-        if mentions(m.context) is not None:
-            secret.c, m.context = m.context, EMPTY_OBJECT
-        key_id, cipher = ring.key_for(key_handle)
-        nonce = ring.nonce()
-        blob = cipher.encrypt(nonce, _ENCODER.encode(secret), _aad(m.message_id, key_handle))
-        header = self._headers.get((key_handle, key_id))
-        if header is None:
-            header = _VERSION + bytes.fromhex(key_handle[_PREFIX:]) + bytes.fromhex(key_id)
-            if len(self._headers) >= _HEADER_CACHE:
-                self._headers.clear()
-            self._headers[(key_handle, key_id)] = header
-        m.sealed = header + nonce + blob
+        encode = _ENCODER.encode
+        nonce_at = ring.nonces(len(messages))
+        for m in messages:
+            if m.sealed is not None:
+                raise ValueError("message is sealed already")
+            anonymous, user = m.anonymous_id, m.user_id
+            a = u = p = None
+            if anonymous is not None:
+                a = str(anonymous)
+                key = by_anonymous.get(a) or self._key(_ANONYMOUS_ID, a)
+                if user is not None:
+                    u = str(user)
+                    m.user_id = handle(_USER_ID, u)
+            elif user is not None:
+                u = str(user)
+                key = by_user.get(u) or self._key(_USER_ID, u)
+            else:
+                raise ValueError("a message needs anonymousId or userId to be sealed")
+            key_handle, header, aad_tail, cipher = key
+            if a is not None:
+                m.anonymous_id = key_handle
+            else:
+                m.user_id = key_handle
+            t = r = c = _ABSENT
+            kind = type(m)
+            if kind is Alias:
+                p = str(m.previous_id)  # type: ignore[union-attr]
+                m.previous_id = handle(_PREVIOUS_ID, p)  # type: ignore[union-attr]
+            elif kind is Identify or kind is Group:
+                if mentions(m.traits) is not None:  # type: ignore[union-attr]
+                    t, m.traits = m.traits, EMPTY_OBJECT  # type: ignore[union-attr]
+            elif mentions(m.properties) is not None:  # type: ignore[union-attr]
+                r, m.properties = m.properties, EMPTY_OBJECT  # type: ignore[union-attr]
+            if mentions(m.context) is not None:
+                c, m.context = m.context, EMPTY_OBJECT
+            nonce = nonce_at.to_bytes(_NONCE, "big")
+            nonce_at += 1
+            aad = (m.message_id or "").encode() + aad_tail
+            m.sealed = (
+                header + nonce + cipher.encrypt(nonce, encode(_Secret(a, u, p, t, r, c)), aad)
+            )
+
+    def _key(self, kind: str, value: str) -> _Key:
+        """The key to seal the events of this identifier under (made on first sight)."""
+        key_handle = self._ring.handle(kind, value)
+        key_id, cipher = self._ring.key_for(key_handle)
+        header = _VERSION + bytes.fromhex(key_handle[_PREFIX:]) + bytes.fromhex(key_id)
+        key = (key_handle, header, _aad("", key_handle), cipher)
+        keys = self._keys[kind == _USER_ID]
+        if len(keys) >= _KEY_CACHE:
+            keys.clear()
+        keys[value] = key
+        return key
 
 
 def _parse(sealed: bytes) -> tuple[str, str, bytes, bytes] | None:
