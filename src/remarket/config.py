@@ -349,4 +349,3 @@ def reference_table() -> str:
         default = _shown_default(name).replace("|", "\\|")
         lines.append(f"| `REMARKET_{name.upper()}` | `{default}` | {meaning} |")
     return "\n".join(lines) + "\n"
-
