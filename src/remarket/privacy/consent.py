@@ -242,7 +242,7 @@ class ConsentLedger:
         legal basis) is skipped: a CMP resends its TC string with every event.
         """
         live, family = self._family(conn, profile_id)
-        current = self._current(conn, profile_id)
+        current = self._current(conn, family)
         before = dict(current)
         known = _known_refs(conn, family, {r.ref for r in records})
         written: list[ConsentRecord] = []
@@ -322,8 +322,9 @@ class ConsentLedger:
         others = conn.scalars(select(profiles.c.profile_id).where(profiles.c.merged_into == live))
         return live, [live, *sorted(others)]
 
-    def _current(self, conn: Connection, profile_id: str) -> dict[str, ConsentRecord]:
-        _, ids = self._family(conn, profile_id)
+    @staticmethod
+    def _current(conn: Connection, ids: list[str]) -> dict[str, ConsentRecord]:
+        """The newest record per purpose among the family ``ids``."""
         best: dict[str, ConsentRecord] = {}
         for row in conn.execute(select(consents).where(consents.c.profile_id.in_(ids))):
             record = _record(row)
@@ -335,7 +336,7 @@ class ConsentLedger:
     def current(self, profile_id: str) -> dict[str, ConsentRecord]:
         """The newest record per purpose (purposes never set are absent)."""
         with self._engine.connect() as conn:
-            return self._current(conn, profile_id)
+            return self._current(conn, self._family(conn, profile_id)[1])
 
     def history(self, profile_id: str) -> list[ConsentRecord]:
         """Every record, oldest first (by time, then in the order recorded)."""
