@@ -24,7 +24,7 @@ from remarket.privacy.keyring import Keyring
 from remarket.privacy.seal import Opener, Sealer
 from remarket.schema.events import Message, decode_log_message, encode_message
 from remarket.storage.log import SQLiteLog
-from remarket.storage.state.tables import erasures, pii_keys, privacy_secrets
+from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 
 PII = ("email", "phone", "name", "address", "ip")
 _VALUES = st.one_of(
@@ -156,6 +156,50 @@ def test_keys_are_per_identity_and_group_committed(ring: Keyring, engine: Engine
     assert stored() == 2
     # Another process shares the handle secret, so handles agree.
     assert Keyring(engine).handle("anonymous_id", "a-1") == handle
+
+
+def _key_pair(ring: Keyring, user: str, message: Message) -> tuple[str, str]:
+    """(handle, key id) of a sealed message: the header after the version byte."""
+    assert message.sealed is not None
+    return ring.handle("user_id", user), message.sealed[17:25].hex()
+
+
+def _indexed(engine: Engine) -> list[tuple[str, str]]:
+    with engine.connect() as conn:
+        return sorted(conn.execute(select(pii_key_handles.c.handle, pii_key_handles.c.key_id)))
+
+
+@pytest.mark.parametrize("indexed_first", [False, True])
+def test_keys_are_found_by_handle_before_and_after_indexing(
+    ring: Keyring, engine: Engine, indexed_first: bool
+) -> None:
+    """New key rows are appends; the handle index is filled later, in bulk. Erasure,
+    residue counts and opening find a key in either state."""
+    messages = {user: _sealed(ring, user) for user in ("ann", "bob", "cy")}
+    handles = {user: ring.handle("user_id", user) for user in messages}
+    pairs = sorted(_key_pair(ring, user, m) for user, m in messages.items())
+    assert _indexed(engine) == []
+    if indexed_first:
+        assert ring.index_pending() == 3
+        assert _indexed(engine) == pairs
+        assert ring.index_pending() == 0
+    assert ring.count([handles["ann"]]) == (2 if indexed_first else 1)
+    assert ring.destroy([handles["ann"]]) == 1
+    assert ring.count([handles["ann"]]) == 0
+    fresh = Keyring(engine)
+    rows, dropped = Opener(fresh).open([(n, m) for n, m in enumerate(messages.values())])
+    assert dropped == 1 and sorted(m.user_id or "" for _, m in rows) == ["bob", "cy"]
+    # Indexing after the erasure enters the survivors only.
+    ring.index_pending()
+    assert _indexed(engine) == [p for p in pairs if p[0] != handles["ann"]]
+
+
+def test_a_worker_batch_indexes_the_keys_made_since_the_last(ring: Keyring, engine: Engine) -> None:
+    sealed = _sealed(ring, "ann")
+    pair = _key_pair(ring, "ann", sealed)
+    assert _indexed(engine) == []
+    assert len(Opener(Keyring(engine))([(1, sealed)])) == 1
+    assert _indexed(engine) == [pair]
 
 
 def test_a_handle_is_the_keyed_sha256_of_the_identifier(ring: Keyring, engine: Engine) -> None:

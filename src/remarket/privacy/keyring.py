@@ -10,6 +10,11 @@ Keys are made in memory on first use and written in group commits: :meth:`Keyrin
 returns once every key made so far is committed, and the collector awaits it before it
 appends events sealed under them. A handle may end up with several keys (one per process
 that met it first; a fresh one after an erasure): each sealed event names its key.
+
+Rows are stored in key order (a per-keyring prefix and a counter: a new key is an append)
+and indexed by handle in ``pii_key_handles`` later, in bulk (:meth:`Keyring.index_pending`,
+run by the workers before they open a batch). Until then a row is found by handle through
+the small partial index of unindexed rows, so erasure never depends on that step.
 """
 
 from __future__ import annotations
@@ -27,12 +32,22 @@ from datetime import datetime
 from typing import Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import Engine, func, select, tuple_
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    func,
+    not_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.clock import Clock, SystemClock
 from remarket.schema.events import as_utc
-from remarket.storage.state.tables import erasures, pii_keys, privacy_secrets
+from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 
 __all__ = ["HANDLE_PREFIX", "Keyring"]
 
@@ -42,6 +57,10 @@ HANDLE_PREFIX: Final = "h_"
 _SECRET_NAME: Final = "handle_hmac"
 _LOOKUP_CHUNK: Final = 400
 _CACHE_LIMIT: Final = 1_000_000
+_INDEX_BATCH: Final = 20_000
+# Indexing and erasure take turns on PostgreSQL (SQLite has one writer anyway): an erasure
+# reading the handle index while rows are being moved into it could miss them.
+_PG_LOCK: Final = text("SELECT pg_advisory_xact_lock(7262715263)")
 
 
 class Keyring:
@@ -73,7 +92,8 @@ class Keyring:
     ) -> None:
         self._engine = engine
         self._clock = clock or SystemClock()
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._postgresql = engine.dialect.name == "postgresql"
+        self._insert = postgresql.insert if self._postgresql else sqlite.insert
         mark = "?" if engine.dialect.name == "sqlite" else "%s"
         self._insert_keys = (
             f"INSERT INTO {pii_keys.name} (handle, key_id, secret, created_at) "
@@ -245,12 +265,17 @@ class Keyring:
             with self._engine.connect() as conn:
                 for start in range(0, len(missing), _LOOKUP_CHUNK):
                     chunk = missing[start : start + _LOOKUP_CHUNK]
+                    # By key id (the primary key's first column; a pair list is a scan
+                    # in SQLite), then the pairs asked for.
+                    asked = set(chunk)
                     rows = conn.execute(
                         select(pii_keys.c.handle, pii_keys.c.key_id, pii_keys.c.secret).where(
-                            tuple_(pii_keys.c.handle, pii_keys.c.key_id).in_(chunk)
+                            pii_keys.c.key_id.in_({k for _, k in chunk})
                         )
                     )
                     for handle, key_id, secret in rows:
+                        if (handle, key_id) not in asked:
+                            continue
                         cipher = AESGCM(bytes(secret))
                         self._opening[(handle, key_id)] = cipher
                         found[(handle, key_id)] = cipher
@@ -294,11 +319,21 @@ class Keyring:
         self.flush()  # a key still in memory would be written after its erasure
         deleted = 0
         with self._engine.begin() as conn:
+            self._take_turn(conn)
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
+                indexed = select(pii_key_handles.c.key_id, pii_key_handles.c.handle).where(
+                    pii_key_handles.c.handle.in_(chunk)
+                )
                 deleted += conn.execute(
-                    pii_keys.delete().where(pii_keys.c.handle.in_(chunk))
+                    pii_keys.delete().where(
+                        tuple_(pii_keys.c.key_id, pii_keys.c.handle).in_(indexed)
+                    )
                 ).rowcount
+                deleted += conn.execute(
+                    pii_keys.delete().where(_unindexed(), pii_keys.c.handle.in_(chunk))
+                ).rowcount
+                conn.execute(pii_key_handles.delete().where(pii_key_handles.c.handle.in_(chunk)))
         with self._lock:
             gone = set(wanted)
             for handle in gone:
@@ -308,19 +343,60 @@ class Keyring:
             self.generation += 1
         return deleted
 
+    def index_pending(self) -> int:
+        """Enter keys written since the last call into the handle index, in bulk (commits);
+        how many. Up to 20,000 per call: the rest wait for the next."""
+        with self._engine.begin() as conn:
+            self._take_turn(conn)
+            oldest = (
+                select(pii_keys.c.key_id)
+                .where(_unindexed())
+                .order_by(pii_keys.c.key_id)
+                .limit(_INDEX_BATCH)
+            )
+            # Marked first: the rows are then this transaction's, and only rows that
+            # still exist are entered.
+            rows = conn.execute(
+                update(pii_keys)
+                .where(_unindexed(), pii_keys.c.key_id.in_(oldest.scalar_subquery()))
+                .values(indexed=True)
+                .returning(pii_keys.c.handle, pii_keys.c.key_id)
+            ).all()
+            if rows:
+                conn.execute(
+                    self._insert(pii_key_handles).on_conflict_do_nothing(),
+                    [{"handle": h, "key_id": k} for h, k in rows],
+                )
+        return len(rows)
+
+    def _take_turn(self, conn: Connection) -> None:
+        if self._postgresql:
+            conn.execute(_PG_LOCK)
+
     def count(self, handles: Iterable[str]) -> int:
-        """How many keys these handles still have (residue after an erasure: 0)."""
+        """How many keys, and entries of the handle index, these handles still have
+        (residue after an erasure: 0)."""
         wanted = sorted(set(handles))
         total = 0
         with self._engine.connect() as conn:
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
-                total += int(
-                    conn.scalar(
-                        select(func.count())
-                        .select_from(pii_keys)
-                        .where(pii_keys.c.handle.in_(chunk))
-                    )
-                    or 0
+                indexed = select(pii_key_handles.c.key_id, pii_key_handles.c.handle).where(
+                    pii_key_handles.c.handle.in_(chunk)
                 )
+                for query in (
+                    select(func.count()).select_from(indexed.subquery()),
+                    select(func.count())
+                    .select_from(pii_keys)
+                    .where(tuple_(pii_keys.c.key_id, pii_keys.c.handle).in_(indexed)),
+                    select(func.count())
+                    .select_from(pii_keys)
+                    .where(_unindexed(), pii_keys.c.handle.in_(chunk)),
+                ):
+                    total += int(conn.scalar(query) or 0)
         return total
+
+
+def _unindexed() -> ColumnElement[bool]:
+    """Rows not in the handle index yet (the partial index ``ix_pii_keys_key_id``)."""
+    return not_(pii_keys.c.indexed)

@@ -202,7 +202,9 @@ class Opener:
     def __call__(self, rows: Sequence[tuple[int, Message]]) -> list[tuple[int, Message]]:
         """For a worker, per batch: look for erasures first (any process's); after one,
         drop cached keys and call ``on_erasure`` (caches of the stores that the worker
-        fills, e.g. identity mappings), then open."""
+        fills, e.g. identity mappings); enter the keys made since the last batch into the
+        handle index (bulk work kept off the collect path); then open."""
+        self._ring.index_pending()
         epoch = self._ring.epoch()
         if epoch != self._epoch:
             self._epoch = epoch

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import (
@@ -23,6 +25,7 @@ from sqlalchemy import (
     Table,
     inspect,
     select,
+    text,
 )
 
 from remarket.schema.events import as_utc
@@ -129,3 +132,42 @@ def test_round_trip_through_every_table(engine: Engine, table: str) -> None:
         if isinstance(value, datetime):
             got[name] = as_utc(value)
     assert got == row
+
+
+def test_key_rows_keep_their_keys_through_0009_and_back(engine: Engine) -> None:
+    """0009 moves pii_keys into key order and fills its handle index; nothing is lost
+    either way (a lost key would make its events unreadable)."""
+    rows = [
+        {"handle": f"h_{n:032x}", "key_id": f"k{n:015x}", "secret": bytes([n]) * 32}
+        for n in range(3)
+    ]
+    upgrade_state(engine, "0008")
+    with engine.begin() as conn:
+        conn.execute(
+            text(
+                "INSERT INTO pii_keys (handle, key_id, secret, created_at)"
+                " VALUES (:handle, :key_id, :secret, :created_at)"
+            ),
+            [{**row, "created_at": WHEN} for row in rows],
+        )
+    upgrade_state(engine)
+    keys, handles = metadata.tables["pii_keys"], metadata.tables["pii_key_handles"]
+    with engine.connect() as conn:
+        moved = conn.execute(
+            select(keys.c.handle, keys.c.key_id, keys.c.secret, keys.c.indexed)
+        ).all()
+        indexed = conn.execute(select(handles.c.handle, handles.c.key_id)).all()
+    assert sorted(moved) == [(r["handle"], r["key_id"], r["secret"], True) for r in rows]
+    assert sorted(indexed) == [(r["handle"], r["key_id"]) for r in rows]
+    config = Config()
+    config.set_main_option("script_location", MIGRATIONS)
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0008")
+    with engine.connect() as conn:
+        back = conn.execute(text("SELECT handle, key_id, secret FROM pii_keys")).all()
+        tables = set(inspect(conn).get_table_names())
+    assert sorted((h, k, bytes(s)) for h, k, s in back) == [
+        (r["handle"], r["key_id"], r["secret"]) for r in rows
+    ]
+    assert "pii_key_handles" not in tables

@@ -19,6 +19,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
+    text,
 )
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "journeys",
     "login_failures",
     "metadata",
+    "pii_key_handles",
     "pii_keys",
     "privacy_secrets",
     "profile_traits",
@@ -501,22 +504,46 @@ journey_assignments = Table(
 by profile_id."""
 # --- erasure ------------------------------------------------------------------
 # pii_keys rows are found by handle (an HMAC of an identifier, computed from the
-# person's identities at erasure); erasure deletes them, which is what makes the
+# person's identities at erasure), through pii_key_handles or, for rows not yet indexed
+# there, the partial index of unindexed rows; erasure deletes them, which is what makes the
 # person's events in the log unreadable. erasures holds no PII: a keyed hash of the
 # profile id and counts.
 
 pii_keys = Table(
     "pii_keys",
     metadata,
-    # HMAC(handle secret, "kind:value") of the identifier whose key this is.
-    Column("handle", String(40), primary_key=True),
-    # A handle may get several keys (one per process that met it first, or after an
-    # erasure): the sealed event names the one it used.
+    # Key order first: key ids are a per-process prefix and a counter, so a new key is an
+    # append, not a write at a random place of an index (a page per new device).
     Column("key_id", String(16), primary_key=True),
+    # HMAC(handle secret, "kind:value") of the identifier whose key this is. A handle may
+    # get several keys (one per process that met it first, or after an erasure): the
+    # sealed event names the one it used.
+    Column("handle", String(40), primary_key=True),
     Column("secret", LargeBinary, nullable=False),
     Column("created_at", _TS, nullable=False),
+    # Whether pii_key_handles holds the row yet (filled in bulk, off the collect path).
+    Column("indexed", Boolean, nullable=False, server_default=false()),
+    Index(
+        "ix_pii_keys_key_id",
+        "key_id",
+        # As SQLAlchemy writes ``not_(indexed)`` for each, so that the planners see the
+        # query's condition is the index's.
+        sqlite_where=text("indexed = 0"),
+        postgresql_where=text("NOT indexed"),
+    ),
+    sqlite_with_rowid=False,
 )
 """Per-identity AES-256-GCM keys for the PII of events in the log (crypto-shredding)."""
+
+pii_key_handles = Table(
+    "pii_key_handles",
+    metadata,
+    Column("handle", String(40), primary_key=True),
+    Column("key_id", String(16), primary_key=True),
+    sqlite_with_rowid=False,
+)
+"""The handle index of pii_keys rows marked ``indexed`` (no secret, no PII: erased with
+them)."""
 
 privacy_secrets = Table(
     "privacy_secrets",
