@@ -67,6 +67,8 @@ SCORES_DDL: Final = (
 latest ``scored_at <= T`` (ties: the higher score)."""
 
 _UNITS: Final = {"m": "MINUTE", "h": "HOUR", "d": "DAY"}
+_GROUPED: Final = "g"
+"""The CTE of the per-profile aggregates that counting leaves share."""
 
 
 def _str(value: str) -> str:
@@ -227,6 +229,10 @@ class _Compiler:
         self.flags: dict[str, str] = {}  # conditions on events -> column of ev
         self.values: dict[str, str] = {}  # expression on events -> column of ev
         self.scans: dict[tuple[str, ...], list[tuple[str, _Span]]] = {}  # by event name
+        # Per-profile aggregates of the counting leaves, all in one CTE (``g``): one
+        # GROUP BY over ``ev`` instead of one per leaf.
+        self.aggregates: dict[str, str] = {}  # aggregate over ev -> column of g
+        self.aggregated: dict[str, None] = {}  # the flags of ev that g reads
         self._last: str | None = None
 
     def leaf(self, body: str) -> str:
@@ -253,23 +259,50 @@ class _Compiler:
             self.leaf_of[node_id] = self._last
         return f"COALESCE({predicate}, FALSE)"
 
-    def resolved(self, columns: Iterable[str], conditions: list[str], span: _Span) -> str:
-        """The events ``e`` as of T in ``span`` that pass ``conditions``, with their profile.
-
-        ``conditions`` start with those on ``e.type`` and ``e.event``; ``columns`` are
-        ``expression AS name`` over ``e``. Every leaf's events come from one CTE, ``ev``
-        (:meth:`events`), so the identities are joined once, to the rows left.
-        """
+    def flag(self, conditions: list[str], span: _Span) -> str:
+        """The column of ``ev`` that marks the events as of T in ``span`` that pass
+        ``conditions`` (which start with those on ``e.type`` and ``e.event``)."""
         where = _where([*conditions, *_bounds(span)])
         key = tuple(c for c in conditions if c.startswith(("e.type = ", "e.event = ")))
         if where not in self.flags:
             self.flags[where] = f"f{len(self.flags)}"
             self.scans.setdefault(key, []).append((where, span))
+        return self.flags[where]
+
+    def value(self, expression: str) -> str:
+        """The column of ``ev`` holding ``expression`` over ``e``."""
+        return self.values.setdefault(expression, f"x{len(self.values)}")
+
+    def resolved(self, columns: Iterable[str], conditions: list[str], span: _Span) -> str:
+        """The events ``e`` as of T in ``span`` that pass ``conditions``, with their profile.
+
+        ``columns`` are ``expression AS name`` over ``e``. Every leaf's events come from
+        one CTE, ``ev`` (:meth:`events`), so the identities are joined once, to the rows
+        left.
+        """
+        flag = self.flag(conditions, span)
         select = ["profile_id"]
         for column in columns:
             expression, name = column.rsplit(" AS ", 1)
-            select.append(f"{self.values.setdefault(expression, f'x{len(self.values)}')} AS {name}")
-        return f"SELECT {', '.join(select)} FROM ev WHERE {self.flags[where]}"
+            select.append(f"{self.value(expression)} AS {name}")
+        return f"SELECT {', '.join(select)} FROM ev WHERE {flag}"
+
+    def grouped(self, aggregate: str, flag: str) -> str:
+        """``aggregate`` (over ``ev``'s columns) of each profile's events marked ``flag``,
+        as a column of the shared CTE ``g``; NULL (or a count of 0) for a profile with
+        none, exactly as a CTE of its own with no row for the profile."""
+        self.aggregated[flag] = None
+        filtered = f"{aggregate} FILTER (WHERE {flag})"
+        self._last = _GROUPED
+        return f"{_GROUPED}.{self.aggregates.setdefault(filtered, f'a{len(self.aggregates)}')}"
+
+    def grouped_cte(self) -> str:
+        columns = ", ".join(f"{a} AS {name}" for a, name in self.aggregates.items())
+        anyone = " OR ".join(self.aggregated)
+        return (
+            f"{_GROUPED} AS (SELECT profile_id, {columns} FROM ev WHERE {anyone} "
+            "GROUP BY profile_id)"
+        )
 
     def events(self) -> str:
         """The CTE ``ev``: the events some leaf wants, then their profiles.
@@ -350,11 +383,8 @@ class _Compiler:
 
     def _performed(self, node: PerformedNode) -> str:
         spec = EventSpec(event=node.event, where=node.where)
-        rows = self.resolved([], _event_conditions(spec, "e"), _span(node.window, self.at))
-        name = self.leaf(
-            f"SELECT profile_id, COUNT(*) AS c FROM ({rows}) AS r GROUP BY profile_id",
-        )
-        count = f"COALESCE({name}.c, 0)"
+        flag = self.flag(_event_conditions(spec, "e"), _span(node.window, self.at))
+        count = f"COALESCE({self.grouped('COUNT(*)', flag)}, 0)"
         operator = {"at_least": ">=", "at_most": "<=", "exactly": "="}[node.operator]
         return f"({count} {operator} {node.times})"
 
@@ -372,38 +402,45 @@ class _Compiler:
             span = (micros, None)
         elif not last and test == "<=":
             span = (None, micros)
-        rows = self.resolved(["e.timestamp AS ts"], _event_conditions(spec, "e"), span)
+        flag = self.flag(_event_conditions(spec, "e"), span)
         function = "MAX" if last else "MIN"
-        name = self.leaf(
-            f"SELECT profile_id, {function}(ts) AS t FROM ({rows}) AS r GROUP BY profile_id"
-        )
-        return f"({name}.t {test} {_instant(micros)})"
+        moment = self.grouped(f"{function}({self.value('e.timestamp')})", flag)
+        return f"({moment} {test} {_instant(micros)})"
 
     def _aggregate(self, node: AggregateNode) -> str:
         spec = EventSpec(event=node.event, where=node.where)
         text = _json_text("e.properties", node.property) if node.property else None
-        if node.function in ("count", "count_distinct"):
-            column = [] if text is None else [f"{text} AS x"]
-            counted = "*" if text is None else "x"
-            distinct = "DISTINCT " if node.function == "count_distinct" else ""
-            columns = f"COUNT({distinct}{counted}) AS c"
+        conditions, span = _event_conditions(spec, "e"), _span(node.window, self.at)
+        if node.function == "count_distinct":
+            # In a CTE of its own: DISTINCT with FILTER is not portable to every engine.
+            rows = self.resolved([f"{text} AS x"], conditions, span)
+            name = self.leaf(
+                f"SELECT profile_id, COUNT(DISTINCT x) AS c FROM ({rows}) AS r GROUP BY profile_id"
+            )
+            result = f"COALESCE({name}.c, 0)"
         else:
-            column = [f"{_number(str(text))} AS x"]
-            columns = "SUM(x) AS s, COUNT(x) AS c, MIN(x) AS lo, MAX(x) AS hi"
-        rows = self.resolved(column, _event_conditions(spec, "e"), _span(node.window, self.at))
-        name = self.leaf(f"SELECT profile_id, {columns} FROM ({rows}) AS r GROUP BY profile_id")
-        result = {
-            "count": f"COALESCE({name}.c, 0)",
-            "count_distinct": f"COALESCE({name}.c, 0)",
-            "sum": f"COALESCE({name}.s, 0)",
-            "avg": f"(CASE WHEN {name}.c > 0 THEN {name}.s / {name}.c END)",
-            "min": f"{name}.lo",
-            "max": f"{name}.hi",
-        }[node.function]
+            flag = self.flag(conditions, span)
+            if text is None:
+                counted = "*"
+            else:
+                counted = self.value(text if node.function == "count" else _number(text))
+            result = self._summary(node.function, counted, flag)
         result = f"CAST({result} AS DOUBLE)"
         if isinstance(node.value, tuple):
             return _compare("between", result, node.value, _double)
         return _compare(node.operator, result, node.value, _double)
+
+    def _summary(self, function: str, counted: str, flag: str) -> str:
+        """count / sum / avg / min / max of ``counted`` over a profile's ``flag`` events."""
+        if function in ("min", "max"):
+            return self.grouped(f"{function.upper()}({counted})", flag)
+        count = self.grouped(f"COUNT({counted})", flag)
+        if function == "count":
+            return f"COALESCE({count}, 0)"
+        total = self.grouped(f"SUM({counted})", flag)
+        if function == "sum":
+            return f"COALESCE({total}, 0)"
+        return f"(CASE WHEN {count} > 0 THEN {total} / {count} END)"  # avg
 
     def _sequence(self, node: SequenceNode) -> str:
         within = _interval(node.within)
@@ -539,11 +576,14 @@ def compile_segment(
     ctes = compiler.ctes
     if not drivers:
         ctes = ["profiles AS (SELECT DISTINCT profile_id FROM identities)", *ctes]
+    if compiler.aggregates:
+        ctes = [*ctes, compiler.grouped_cte()]
     if compiler.flags:
         ctes = [compiler.events(), *ctes]
+    leaves = [*compiler.names.values(), *([_GROUPED] if compiler.aggregates else [])]
     joins = "".join(
         f" {'JOIN' if name in drivers else 'LEFT JOIN'} {name} ON {name}.profile_id = {key}"
-        for name in compiler.names.values()
+        for name in leaves
         if name != source
     )
     sql = f"WITH {', '.join(ctes)} SELECT {key} FROM {source}{joins} WHERE {predicate}"
