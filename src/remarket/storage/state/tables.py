@@ -478,14 +478,17 @@ journey_steps = Table(
     Column("version", Integer, nullable=False),
     Column("profile_id", String(40), nullable=False, index=True),
     Column("instance_id", String(120), nullable=False),
+    # The node reached; None for an entry refused.
     Column("node", String(64), nullable=True),
-    # "reached" (entering, leaving and converting are on the instance row).
+    # "reached", or why the profile could not enter (journeys.funnel.ENTRY_SKIPS: paused,
+    # already_active, reentry_never, reentry_wait, max_concurrent), then on the instance id
+    # the entry would have started. Entering, leaving and converting are on the instance row.
     Column("kind", String(16), nullable=False),
     Column("at", _TS, nullable=False),
     Index("ix_journey_steps_journey_id_node_kind", "journey_id", "node", "kind"),
 )
-"""The nodes each profile reached in each journey, in order. Personal: erase by
-profile_id."""
+"""The nodes each profile reached in each journey, in order, and the entries refused.
+Personal: erase by profile_id."""
 
 journey_assignments = Table(
     "journey_assignments",
