@@ -68,7 +68,8 @@ def test_cart_without_order_gets_one_email_after_an_hour(
         assert funnel["entered"] == 1 and funnel["exited"] == {"completed": 1}
         assert funnel["not_entered"] == {"already_active": 1}
         mail = next(n for n in funnel["nodes"] if n["node"] == "mail")
-        assert (mail["entered"], mail["queued"], mail["sent"]) == (1, 1, 1)
+        assert (mail["entered"], mail["queued"], mail["sent"], mail["resent"]) == (1, 1, 1, 0)
+        assert funnel["resent"] == 0
         # Nothing more, however long we wait.
         world.advance(timedelta(days=2))
         world.settle()

@@ -58,6 +58,10 @@ class NodeCountsOut(BaseModel):
     converted: int = Field(description="Profiles that reached the node and converted.")
     queued: int = Field(description="Messages handed to the channel outbox.")
     sent: int
+    resent: int = Field(
+        description="Of sent, messages in doubt after a crash and sent again (the provider "
+        "may have had them twice, under one idempotency key)."
+    )
     failed: int = Field(description="Messages given up after retries.")
     pending: int = Field(description="Messages not delivered yet.")
     skipped: dict[str, int] = Field(description="Messages skipped, by reason.")
@@ -77,6 +81,7 @@ class FunnelOut(BaseModel):
     converted: int
     converted_by_arm: dict[str, int] = Field(description="Conversions by `arm@node`.")
     sent: int
+    resent: int = Field(description="Of sent, messages in doubt after a crash and sent again.")
     failed: int
     skipped: dict[str, int]
     nodes: list[NodeCountsOut]
@@ -231,8 +236,8 @@ def archive_journey(request: Request, journey_id: str, key: Principal = _write) 
 
 @router.get("/v1/journeys/{journey_id}/funnel", response_model=FunnelOut)
 def journey_funnel(request: Request, journey_id: str, _key: Principal = _read) -> FunnelOut:
-    """Counts per journey and node: entered, waiting, exited, converted, sent, skipped
-    (by reason), failed."""
+    """Counts per journey and node: entered, waiting, exited, converted, sent (and of
+    them resent), skipped (by reason), failed."""
     runtime = runtime_of(request)
     info = _catalog(runtime).require(journey_id)
     counts = funnel(runtime.engine, journey_id, [n.id for n in info.definition.nodes])

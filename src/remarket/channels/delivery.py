@@ -26,6 +26,7 @@ from remarket.channels.guards import (
     suppressed,
     zone_of,
 )
+from remarket.channels.outbox import RESENT
 from remarket.channels.providers import Envelope, Provider, SendFailed
 from remarket.channels.registry import ProviderStore
 from remarket.channels.removals import is_erasure_removal
@@ -45,7 +46,7 @@ from remarket.storage.state import (
     segment_members,
 )
 
-__all__ = ["RESENT", "SENDING", "Delivery", "unsubscribe_url"]
+__all__ = ["Delivery", "unsubscribe_url"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,12 +55,6 @@ _RATE_WAIT_MAX: Final = 1.0
 _PROVIDER_REFRESH_S: Final = 0.5
 _AUDIENCE_SYNC_S: Final = 5.0
 _NO_PROVIDER_WAIT: Final = timedelta(seconds=30)
-SENDING: Final = "sending"
-"""The reason of a pending row whose send has begun: one a deliverer finds so marked
-when it claims it was in flight when another deliverer died, and may have gone out."""
-RESENT: Final = "resent"
-"""The reason of a sent row that was in doubt (marked ``sending`` by a deliverer that
-died): the provider may have it twice, under the same idempotency key."""
 
 
 def unsubscribe_url(box: SecretBox, settings: Settings, profile_id: str) -> str:
@@ -257,22 +252,23 @@ class Delivery:
         return rows
 
     def _mark_sending(self, ids: list[int]) -> None:
-        """Commit that these rows' send begins (before the provider is reached)."""
+        """Commit that these rows' send begins (before the provider is reached): until
+        their outcome is recorded, they are in doubt."""
         with self._engine.begin() as conn:
             conn.execute(
                 update(channel_outbox)
                 .where(channel_outbox.c.id.in_(ids), channel_outbox.c.status == "pending")
-                .values(reason=SENDING)
+                .values(in_doubt=True)
             )
 
     def _record(self, row: Row[Any], outcome: _Outcome) -> None:
         now = self._clock.now()
-        values: dict[str, Any] = {"status": outcome.status, "reason": outcome.reason}
-        if row.reason == SENDING:  # in doubt, and stays so until it is sent
-            if outcome.status == "sent":
-                values["reason"] = RESENT
-            elif outcome.status == "pending":
-                values["reason"] = SENDING
+        # ``row`` is as claimed: in doubt then if a deliverer died while sending it. It
+        # stays in doubt whatever this attempt's outcome (deferred, paused, skipped: the
+        # provider may have it all the same); this attempt's own mark is resolved.
+        doubt = bool(row.in_doubt)
+        values: dict[str, Any] = {"status": outcome.status, "in_doubt": doubt}
+        values["reason"] = RESENT if doubt and outcome.status == "sent" else outcome.reason
         if not outcome.attempted:
             values["attempts"] = channel_outbox.c.attempts - 1
         if outcome.failed:

@@ -19,6 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 __all__ = [
@@ -371,7 +372,13 @@ channel_outbox = Table(
     Column("trigger", JSON, nullable=True),
     # pending -> sent | skipped | dead; a failed attempt stays pending with a later due_at.
     Column("status", String(8), nullable=False),
+    # Why it is pending (retrying, paused, quiet_hours, ...), skipped or dead; for a sent
+    # row None, or "resent" when it was in doubt.
     Column("reason", String(64), nullable=True),
+    # Set before the provider is reached and cleared with the outcome: a row a deliverer
+    # claims with it set was being sent when a deliverer died, so the provider may have it
+    # already; it stays set until sent again (then recorded "resent").
+    Column("in_doubt", Boolean, nullable=False, default=False, server_default=false()),
     Column("attempts", Integer, nullable=False, default=0),
     Column("failures", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=True),
