@@ -100,7 +100,19 @@ class DryRunMessageOut(BaseModel):
     channel: str
     template: str | None
     at: datetime
-    blocked: str | None = Field(description="Why the guards would have stopped it.")
+    blocked: str | None = Field(
+        description="Why the guards would have stopped it: no_consent, suppressed, "
+        "no_address, frequency_cap, journey_daily_limit; deferred:quiet_hours when quiet "
+        "hours would have moved it to `at`. Null: it would have been sent."
+    )
+
+
+class DryRunRefusalOut(BaseModel):
+    profile_id: str
+    at: datetime
+    reason: str = Field(
+        description="already_active, reentry_never, reentry_wait or max_concurrent."
+    )
 
 
 class DryRunOut(BaseModel):
@@ -110,6 +122,12 @@ class DryRunOut(BaseModel):
     end: datetime
     entered: int
     entrants: list[tuple[str, datetime]]
+    not_entered: dict[str, int] = Field(
+        description="Profiles that would not have entered, by reason (each once per reason)."
+    )
+    refusals: list[DryRunRefusalOut] = Field(
+        description="Each profile's first refusal per reason, with its time."
+    )
     messages: list[DryRunMessageOut]
     would_send: int
     blocked: dict[str, int]
@@ -248,8 +266,9 @@ def journey_funnel(request: Request, journey_id: str, _key: Principal = _read) -
 async def dry_run_journey(
     request: Request, journey_id: str, body: DryRunIn, _key: Principal = _read
 ) -> DryRunOut:
-    """Replay the journey over a past window of the warehouse: who would have entered,
-    what would have been sent when, what the guards would have blocked. Sends nothing."""
+    """Replay the journey over a past window of the warehouse: who would have entered (and
+    who not, why), what would have been sent when, what the guards would have blocked.
+    Sends nothing."""
     runtime = runtime_of(request)
     catalog = _catalog(runtime)
     info = catalog.require(journey_id)
@@ -277,6 +296,8 @@ async def dry_run_journey(
         end=report.end,
         entered=len(report.entered),
         entrants=report.entered,
+        not_entered=report.not_entered,
+        refusals=[DryRunRefusalOut.model_validate(r, from_attributes=True) for r in report.refused],
         messages=[
             DryRunMessageOut.model_validate(m, from_attributes=True) for m in report.messages
         ],

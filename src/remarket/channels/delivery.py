@@ -14,11 +14,12 @@ from typing import Any, Final
 
 from sqlalchemy import Connection, Engine, Row, delete, or_, select, update
 
-from remarket.channels.audiences import AudienceProvider, AudienceStore, e164
+from remarket.channels.audiences import AudienceProvider, AudienceStore
 from remarket.channels.guards import (
     MESSAGING,
     SEND,
     Verdict,
+    address_of,
     cap_reached,
     journey_sent_today,
     purpose_of,
@@ -406,7 +407,9 @@ class Delivery:
                 return Verdict("defer", "no_provider", now + _NO_PROVIDER_WAIT), None, None
             if channel == "audience":
                 return self._audience(conn, row, live_id, traits, provider)
-            to = self._address(channel, traits, row.variables)
+            to = address_of(
+                channel, traits, row.variables, self._settings.channels_phone_country_code
+            )
             if to is None:
                 return Verdict("skip", "no_address"), None, None
             if cap_reached(conn, family, channel, now, self._settings):
@@ -456,22 +459,6 @@ class Delivery:
             )
         )
         return {key: value for key, value in rows}
-
-    def _address(
-        self, channel: str, traits: dict[str, Any], variables: dict[str, Any]
-    ) -> str | None:
-        if channel == "email":
-            email = traits.get("email")
-            return email.strip() if isinstance(email, str) and "@" in email else None
-        if channel == "sms":
-            phone = traits.get("phone")
-            if not isinstance(phone, str):
-                return None
-            return e164(phone, self._settings.channels_phone_country_code)
-        if channel == "push":
-            token = variables.get("token") or traits.get("push_token")
-            return token if isinstance(token, str) and token else None
-        return ""  # webhooks go to the provider's URL
 
     def _envelope(self, row: Row[Any], live_id: str, traits: dict[str, Any], to: str) -> Envelope:
         channel: str = row.channel
