@@ -2,7 +2,7 @@
 SMTP server: every message arrives, none as two different messages.
 
 The guarantee is at-least-once transmission with a stable ``Message-ID`` per
-idempotency key: each send is marked ``sending`` before the server is reached and its
+idempotency key: each send is marked ``in_doubt`` before the server is reached and its
 outcome recorded right after the server's 250, so a kill in between resends the
 messages then in flight (at most one per concurrent sender), with the same Message-ID,
 and records them as ``resent``. The test counts distinct Message-IDs (exactly 10,000),
@@ -25,8 +25,8 @@ import pytest
 from sqlalchemy import func, select
 
 from remarket.channels import OutboxMessage, enqueue_many
-from remarket.channels.delivery import RESENT, SENDING
 from remarket.channels.email import message_id_for
+from remarket.channels.outbox import RESENT
 from remarket.channels.registry import ProviderStore
 from remarket.channels.secrets import SecretBox, load_key
 from remarket.channels.templates import Template, TemplateStore
@@ -162,11 +162,18 @@ def _run(tmp_path: Path, n: int, kills: tuple[int, ...]) -> None:
     engine = connect_state(Settings(data_dir=tmp_path).resolved_database_url())
     with engine.connect() as conn:
         outcomes = {
-            (status, reason): n
-            for status, reason, n in conn.execute(
-                select(channel_outbox.c.status, channel_outbox.c.reason, func.count())
+            (status, reason, in_doubt): n
+            for status, reason, in_doubt, n in conn.execute(
+                select(
+                    channel_outbox.c.status,
+                    channel_outbox.c.reason,
+                    channel_outbox.c.in_doubt,
+                    func.count(),
+                )
                 .where(channel_outbox.c.status != "sent")
-                .group_by(channel_outbox.c.status, channel_outbox.c.reason)
+                .group_by(
+                    channel_outbox.c.status, channel_outbox.c.reason, channel_outbox.c.in_doubt
+                )
             )
         }
         resent = set(
@@ -186,6 +193,6 @@ def _run(tmp_path: Path, n: int, kills: tuple[int, ...]) -> None:
     repeated = {i for i, count in Counter(ids).items() if count > 1}
     assert repeated <= {message_id_for(key, "shop.example") for key in resent}
     # The last process is killed once the last message arrived: the rows it had not
-    # recorded yet (at most one per sender) still say they were being sent.
-    unrecorded = outcomes.pop(("pending", SENDING), 0)
+    # recorded yet (at most one per sender) are still in doubt.
+    unrecorded = outcomes.pop(("pending", None, True), 0)
     assert outcomes == {} and unrecorded <= 8

@@ -9,8 +9,9 @@ from typing import Any
 
 import msgspec
 import pytest
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, update
 
+from remarket.channels.outbox import RESENT
 from remarket.clock import ManualClock
 from remarket.journeys import JourneyRuntime
 from remarket.journeys import runtime as runtime_module
@@ -421,6 +422,28 @@ def test_a_crash_before_the_commit_neither_loses_nor_repeats_the_message(
     assert rig.sent() == [("p_ann", "m", "t")]
     assert rig.run(timedelta(days=1)) == 0
     assert rig.sent() == [("p_ann", "m", "t")]
+
+
+def test_the_funnel_counts_messages_resent_after_a_crash(rig: Rig) -> None:
+    rig.journey(BASE)
+    rig.track("ann", "Product Added")
+    rig.track("bob", "Product Added")
+    rig.run(timedelta(minutes=61))
+    # As the deliverer records them: ann's e-mail sent once; bob's in doubt after a
+    # deliverer died while sending it, then sent again.
+    c = channel_outbox.c
+    with rig.engine.begin() as conn:
+        conn.execute(update(channel_outbox).values(status="sent", finished_at=rig.clock.now()))
+        conn.execute(
+            update(channel_outbox)
+            .where(c.profile_id == "p_bob")
+            .values(reason=RESENT, in_doubt=True)
+        )
+    counts = funnel(rig.engine, "j", ["w", "m", "x"])
+    assert (counts.sent, counts.resent) == (2, 1)
+    mail = counts.nodes[1]
+    assert (mail.node, mail.queued, mail.sent, mail.resent) == ("m", 2, 2, 1)
+    assert (counts.nodes[0].resent, counts.nodes[2].resent) == (0, 0)
 
 
 def test_daily_limit_is_read_from_the_newest_version(rig: Rig) -> None:

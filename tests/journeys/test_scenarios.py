@@ -10,9 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import update
 
+from remarket.channels import OutboxMessage, enqueue
 from remarket.clock import ManualClock
 from remarket.profiles.identity import ANONYMOUS_ID, USER_ID, profile_id_of
+from remarket.storage.state import channel_outbox
 from tests.journeys.smtp import Inbox, smtp_server
 from tests.journeys.world import CART_ABANDONMENT, JourneyWorld, journey_world
 
@@ -68,7 +71,8 @@ def test_cart_without_order_gets_one_email_after_an_hour(
         assert funnel["entered"] == 1 and funnel["exited"] == {"completed": 1}
         assert funnel["not_entered"] == {"already_active": 1}
         mail = next(n for n in funnel["nodes"] if n["node"] == "mail")
-        assert (mail["entered"], mail["queued"], mail["sent"]) == (1, 1, 1)
+        assert (mail["entered"], mail["queued"], mail["sent"], mail["resent"]) == (1, 1, 1, 0)
+        assert funnel["resent"] == 0
         # Nothing more, however long we wait.
         world.advance(timedelta(days=2))
         world.settle()
@@ -240,6 +244,148 @@ def test_invalid_definition_is_422_naming_the_node_path(tmp_path: Path) -> None:
         assert response.status_code == 422 and response.json()["field"] == "nodes[0].next"
 
 
+def _dry_run(world: JourneyWorld, journey_id: str, start: datetime) -> dict[str, Any]:
+    response = world.server.client.post(
+        f"/v1/journeys/{journey_id}/dry-run",
+        json={"start": start.isoformat(), "end": world.clock.now().isoformat()},
+        headers=world.server.admin,
+    )
+    assert response.status_code == 200, response.json()
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def _sent_before(world: JourneyWorld, key: str, profile_id: str, journey_id: str) -> None:
+    """An e-mail a journey really sent now (in the outbox)."""
+    with world.runtime.engine.begin() as conn:
+        message = OutboxMessage(key, profile_id, "email", "cart-reminder", {}, journey_id)
+        enqueue(conn, message, now=world.clock.now())
+        conn.execute(
+            update(channel_outbox)
+            .where(channel_outbox.c.idempotency_key == key)
+            .values(status="sent", finished_at=world.clock.now())
+        )
+
+
+REMINDER: dict[str, Any] = {
+    "id": "reminder",
+    "entry": {"type": "event", "event": "Product Added"},
+    "reentry": {"policy": "after", "after": "2h"},
+    "max_concurrent": 2,
+    "start": "wait",
+    "nodes": [
+        {"id": "wait", "type": "wait", "duration": "1h", "next": "mail"},
+        {"id": "mail", "type": "send", "channel": "email", "template": "cart-reminder"},
+    ],
+}
+
+
+def test_dry_run_reports_refused_entries_as_the_runtime_records_them(tmp_path: Path) -> None:
+    with journey_world(tmp_path / "var", ManualClock(T0)) as world:
+        world.put_journey(REMINDER)
+        for user in ("ann", "bob", "cy"):
+            _customer(world, user)
+        for minute, user in [(0, "ann"), (5, "bob"), (10, "ann"), (20, "cy"), (90, "ann")]:
+            world.advance(T0 + timedelta(minutes=minute) - world.clock.now())
+            world.settle()  # the timers due by now fire first
+            _cart(world, user)
+            world.settle()
+        for minute, user in [(90, "cy"), (130, "ann")]:
+            world.advance(T0 + timedelta(minutes=minute) - world.clock.now())
+            world.settle()
+            _cart(world, user)
+            world.settle()
+        world.advance(timedelta(hours=2))
+        world.settle()
+
+        report = _dry_run(world, "reminder", T0 - timedelta(minutes=1))
+        ann, bob, cy = (world.profile(user_id=u) for u in ("ann", "bob", "cy"))
+        at = {m: T0 + timedelta(minutes=m) for m in (0, 5, 10, 20, 90, 130)}
+        entrants = [(p, datetime.fromisoformat(t)) for p, t in report["entrants"]]
+        assert entrants == [(ann, at[0]), (bob, at[5]), (cy, at[90]), (ann, at[130])]
+        refusals = [
+            (r["profile_id"], datetime.fromisoformat(r["at"]), r["reason"])
+            for r in report["refusals"]
+        ]
+        assert refusals == [
+            (ann, at[10], "already_active"),  # walking the journey
+            (cy, at[20], "max_concurrent"),  # ann and bob were in it
+            (ann, at[90], "reentry_wait"),  # 2 h since her entry have not passed
+        ]
+        live = world.funnel("reminder")
+        assert (
+            report["not_entered"]
+            == live["not_entered"]
+            == {
+                "already_active": 1,
+                "max_concurrent": 1,
+                "reentry_wait": 1,
+            }
+        )
+        assert report["entered"] == live["entered"] == 4
+
+
+PROMO: dict[str, Any] = REMINDER | {
+    "id": "promo",
+    "reentry": {"policy": "after", "after": "1h"},
+    "max_concurrent": None,
+    "daily_limit": 2,
+}
+
+
+def test_dry_run_blocks_by_consent_then_address_caps_and_daily_limit(tmp_path: Path) -> None:
+    caps = {"channels_caps_per_day": {"email": 1}}
+    with journey_world(tmp_path / "var", ManualClock(T0), **caps) as world:
+        world.put_journey(PROMO, activate=False)
+        for user in ("ann", "bob", "eve", "fay"):
+            _customer(world, user)
+        world.send({"type": "identify", "userId": "cy", "traits": {"consent": {"email": True}}})
+        world.send({"type": "identify", "userId": "dan", "traits": {"email": "dan@x.example"}})
+        for user in ("ann", "bob", "cy", "dan", "eve", "fay"):
+            _cart(world, user)
+        world.settle()
+        ann, bob, cy, dan, eve, fay = (
+            world.profile(user_id=u) for u in ("ann", "bob", "cy", "dan", "eve", "fay")
+        )
+        world.advance(timedelta(minutes=30))
+        # Sent for real: another journey's e-mail to ann counts towards her cap; this
+        # journey's own to bob does not (the dry run stands in for it).
+        _sent_before(world, "other:ann", ann, "other")
+        _sent_before(world, "promo:bob", bob, "promo")
+        world.advance(timedelta(minutes=90))
+        # After their messages' time: dan consents, eve withdraws; bob carts again.
+        world.send({"type": "identify", "userId": "dan", "traits": {"consent": {"email": True}}})
+        world.send({"type": "identify", "userId": "eve", "traits": {"consent": {"email": False}}})
+        _cart(world, "bob")
+        world.advance(timedelta(hours=2))
+        world.settle()
+
+        report = _dry_run(world, "promo", T0 - timedelta(minutes=1))
+        hour = T0 + timedelta(hours=1)
+        blocked = {
+            (m["profile_id"], datetime.fromisoformat(m["at"])): m["blocked"]
+            for m in report["messages"]
+        }
+        assert blocked == {
+            (ann, hour): "frequency_cap",  # the other journey's e-mail half an hour before
+            (bob, hour): None,
+            (cy, hour): "no_address",
+            (dan, hour): "no_consent",  # not yet given then
+            (eve, hour): None,  # not yet withdrawn then
+            (fay, hour): "journey_daily_limit",  # bob's and eve's were the day's 2
+            (bob, hour + timedelta(hours=2)): "frequency_cap",  # the run's own at 13:00
+        }
+        assert report["would_send"] == 2
+        assert report["blocked"] == {
+            "frequency_cap": 2,
+            "no_address": 1,
+            "no_consent": 1,
+            "journey_daily_limit": 1,
+        }
+        assert report["not_entered"] == {} and report["entered"] == 7
+        assert {m["idempotency_key"] for m in world.outbox()} == {"other:ann", "promo:bob"}
+
+
 def test_dry_run_reports_entries_sends_and_blocks_and_sends_nothing(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     with journey_world(tmp_path / "var", clock) as world:
@@ -254,14 +400,8 @@ def test_dry_run_reports_entries_sends_and_blocks_and_sends_nothing(tmp_path: Pa
         world.send({"type": "track", "userId": "ann", "event": "Order Completed"})
         world.advance(timedelta(days=1))
         world.settle()
-        response = world.server.client.post(
-            "/v1/journeys/cart-abandonment/dry-run",
-            json={"start": (T0 - timedelta(hours=1)).isoformat(), "end": clock.now().isoformat()},
-            headers=world.server.admin,
-        )
-        assert response.status_code == 200, response.json()
-        report = response.json()
-        assert report["entered"] == 3
+        report = _dry_run(world, "cart-abandonment", T0 - timedelta(hours=1))
+        assert report["entered"] == 3 and report["not_entered"] == {}
         assert report["exited"] == {"exit_event": 1, "completed": 2}
         assert report["converted"] == 1
         by_profile = {m["profile_id"]: m for m in report["messages"]}

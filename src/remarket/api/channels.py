@@ -379,6 +379,7 @@ def sync_audiences(request: Request, _key: Annotated[Principal, _write]) -> Sync
 class NodeCountsOut(BaseModel):
     node_id: str
     sent: int
+    resent: int = Field(description="Of sent, messages in doubt after a crash and sent again.")
     pending: int
     dead: int
     failed_attempts: int
@@ -398,6 +399,7 @@ def get_delivery_counts(
         NodeCountsOut(
             node_id=node,
             sent=c.sent,
+            resent=c.resent,
             pending=c.pending,
             dead=c.dead,
             failed_attempts=c.failed_attempts,

@@ -58,6 +58,10 @@ class NodeCountsOut(BaseModel):
     converted: int = Field(description="Profiles that reached the node and converted.")
     queued: int = Field(description="Messages handed to the channel outbox.")
     sent: int
+    resent: int = Field(
+        description="Of sent, messages in doubt after a crash and sent again (the provider "
+        "may have had them twice, under one idempotency key)."
+    )
     failed: int = Field(description="Messages given up after retries.")
     pending: int = Field(description="Messages not delivered yet.")
     skipped: dict[str, int] = Field(description="Messages skipped, by reason.")
@@ -77,6 +81,7 @@ class FunnelOut(BaseModel):
     converted: int
     converted_by_arm: dict[str, int] = Field(description="Conversions by `arm@node`.")
     sent: int
+    resent: int = Field(description="Of sent, messages in doubt after a crash and sent again.")
     failed: int
     skipped: dict[str, int]
     nodes: list[NodeCountsOut]
@@ -95,7 +100,19 @@ class DryRunMessageOut(BaseModel):
     channel: str
     template: str | None
     at: datetime
-    blocked: str | None = Field(description="Why the guards would have stopped it.")
+    blocked: str | None = Field(
+        description="Why the guards would have stopped it: no_consent, suppressed, "
+        "no_address, frequency_cap, journey_daily_limit; deferred:quiet_hours when quiet "
+        "hours would have moved it to `at`. Null: it would have been sent."
+    )
+
+
+class DryRunRefusalOut(BaseModel):
+    profile_id: str
+    at: datetime
+    reason: str = Field(
+        description="already_active, reentry_never, reentry_wait or max_concurrent."
+    )
 
 
 class DryRunOut(BaseModel):
@@ -105,6 +122,12 @@ class DryRunOut(BaseModel):
     end: datetime
     entered: int
     entrants: list[tuple[str, datetime]]
+    not_entered: dict[str, int] = Field(
+        description="Profiles that would not have entered, by reason (each once per reason)."
+    )
+    refusals: list[DryRunRefusalOut] = Field(
+        description="Each profile's first refusal per reason, with its time."
+    )
     messages: list[DryRunMessageOut]
     would_send: int
     blocked: dict[str, int]
@@ -231,8 +254,8 @@ def archive_journey(request: Request, journey_id: str, key: Principal = _write) 
 
 @router.get("/v1/journeys/{journey_id}/funnel", response_model=FunnelOut)
 def journey_funnel(request: Request, journey_id: str, _key: Principal = _read) -> FunnelOut:
-    """Counts per journey and node: entered, waiting, exited, converted, sent, skipped
-    (by reason), failed."""
+    """Counts per journey and node: entered, waiting, exited, converted, sent (and of
+    them resent), skipped (by reason), failed."""
     runtime = runtime_of(request)
     info = _catalog(runtime).require(journey_id)
     counts = funnel(runtime.engine, journey_id, [n.id for n in info.definition.nodes])
@@ -243,8 +266,9 @@ def journey_funnel(request: Request, journey_id: str, _key: Principal = _read) -
 async def dry_run_journey(
     request: Request, journey_id: str, body: DryRunIn, _key: Principal = _read
 ) -> DryRunOut:
-    """Replay the journey over a past window of the warehouse: who would have entered,
-    what would have been sent when, what the guards would have blocked. Sends nothing."""
+    """Replay the journey over a past window of the warehouse: who would have entered (and
+    who not, why), what would have been sent when, what the guards would have blocked.
+    Sends nothing."""
     runtime = runtime_of(request)
     catalog = _catalog(runtime)
     info = catalog.require(journey_id)
@@ -272,6 +296,8 @@ async def dry_run_journey(
         end=report.end,
         entered=len(report.entered),
         entrants=report.entered,
+        not_entered=report.not_entered,
+        refusals=[DryRunRefusalOut.model_validate(r, from_attributes=True) for r in report.refused],
         messages=[
             DryRunMessageOut.model_validate(m, from_attributes=True) for m in report.messages
         ],

@@ -8,10 +8,12 @@ the same ``Message-ID`` for e-mail, the same ``Idempotency-Key`` header for webh
 the same upload session for Meta. So a provider may see a message twice, never two
 different messages: effectively once for any receiver that de-duplicates by that id
 (SMS through Twilio has no such id: a crash may repeat an SMS). Each send is marked
-``sending`` before the provider is reached, so the store knows which messages are in
-doubt after a crash: they are sent again and recorded as ``resent``, and every message a
-crash repeats is among them (a retry after a timeout, the provider's answer lost, may
-repeat a message too).
+``in_doubt`` before the provider is reached, and the mark is cleared with the outcome, so
+the store knows which messages are in doubt after a crash: they stay so through any
+pause, deferral or retry (recorded with its reason as for any message), are sent again
+and recorded as ``resent`` (counted in the journey funnel), and every message a crash
+repeats is among them (a retry after a timeout, the provider's answer lost, may repeat a
+message too).
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, func, select
 
+from remarket.channels.outbox import RESENT
 from remarket.storage.state import channel_outbox
 
 __all__ = ["NodeCounts", "delivery_counts"]
@@ -15,9 +16,12 @@ __all__ = ["NodeCounts", "delivery_counts"]
 class NodeCounts:
     """What became of one node's messages. ``failed_attempts`` counts every failed send
     (a message retried twice then sent counts 2 there and 1 in ``sent``); ``dead`` are
-    the messages that gave up (dead letters)."""
+    the messages that gave up (dead letters); ``resent`` are the sent messages that were
+    in doubt (a deliverer died while sending them), so the provider may have had them
+    twice (counted in ``sent`` too)."""
 
     sent: int = 0
+    resent: int = 0
     pending: int = 0
     dead: int = 0
     failed_attempts: int = 0
@@ -55,6 +59,8 @@ def delivery_counts(
             entry.failed_attempts += int(failures)
             if status == "sent":
                 entry.sent += n
+                if reason == RESENT:
+                    entry.resent += n
             elif status == "pending":
                 entry.pending += n
             elif status == "dead":

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Final, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import Connection, func, or_, select
 
+from remarket.channels.audiences import e164
 from remarket.config import Settings
 from remarket.storage.state import channel_outbox, channel_suppressions
 
 __all__ = [
     "MESSAGING",
     "Verdict",
+    "address_of",
     "cap_reached",
     "journey_sent_today",
     "purpose_of",
@@ -82,46 +84,96 @@ def quiet_until(now: datetime, zone: ZoneInfo, hours: tuple[int, int] | None) ->
     return datetime(day.year, day.month, day.day, end, tzinfo=zone).astimezone(UTC)
 
 
-def suppressed(conn: Connection, profile_ids: list[str], channel: str) -> bool:
-    return (
-        conn.scalar(
-            select(channel_suppressions.c.profile_id)
-            .where(
-                channel_suppressions.c.profile_id.in_(profile_ids),
-                channel_suppressions.c.channel.in_((channel, "*")),
-            )
-            .limit(1)
-        )
-        is not None
+def address_of(
+    channel: str, traits: Mapping[str, object], variables: Mapping[str, object], country_code: str
+) -> str | None:
+    """Where a message on ``channel`` goes: the e-mail address, the E.164 phone number, the
+    push token (the message's own, else the profile's); ``""`` for webhooks (they go to
+    the provider's URL); None when the profile has none.
+
+    >>> address_of("sms", {"phone": "(650) 555-1212"}, {}, "1"), address_of("email", {}, {}, "1")
+    ('+16505551212', None)
+    """
+    if channel == "email":
+        email = traits.get("email")
+        return email.strip() if isinstance(email, str) and "@" in email else None
+    if channel == "sms":
+        phone = traits.get("phone")
+        return e164(phone, country_code) if isinstance(phone, str) else None
+    if channel == "push":
+        token = variables.get("token") or traits.get("push_token")
+        return token if isinstance(token, str) and token else None
+    return ""
+
+
+def suppressed(
+    conn: Connection, profile_ids: list[str], channel: str, *, at: datetime | None = None
+) -> bool:
+    """Whether ``channel`` is suppressed for the person (as of ``at``, if given)."""
+    query = select(channel_suppressions.c.profile_id).where(
+        channel_suppressions.c.profile_id.in_(profile_ids),
+        channel_suppressions.c.channel.in_((channel, "*")),
     )
+    if at is not None:
+        query = query.where(channel_suppressions.c.created_at <= at)
+    return conn.scalar(query.limit(1)) is not None
 
 
-def _sent_since(
-    conn: Connection, profile_ids: list[str], channel: str | None, since: datetime
+def _sent_between(
+    conn: Connection,
+    profile_ids: list[str],
+    channel: str | None,
+    since: datetime,
+    until: datetime,
+    exclude_journey: str | None,
 ) -> int:
+    c = channel_outbox.c
     query = select(func.count()).where(
-        channel_outbox.c.profile_id.in_(profile_ids),
-        channel_outbox.c.finished_at > since,
-        channel_outbox.c.status == "sent",
-        channel_outbox.c.channel.in_(_CAPPED if channel is None else (channel,)),
+        c.profile_id.in_(profile_ids),
+        c.finished_at > since,
+        c.finished_at <= until,
+        c.status == "sent",
+        c.channel.in_(_CAPPED if channel is None else (channel,)),
     )
+    if exclude_journey is not None:
+        query = query.where(or_(c.journey_id.is_(None), c.journey_id != exclude_journey))
     return int(conn.scalar(query) or 0)
 
 
 def cap_reached(
-    conn: Connection, profile_ids: list[str], channel: str, now: datetime, settings: Settings
+    conn: Connection,
+    profile_ids: list[str],
+    channel: str,
+    now: datetime,
+    settings: Settings,
+    *,
+    also: Sequence[tuple[str, datetime]] = (),
+    exclude_journey: str | None = None,
 ) -> bool:
     """Whether a frequency cap (per channel or over all channels, per day or per 7 days)
-    is already used up for the person."""
+    is already used up for the person at ``now``.
+
+    ``also``: sends the outbox does not hold that count too, as ``(channel, at)`` (a dry
+    run's own); ``exclude_journey``: a journey whose sends in the outbox do not count (a
+    dry run of it stands in for them).
+    """
     if channel not in _CAPPED:
         return False
     for caps, window in (
         (settings.channels_caps_per_day, timedelta(days=1)),
         (settings.channels_caps_per_week, timedelta(days=7)),
     ):
+        since = now - window
         for key, scope in ((channel, channel), ("*", None)):
             cap = caps.get(key)
-            if cap is not None and _sent_since(conn, profile_ids, scope, now - window) >= cap:
+            if cap is None:
+                continue
+            extra = sum(
+                since < at <= now and (c == scope if scope is not None else c in _CAPPED)
+                for c, at in also
+            )
+            sent = _sent_between(conn, profile_ids, scope, since, now, exclude_journey)
+            if sent + extra >= cap:
                 return True
     return False
 

@@ -12,9 +12,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remarket.schema.events import as_utc
 from remarket.storage.state import channel_outbox
 
-__all__ = ["CHANNELS", "OutboxMessage", "enqueue", "enqueue_many"]
+__all__ = ["CHANNELS", "RESENT", "OutboxMessage", "enqueue", "enqueue_many"]
 
 CHANNELS: Final = ("email", "sms", "push", "webhook", "audience")
+RESENT: Final = "resent"
+"""The reason of a sent row that was in doubt (``in_doubt``: a deliverer died while
+sending it): the provider may have it twice, under the same idempotency key."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,11 +3,16 @@
 The warehouse's events in ``(start, end]`` are walked in time order through the same
 interpreter the runtime uses: entry events (or published ``Segment Entered`` events,
 or a schedule's runs with the segment's members by SQL as of each run) enter
-profiles, timers fire at their due time, exit events end walks, awaited events wake
-waits, and branch conditions are answered by SQL as of the moment the profile reaches
-them. Each message is checked against the channel guards as they stand (consent,
-suppression, frequency caps counting the run's own earlier messages, quiet hours), so
-the report says what would have been sent when, and what would have been blocked.
+profiles, subject to the journey's re-entry policy and ``max_concurrent`` (a refused
+entry is reported with its reason, as the runtime records it); timers fire at their due
+time, exit events end walks, awaited events wake waits, and branch conditions are
+answered by SQL as of the moment the profile reaches them. Each message is checked
+against the channel guards as of its time: consent (the ledger's history) and
+suppression then; an address (the traits as they stand); frequency caps counting the
+sends in the outbox then, other journeys' and the run's own (this journey's real sends
+do not count: the run stands in for them); quiet hours; the journey's daily limit. So
+the report says who would have entered and who not, what would have been sent when,
+and what would have been blocked.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 import msgspec
@@ -25,6 +30,7 @@ from sqlglot import exp
 
 from remarket.channels.guards import (
     MESSAGING,
+    address_of,
     cap_reached,
     purpose_of,
     quiet_until,
@@ -33,9 +39,11 @@ from remarket.channels.guards import (
 )
 from remarket.config import Settings
 from remarket.journeys.conditions import members_among
-from remarket.journeys.interpreter import Plan, Position, advance
-from remarket.journeys.runtime import filters_hold
+from remarket.journeys.funnel import EntrySkip
+from remarket.journeys.interpreter import Effect, Plan, Position, advance
+from remarket.journeys.runtime import entry_refusal, filters_hold
 from remarket.privacy import ConsentLedger
+from remarket.privacy.consent import ConsentRecord, is_allowed
 from remarket.schema.events import as_utc
 from remarket.schema.journey import EventEntry, ScheduleEntry, SegmentEntry, WaitNode
 from remarket.schema.segment import duration_seconds
@@ -45,7 +53,7 @@ from remarket.segments.membership import ENTERED
 from remarket.storage.state import profile_traits
 from remarket.storage.warehouse import Warehouse
 
-__all__ = ["DryRun", "DryRunMessage", "dry_run"]
+__all__ = ["DryRun", "DryRunMessage", "DryRunRefusal", "dry_run"]
 
 _OBJECT: Final = msgspec.json.Decoder(dict[str, Any])
 
@@ -58,9 +66,20 @@ class DryRunMessage:
     template: str | None
     at: datetime
     blocked: str | None
-    """Why the guards would have stopped it (``no_consent``, ``frequency_cap``,
-    ``suppressed``), None if it would have been sent; a quiet-hours deferral moves
-    ``at`` and says ``deferred:quiet_hours`` here."""
+    """Why the guards would have stopped it (``no_consent``, ``suppressed``,
+    ``no_address``, ``frequency_cap``, ``journey_daily_limit``), None if it would have been
+    sent; a quiet-hours deferral moves ``at`` and says ``deferred:quiet_hours`` here."""
+
+
+@dataclass(frozen=True, slots=True)
+class DryRunRefusal:
+    """A profile that would not have entered: ``reason`` one of the funnel's
+    ``ENTRY_SKIPS`` (``already_active``, ``reentry_never``, ``reentry_wait``,
+    ``max_concurrent``); the first time per profile and reason."""
+
+    profile_id: str
+    at: datetime
+    reason: EntrySkip
 
 
 @dataclass(slots=True)
@@ -68,14 +87,22 @@ class DryRun:
     start: datetime
     end: datetime
     entered: list[tuple[str, datetime]] = field(default_factory=list)
+    refused: list[DryRunRefusal] = field(default_factory=list)
     messages: list[DryRunMessage] = field(default_factory=list)
     exited: dict[str, int] = field(default_factory=dict)
     converted: int = 0
     truncated: bool = False
+    """More than ``max_profiles`` would have entered (or been refused): the lists stop
+    there, and so does the walk of profiles past it."""
 
     @property
     def blocked(self) -> dict[str, int]:
         return dict(Counter(m.blocked for m in self.messages if m.blocked is not None))
+
+    @property
+    def not_entered(self) -> dict[str, int]:
+        """Profiles refused, by reason (each once per reason), as the funnel counts them."""
+        return dict(Counter(r.reason for r in self.refused))
 
 
 @dataclass(slots=True)
@@ -112,50 +139,77 @@ def _object(value: object) -> dict[str, Any]:
     raise TypeError(f"a JSON object column holds {type(value).__name__}")
 
 
-class _Guard:
-    """The channel guards, evaluated without sending; the run's own sends count to caps."""
+def _consent_at(history: list[ConsentRecord], at: datetime) -> dict[str, ConsentRecord]:
+    """The newest record per purpose among those made by ``at``."""
+    best: dict[str, ConsentRecord] = {}
+    for record in history:
+        held = best.get(record.purpose)
+        if as_utc(record.at) <= at and (held is None or record.newer_than(held)):
+            best[record.purpose] = record
+    return best
 
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+
+class _Guard:
+    """The channel guards as of each message's time, sending nothing; the run's own
+    sends count towards the caps and the journey's daily limit."""
+
+    def __init__(
+        self, engine: Engine, settings: Settings, journey_id: str, limit: int | None
+    ) -> None:
         self._engine = engine
         self._settings = settings
-        self._consent = ConsentLedger(engine)
-        self._sent: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+        self._journey_id = journey_id
+        self._limit = limit
+        self._ledger = ConsentLedger(engine)
+        self._history: dict[str, list[ConsentRecord]] = {}
+        self._sent: dict[str, list[tuple[str, datetime]]] = defaultdict(list)
+        self._per_day: Counter[datetime] = Counter()
 
-    def check(self, pid: str, channel: str, at: datetime) -> tuple[str | None, datetime]:
+    def check(self, pid: str, effect: Effect, at: datetime) -> tuple[str | None, datetime]:
+        """Why the message would have been blocked (None: sent), and when it would go."""
         settings = self._settings
-        if not self._consent.allowed(pid, purpose_of(channel, settings)):
+        channel = str(effect.data["channel"])
+        # Taking someone out of an audience is always allowed (as at delivery).
+        if channel == "audience" and effect.data["variables"].get("op") == "remove":
+            return None, at
+        history = self._history.get(pid)
+        if history is None:
+            history = self._history[pid] = self._ledger.history(pid)
+        if not is_allowed(_consent_at(history, at), purpose_of(channel, settings)):
             return "no_consent", at
         with self._engine.connect() as conn:
-            if suppressed(conn, [pid], channel):
+            if suppressed(conn, [pid], channel, at=at):
                 return "suppressed", at
-            if cap_reached(conn, [pid], channel, at, settings) or self._own_cap(pid, channel, at):
-                return "frequency_cap", at
             traits = dict(
                 conn.execute(
                     select(profile_traits.c.key, profile_traits.c.value).where(
-                        profile_traits.c.profile_id == pid, profile_traits.c.key == "timezone"
+                        profile_traits.c.profile_id == pid
                     )
                 ).all()
             )
+            if channel == "audience":
+                found = isinstance(traits.get("email"), str) or isinstance(traits.get("phone"), str)
+                return (None if found else "no_address"), at
+            code = settings.channels_phone_country_code
+            if address_of(channel, traits, effect.data["variables"], code) is None:
+                return "no_address", at
+            if cap_reached(
+                conn, [pid], channel, at, settings,
+                also=self._sent[pid], exclude_journey=self._journey_id,
+            ):  # fmt: skip
+                return "frequency_cap", at
         blocked = None
         if channel in MESSAGING:
             zone = zone_of(traits, settings.channels_default_timezone)
             until = quiet_until(at, zone, settings.channels_quiet_hours)
             if until is not None:
                 blocked, at = "deferred:quiet_hours", until
-        self._sent[(pid, channel)].append(at)
+        day = at.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+        if self._limit is not None and self._per_day[day] >= self._limit:
+            return "journey_daily_limit", at
+        self._per_day[day] += 1
+        self._sent[pid].append((channel, at))
         return blocked, at
-
-    def _own_cap(self, pid: str, channel: str, at: datetime) -> bool:
-        for caps, window in (
-            (self._settings.channels_caps_per_day, timedelta(days=1)),
-            (self._settings.channels_caps_per_week, timedelta(days=7)),
-        ):
-            cap = caps.get(channel)
-            recent = [t for t in self._sent[(pid, channel)] if t > at - window]
-            if cap is not None and len(recent) >= cap:
-                return True
-        return False
 
 
 def dry_run(
@@ -168,22 +222,24 @@ def dry_run(
     *,
     max_profiles: int = 1000,
 ) -> DryRun:
-    """Replay ``plan`` over ``(start, end]``; at most ``max_profiles`` enter (``truncated``
-    says when more would have)."""
+    """Replay ``plan`` over ``(start, end]``; at most ``max_profiles`` enter, and as many
+    refusals are listed (``truncated`` says when there would have been more)."""
     start, end = as_utc(start), as_utc(end)
     if end <= start:
         raise ValueError("a dry run's end must be after its start")
     definition = plan.definition
     report = DryRun(start, end)
-    guard = _Guard(engine, settings)
+    guard = _Guard(engine, settings, definition.id, definition.daily_limit)
     names = set(definition.events_read())
     entry = definition.entry
     if isinstance(entry, EventEntry):
         names.add(entry.event)
     elif isinstance(entry, SegmentEntry):
         names.add(ENTERED)
-    walks: dict[str, _Walk] = {}
-    history: dict[str, list[_Walk]] = defaultdict(list)
+    walks: dict[str, _Walk] = {}  # each profile's newest walk
+    entries: dict[str, list[datetime]] = {}
+    active: set[str] = set()
+    refused: set[tuple[str, EntrySkip]] = set()
     timers: list[tuple[datetime, int, str]] = []
     tick = 0
 
@@ -199,13 +255,12 @@ def dry_run(
             outcome = advance(plan, walk.profile_id, walk.position, now, answers=answers)
             for effect in outcome.effects:
                 if effect.kind == "message":
-                    channel = str(effect.data["channel"])
-                    blocked, when = guard.check(walk.profile_id, channel, now)
+                    blocked, when = guard.check(walk.profile_id, effect, now)
                     report.messages.append(
                         DryRunMessage(
                             walk.profile_id,
                             str(effect.node),
-                            channel,
+                            str(effect.data["channel"]),
                             effect.data["template"],
                             when,
                             blocked,
@@ -222,6 +277,8 @@ def dry_run(
             )
         if walk.position.phase == "wait":
             schedule(walk)
+        if walk.position.status != "active":
+            active.discard(walk.profile_id)
 
     def fire_until(t: datetime) -> None:
         while timers and timers[0][0] <= t:
@@ -232,25 +289,22 @@ def dry_run(
             run(walk, due)
 
     def enter(pid: str, at: datetime) -> None:
-        current = walks.get(pid)
-        if current is not None and current.position.status == "active":
+        past = entries.get(pid, [])
+        reason = entry_refusal(definition, past, pid in active, len(active), at)
+        if reason is not None:
+            if (pid, reason) not in refused:
+                if len(refused) >= max_profiles:
+                    report.truncated = True
+                    return
+                refused.add((pid, reason))
+                report.refused.append(DryRunRefusal(pid, at, reason))
             return
-        past = history[pid]
-        if past:
-            reentry = definition.reentry
-            if reentry.policy == "never" or reentry.after is None:
-                return
-            if at < past[-1].entered_at + timedelta(seconds=duration_seconds(reentry.after)):
-                return
-        active = sum(w.position.status == "active" for w in walks.values())
-        if definition.max_concurrent is not None and active >= definition.max_concurrent:
-            return
-        if len({w.profile_id for ws in history.values() for w in ws}) >= max_profiles:
+        if not past and len(entries) >= max_profiles:
             report.truncated = True
             return
-        walk = _Walk(pid, Position(definition.start, due_at=at), at, seq=len(past) + 1)
-        walks[pid] = walk
-        past.append(walk)
+        entries.setdefault(pid, []).append(at)
+        walk = walks[pid] = _Walk(pid, Position(definition.start, due_at=at), at, len(past) + 1)
+        active.add(pid)
         report.entered.append((pid, at))
         run(walk, at)
 
@@ -282,6 +336,8 @@ def dry_run(
             if walk.position.phase == "woken":
                 walk.position.due_at = at
                 run(walk, at)
+            elif walk.position.status != "active":
+                active.discard(pid)
         if isinstance(entry, EventEntry) and event == entry.event:
             if filters_hold(entry.where, properties):
                 enter(pid, at)

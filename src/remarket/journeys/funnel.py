@@ -2,7 +2,7 @@
 
 Entered, waiting, exited (by reason and node) and converted come from
 ``journey_instances``, nodes reached and entries refused from ``journey_steps``;
-delivery outcomes (sent, skipped by reason, failed: given up after retries) from the
+delivery outcomes (sent, resent, skipped by reason, failed: given up after retries) from the
 channels' :func:`~remarket.channels.counts.delivery_counts`.
 """
 
@@ -41,6 +41,7 @@ class NodeCounts:
     converted: int = 0
     queued: int = 0
     sent: int = 0
+    resent: int = 0
     failed: int = 0
     pending: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
@@ -59,6 +60,9 @@ class Funnel:
     converted: int
     converted_by_arm: dict[str, int]
     sent: int
+    resent: int
+    """Of ``sent``, the messages in doubt after a crash and sent again: the provider may
+    have had them twice (under one idempotency key)."""
     failed: int
     skipped: dict[str, int]
     nodes: list[NodeCounts]
@@ -128,17 +132,19 @@ def funnel(engine: Engine, journey_id: str, node_order: list[str]) -> Funnel:
                 if node is not None:
                     at(node).exited += n
     skipped: Counter[str] = Counter()
-    sent = failed = 0
+    sent = resent = failed = 0
     for node, delivered in delivery_counts(engine, journey_id).items():
         counts = at(node)
-        counts.sent, counts.failed, counts.pending = (
+        counts.sent, counts.resent, counts.failed, counts.pending = (
             delivered.sent,
+            delivered.resent,
             delivered.dead,
             delivered.pending,
         )
         counts.skipped = dict(delivered.skipped)
         counts.queued = counts.sent + counts.failed + counts.pending + sum(counts.skipped.values())
         sent += delivered.sent
+        resent += delivered.resent
         failed += delivered.dead
         skipped.update(delivered.skipped)
     arms, by_arm = _arms(engine, journey_id)
@@ -154,6 +160,7 @@ def funnel(engine: Engine, journey_id: str, node_order: list[str]) -> Funnel:
         converted=converted,
         converted_by_arm=by_arm,
         sent=sent,
+        resent=resent,
         failed=failed,
         skipped=dict(skipped),
         nodes=list(nodes.values()),

@@ -45,7 +45,13 @@ from remarket.journeys.funnel import EntrySkip
 from remarket.journeys.interpreter import Effect, Plan, Position, advance
 from remarket.profiles.identity import Identifier, identifiers_of
 from remarket.schema.events import Message, Track, as_utc
-from remarket.schema.journey import EventEntry, ScheduleEntry, SegmentEntry, WaitNode
+from remarket.schema.journey import (
+    EventEntry,
+    JourneyDefinition,
+    ScheduleEntry,
+    SegmentEntry,
+    WaitNode,
+)
 from remarket.schema.segment import PropertyFilter, duration_seconds
 from remarket.segments.membership import ENTERED, chunks, hold_offset
 from remarket.segments.values import matches, text_at
@@ -64,7 +70,13 @@ from remarket.storage.state.offsets import claim_offset, committed_offset
 from remarket.storage.state.published import identify_rows
 from remarket.storage.warehouse import Warehouse
 
-__all__ = ["PUBLISHER_SOURCE", "JourneyRuntime", "filters_hold", "instance_id_of"]
+__all__ = [
+    "PUBLISHER_SOURCE",
+    "JourneyRuntime",
+    "entry_refusal",
+    "filters_hold",
+    "instance_id_of",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -323,7 +335,17 @@ class JourneyRuntime:
         definition = journey.plan.definition
         past = [r for r in mine if r["journey_id"] == journey.id]
         seq = max((r["seq"] for r in past), default=0) + 1
-        reason = _refusal(journey, past, now, active.get(journey.id, 0))
+        reason = (
+            entry_refusal(
+                definition,
+                [as_utc(r["entered_at"]) for r in past],
+                any(r["status"] == "active" for r in past),
+                active.get(journey.id, 0),
+                now,
+            )
+            if journey.status == "active"
+            else "paused"
+        )
         if reason is not None:
             changes.refuse(journey, pid, seq, reason, now)
             return False
@@ -550,21 +572,31 @@ class JourneyRuntime:
             _publish_traits(conn, changes.traits, now)
 
 
-def _refusal(
-    journey: _Live, past: list[dict[str, Any]], now: datetime, active: int
+def entry_refusal(
+    definition: JourneyDefinition,
+    entered: Sequence[datetime],
+    walking: bool,
+    active: int,
+    now: datetime,
 ) -> EntrySkip | None:
-    """Why a profile with these ``past`` walks may not enter ``journey`` now, or None."""
-    definition = journey.plan.definition
-    if journey.status != "active":
-        return "paused"
-    if any(r["status"] == "active" for r in past):
+    """Why a profile may not enter an active journey at ``now``, or None: ``entered`` are
+    its earlier entries' times, ``walking`` whether one of its walks is still in the
+    journey, ``active`` how many profiles are.
+
+    >>> from remarket.schema.journey import parse_journey
+    >>> d = parse_journey({"id": "j", "entry": {"type": "event", "event": "E"},
+    ...     "start": "x", "nodes": [{"id": "x", "type": "exit"}], "max_concurrent": 1})
+    >>> entry_refusal(d, [], False, 1, datetime(2026, 1, 1))
+    'max_concurrent'
+    """
+    if walking:
         return "already_active"
-    if past:
+    if entered:
         if definition.reentry.policy == "never":
             return "reentry_never"
         assert definition.reentry.after is not None
-        last = max(as_utc(r["entered_at"]) for r in past)
-        if now < last + timedelta(seconds=duration_seconds(definition.reentry.after)):
+        after = timedelta(seconds=duration_seconds(definition.reentry.after))
+        if now < max(entered) + after:
             return "reentry_wait"
     cap = definition.max_concurrent
     if cap is not None and active >= cap:

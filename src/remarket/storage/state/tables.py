@@ -374,7 +374,13 @@ channel_outbox = Table(
     Column("trigger", JSON, nullable=True),
     # pending -> sent | skipped | dead; a failed attempt stays pending with a later due_at.
     Column("status", String(8), nullable=False),
+    # Why it is pending (retrying, paused, quiet_hours, ...), skipped or dead; for a sent
+    # row None, or "resent" when it was in doubt.
     Column("reason", String(64), nullable=True),
+    # Set before the provider is reached and cleared with the outcome: a row a deliverer
+    # claims with it set was being sent when a deliverer died, so the provider may have it
+    # already; it stays set until sent again (then recorded "resent").
+    Column("in_doubt", Boolean, nullable=False, default=False, server_default=false()),
     Column("attempts", Integer, nullable=False, default=0),
     Column("failures", Integer, nullable=False, default=0),
     Column("last_error", Text, nullable=True),
@@ -481,14 +487,17 @@ journey_steps = Table(
     Column("version", Integer, nullable=False),
     Column("profile_id", String(40), nullable=False, index=True),
     Column("instance_id", String(120), nullable=False),
+    # The node reached; None for an entry refused.
     Column("node", String(64), nullable=True),
-    # "reached" (entering, leaving and converting are on the instance row).
+    # "reached", or why the profile could not enter (journeys.funnel.ENTRY_SKIPS: paused,
+    # already_active, reentry_never, reentry_wait, max_concurrent), then on the instance id
+    # the entry would have started. Entering, leaving and converting are on the instance row.
     Column("kind", String(16), nullable=False),
     Column("at", _TS, nullable=False),
     Index("ix_journey_steps_journey_id_node_kind", "journey_id", "node", "kind"),
 )
-"""The nodes each profile reached in each journey, in order. Personal: erase by
-profile_id."""
+"""The nodes each profile reached in each journey, in order, and the entries refused.
+Personal: erase by profile_id."""
 
 journey_assignments = Table(
     "journey_assignments",
