@@ -48,8 +48,15 @@ from remarket.segments.membership import (
     hold_offset,
     write_transitions,
 )
-from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment, view_of
-from remarket.segments.states import COMBINED, Entry, Stored, write_timers
+from remarket.segments.realtime import (
+    EventTest,
+    EventView,
+    MatcherPool,
+    ProfileState,
+    RealtimeSegment,
+    view_of,
+)
+from remarket.segments.states import COMBINED, Entries, Entry, Stored, write_timers
 from remarket.segments.states import forget as forget_states
 from remarket.segments.states import load as load_states
 from remarket.segments.states import save as save_states
@@ -94,7 +101,9 @@ class _Segment:
 class _Work:
     """What one transaction changes, gathered before it is written."""
 
-    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    entries: Entries = field(default_factory=dict)
+    decided: dict[str, set[str]] = field(default_factory=dict)
+    """The segments decided for each profile (by its events, a merge or a timer)."""
     fired: set[str] = field(default_factory=set)
     """Profiles whose timer was due: it is written again (or deleted) in any case."""
     transitions: list[Transition] = field(default_factory=list)
@@ -118,7 +127,7 @@ class LiveSegments:
         self._lock = threading.Lock()
         self._key: tuple[tuple[str, int, int], ...] | None = None
         self._live: dict[str, _Segment] = {}
-        self._readers: dict[str | None, list[_Segment]] = {}
+        self._tests: dict[str | None, list[tuple[EventTest, list[_Segment]]]] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
 
     def committed(self) -> int:
@@ -137,12 +146,13 @@ class LiveSegments:
         key = tuple((r.name, r.live_version, r.generation) for r in rows)
         if key != self._key:
             live: dict[str, _Segment] = {}
+            pool = MatcherPool()
             for name, version, generation in key:
                 definition = self._catalog.definition(name, version)
                 if definition is None:
                     continue
                 core = self._catalog.compile(definition)
-                evaluator = RealtimeSegment(core)
+                evaluator = RealtimeSegment(core, pool=pool)
                 empty = evaluator.new_state()
                 live[name] = _Segment(
                     name,
@@ -154,14 +164,13 @@ class LiveSegments:
                     evaluator.encode(empty),
                 )
             self._live, self._key = live, key
-            # Which segments read an event, by track event name (None: identify).
-            readers: dict[str | None, list[_Segment]] = defaultdict(list)
+            # The tests an event must pass to change a segment's state, by track event
+            # name (None: identify); a test the pool shares is run once per event.
+            tests: dict[str | None, dict[int, tuple[EventTest, list[_Segment]]]] = defaultdict(dict)
             for segment in live.values():
-                for event in segment.reads.events:
-                    readers[event].append(segment)
-                if segment.reads.traits:
-                    readers[None].append(segment)
-            self._readers = dict(readers)
+                for name, test in segment.evaluator.triggers():
+                    tests[name].setdefault(id(test), (test, []))[1].append(segment)
+            self._tests = {name: list(found.values()) for name, found in tests.items()}
         return self._live
 
     # -- the sink ------------------------------------------------------------------
@@ -182,37 +191,42 @@ class LiveSegments:
             clock = self._clock.now()
             now = micros_of(clock)
             work = _Work()
-            evaluated: set[tuple[str, str]] = set()
             for pid in touched:
-                views = events.get(pid, ())
                 olds = merged.get(pid, ())
-                # Only the segments that read one of the profile's events can change
-                # (time alone is the timers' job), unless profiles merged into it.
-                reading = live.values() if olds else self._reading(views)
-                for segment in reading:
-                    fresh = [v for v in views if segment.evaluator.accepts(v)]
-                    # Events its filters reject change no state: nothing to decide.
-                    if fresh or olds:
+                # Only the segments whose tests one of the profile's events passes can
+                # change (time alone is the timers' job), unless profiles merged into it.
+                affected = self._affected(events.get(pid, ()))
+                if olds:
+                    for segment in live.values():
+                        fresh = affected[segment.name][1] if segment.name in affected else []
                         self._evaluate(segment, pid, fresh, olds, now, stored, work)
-                        evaluated.add((segment.name, pid))
-            self._enter_empty(touched, live, evaluated, stored, now, work)
+                    continue
+                for segment, fresh in affected.values():
+                    self._evaluate(segment, pid, fresh, olds, now, stored, work)
+            self._enter_empty(touched, live, stored, now, work)
             work.gone = sorted({old for olds in merged.values() for old in olds})
             self._write(conn, work, stored, live, clock)
 
-    def _reading(self, views: Sequence[EventView]) -> list[_Segment]:
-        """The live segments that read at least one of these events, once each."""
-        found: dict[str, _Segment] = {}
+    def _affected(self, views: Sequence[EventView]) -> dict[str, tuple[_Segment, list[EventView]]]:
+        """The segments whose state these events (oldest first) may change, by name, each
+        with the events that may change it, in order."""
+        found: dict[str, tuple[_Segment, list[EventView]]] = {}
         for view in views:
-            key = None if view.type == "identify" else view.event
-            for segment in self._readers.get(key, ()):
-                found.setdefault(segment.name, segment)
-        return list(found.values())
+            for test, readers in self._tests.get(view.event, ()):
+                if not test(view):
+                    continue
+                for segment in readers:
+                    entry = found.get(segment.name)
+                    if entry is None:
+                        found[segment.name] = (segment, [view])
+                    elif entry[1][-1] is not view:
+                        entry[1].append(view)
+        return found
 
     def _enter_empty(
         self,
         touched: Sequence[str],
         live: dict[str, _Segment],
-        evaluated: set[tuple[str, str]],
         stored: Stored,
         now: int,
         work: _Work,
@@ -220,15 +234,20 @@ class LiveSegments:
         """Decide the touched profiles no segment state exists for and no event changed:
         their state is the empty one, so they are members iff an empty state is (e.g.
         "never ordered"). Nothing is stored for them."""
+        members: dict[str, list[str]] = defaultdict(list)
+        for pid in touched:
+            for name in stored.members.get(pid, ()):
+                members[name].append(pid)
+        no: set[str] = set()
         for segment in live.values():
             name, evaluator, empty = segment.name, segment.evaluator, segment.empty
-            # Without buckets or scores every empty state gives the same answer.
-            same = None if evaluator.per_profile else evaluator.member_at(empty, "", now)
-            for pid in touched:
-                key = (name, pid)
-                if key in evaluated or key in stored.entries:
+            # Mostly the empty state is a member or not whatever the profile id.
+            same = evaluator.member_for_all(empty, now)
+            # If it is not, only members can change (they leave).
+            for pid in members.get(name, ()) if same is False else touched:
+                if name in work.decided.get(pid, no) or name in stored.entries.get(pid, no):
                     continue
-                was = key in stored.members
+                was = name in stored.members.get(pid, no)
                 if same is not None and same == was:
                     continue
                 member = evaluator.member_at(empty, pid, now) if same is None else same
@@ -243,13 +262,13 @@ class LiveSegments:
         """Views of the events some live segment reads, by profile; and the profiles
         the batch touched. Published transitions touch nothing unless a segment reads them
         (else every transition would come back as activity)."""
-        readers = self._readers
+        tests = self._tests
         seen: list[tuple[Message, bool, list[Identifier]]] = []
         for _, message in rows:
             if isinstance(message, Identify):
-                read = None in readers
+                read = None in tests
             elif isinstance(message, Track):
-                read = message.event is not None and message.event in readers
+                read = message.event is not None and message.event in tests
             else:
                 read = False
             if read or message.source_id != PUBLISHER_SOURCE:
@@ -325,22 +344,26 @@ class LiveSegments:
 
         Times are epoch microseconds. Only what changed is written: the state when its
         bytes (or the time it is evaluated at, if an event is ahead of the clock) moved,
-        the timer when its instant did.
+        the timer when its instant did. Nothing is decided if the events left the state as
+        it was and no window edge has passed since it was last decided.
         """
         name, evaluator = segment.name, segment.evaluator
-        key = (name, pid)
         try:
-            before = stored.entries.get(key)
+            before = stored.entry(name, pid)
             state = evaluator.decode(before.state) if before else evaluator.new_state()
             at = max(now, before.evaluated_at) if before else now
             for old in olds:
-                other = stored.entries.get((name, old))
+                other = stored.entry(name, old)
                 if other is not None:
                     state = evaluator.merge(state, evaluator.decode(other.state))
                     at = max(at, other.evaluated_at)
+            moved = bool(olds)
             for view in views:
                 at = max(at, view.at)
-                evaluator.apply_at(state, view, at)
+                moved = evaluator.apply_at(state, view, at) or moved
+            # Membership holds from the last decision until its due instant.
+            if not moved and (before is None or before.due is None or at < before.due):
+                return
             member = evaluator.member_at(state, pid, at)
             upcoming = evaluator.next_change_at(state, at)
             encoded = evaluator.encode(state)
@@ -353,15 +376,15 @@ class LiveSegments:
             )
             # A failing profile must not spin the timers.
             if before is not None:
-                work.entries[key] = msgspec.structs.replace(before, due=None)
+                work.entries.setdefault(pid, {})[name] = msgspec.structs.replace(before, due=None)
+            work.decided.setdefault(pid, set()).add(name)
             return
+        work.decided.setdefault(pid, set()).add(name)
         for old in olds:
-            if (name, old) in stored.members:
-                transition = Transition(
-                    name, stored.members[(name, old)], old, False, to_datetime(at)
-                )
-                work.transitions.append(transition)
-        was = key in stored.members
+            version = stored.member(name, old)
+            if version is not None:
+                work.transitions.append(Transition(name, version, old, False, to_datetime(at)))
+        was = stored.member(name, pid) is not None
         if member != was:
             work.transitions.append(Transition(name, segment.version, pid, member, to_datetime(at)))
         # Evaluation time matters beyond the clock only: later evaluations start at
@@ -373,7 +396,9 @@ class LiveSegments:
             changed = encoded != before.state
             due = before.due
         if changed or at > now or olds or upcoming != due:
-            work.entries[key] = Entry(segment.generation, at, upcoming, encoded)
+            work.entries.setdefault(pid, {})[name] = Entry(
+                segment.generation, at, upcoming, encoded
+            )
 
     def _write(
         self,
@@ -386,7 +411,7 @@ class LiveSegments:
         forget_states(conn, work.gone, live)
         gone = set(work.gone)
         stored.loose -= gone
-        changed = {key: entry for key, entry in work.entries.items() if key[1] not in gone}
+        changed = {pid: entries for pid, entries in work.entries.items() if pid not in gone}
         save_states(conn, stored, changed, now, fired=work.fired)
         write_transitions(conn, work.transitions)
         for t in work.transitions:
@@ -421,7 +446,7 @@ class LiveSegments:
             work = _Work(fired=set(pids))
             for s, p in due:
                 for segment in live.values() if s == COMBINED else [live.get(s)]:
-                    entry = stored.entries.get((segment.name, p)) if segment else None
+                    entry = stored.entry(segment.name, p) if segment else None
                     if segment and entry is not None and entry.due is not None and entry.due <= at:
                         self._evaluate(segment, p, (), (), at, stored, work)
             self._write(conn, work, stored, live, now)
