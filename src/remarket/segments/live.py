@@ -364,8 +364,7 @@ class LiveSegments:
             # Membership holds from the last decision until its due instant.
             if not moved and (before is None or before.due is None or at < before.due):
                 return
-            member = evaluator.member_at(state, pid, at)
-            upcoming = evaluator.next_change_at(state, at)
+            member, upcoming = evaluator.decide_at(state, pid, at)
             encoded = evaluator.encode(state)
         except Exception as exc:
             _log.exception("segment %s failed for profile %s", name, pid)

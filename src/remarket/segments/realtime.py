@@ -124,6 +124,7 @@ ProfileState = list[LeafState]
 
 _Applier = tuple[int, "_Leaf"]
 _Predicate = Callable[[ProfileState, str, int], bool]
+_Decision = Callable[[ProfileState, str, int], tuple[bool, int | None]]
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(list[LeafState])
@@ -713,6 +714,7 @@ class RealtimeSegment:
         self._edges = [(slot, leaf.next_edge) for slot, leaf in enumerate(self._leaves)]
         self._predicate = self._compile(segment.entry)
         self._for_all = self._compile_for_all(segment.entry)
+        self._decide = self._compile_decision(segment.entry)
 
     def _compile(self, node_id: str) -> _Predicate:
         """The entry's truth as nested closures: no node dispatch per evaluation."""
@@ -731,6 +733,33 @@ class RealtimeSegment:
         slot = self._slot[node_id]
         holds = self._leaves[slot].holds
         return lambda state, pid, at: holds(state[slot], at)
+
+    def _compile_decision(self, node_id: str) -> _Decision:
+        """The entry's truth and the earliest instant after T it may change with no event.
+
+        That instant is the first window edge that can move the entry itself: an and
+        with a false part waits for its false parts (a false part with no edge keeps it
+        false until an event), an or with a true part for its true parts; else the
+        first edge of any part.
+        """
+        node = self.segment.nodes[node_id]
+        if isinstance(node, AndNode | OrNode):
+            return _decision_of([self._compile_decision(c) for c in node.children], node)
+        if isinstance(node, NotNode):
+            inner = self._compile_decision(node.child)
+
+            def negated(state: ProfileState, pid: str, at: int) -> tuple[bool, int | None]:
+                value, edge = inner(state, pid, at)
+                return not value, edge
+
+            return negated
+        if isinstance(node, RandomBucketNode | ScoreNode):
+            member = self._compile(node_id)
+            return lambda state, pid, at: (member(state, pid, at), None)
+        slot = self._slot[node_id]
+        leaf = self._leaves[slot]
+        holds, next_edge = leaf.holds, leaf.next_edge
+        return lambda state, pid, at: (holds(state[slot], at), next_edge(state[slot], at))
 
     def _compile_for_all(self, node_id: str) -> Callable[[ProfileState, int], bool | None]:
         """The entry's truth for every profile id at once: None where it depends on the
@@ -818,6 +847,12 @@ class RealtimeSegment:
         """:meth:`is_member` with ``at`` in epoch microseconds."""
         return self._predicate(state, profile_id, at)
 
+    def decide_at(self, state: ProfileState, profile_id: str, at: int) -> tuple[bool, int | None]:
+        """Membership at ``at`` (epoch microseconds) and the earliest instant after it where
+        membership may change with no event (None: never). That instant is never before
+        :meth:`next_change_at`'s, which takes every leaf's edges."""
+        return self._decide(state, profile_id, at)
+
     def member_for_all(self, state: ProfileState, at: int) -> bool | None:
         """The membership at ``at`` (epoch microseconds) of every profile with this state,
         or None when it may differ by profile (random buckets, scores)."""
@@ -861,6 +896,28 @@ def _fold(parts: list[_Predicate], *, conjunction: bool) -> _Predicate:
     if conjunction:
         return lambda state, pid, at: head(state, pid, at) and tail(state, pid, at)
     return lambda state, pid, at: head(state, pid, at) or tail(state, pid, at)
+
+
+def _decision_of(parts: list[_Decision], node: AndNode | OrNode) -> _Decision:
+    # The value that decides an and (False) or an or (True) on its own.
+    deciding = isinstance(node, OrNode)
+
+    def decide(state: ProfileState, pid: str, at: int) -> tuple[bool, int | None]:
+        waits: list[int] = []  # edges of the parts holding the deciding value
+        edges: list[int] = []  # edges of the others
+        for part in parts:
+            value, edge = part(state, pid, at)
+            if value == deciding:
+                if edge is None:
+                    return deciding, None
+                waits.append(edge)
+            elif edge is not None:
+                edges.append(edge)
+        if waits:
+            return deciding, max(waits)
+        return not deciding, min(edges, default=None)
+
+    return decide
 
 
 def _event_names(node: CoreNode) -> list[str]:
