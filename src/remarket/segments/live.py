@@ -24,14 +24,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
 import msgspec
 from prometheus_client import Counter
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.clock import Clock, SystemClock
@@ -56,7 +57,14 @@ from remarket.segments.realtime import (
     RealtimeSegment,
     view_of,
 )
-from remarket.segments.states import COMBINED, Entries, Entry, Stored, write_timers
+from remarket.segments.states import (
+    COMBINED,
+    Entries,
+    Entry,
+    ProfileCache,
+    Stored,
+    write_timers,
+)
 from remarket.segments.states import forget as forget_states
 from remarket.segments.states import load as load_states
 from remarket.segments.states import save as save_states
@@ -71,6 +79,7 @@ from remarket.storage.state import (
     segments,
 )
 from remarket.storage.state.offsets import claim_offset, committed_offset
+from remarket.storage.state.tables import erasures
 from remarket.storage.warehouse import Warehouse
 
 __all__ = ["SEGMENT_ERRORS", "SEGMENT_TRANSITIONS", "LiveSegments"]
@@ -119,7 +128,14 @@ class LiveSegments:
 
     name = CONSUMER
 
-    def __init__(self, engine: Engine, warehouse: Warehouse, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        warehouse: Warehouse,
+        clock: Clock | None = None,
+        *,
+        cache_size: int = 50_000,
+    ) -> None:
         self._engine = engine
         self._warehouse = warehouse
         self._clock = clock or SystemClock()
@@ -129,6 +145,10 @@ class LiveSegments:
         self._live: dict[str, _Segment] = {}
         self._tests: dict[str | None, list[tuple[EventTest, list[_Segment]]]] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # What the store holds for the profiles used last; see ProfileCache for when it
+        # is dropped.
+        self._cache = ProfileCache(cache_size)
+        self._erasures: tuple[object, ...] | None = None
 
     def committed(self) -> int:
         with self._engine.connect() as conn:
@@ -144,6 +164,14 @@ class LiveSegments:
             .order_by(segments.c.name)
         ).all()
         key = tuple((r.name, r.live_version, r.generation) for r in rows)
+        erased = tuple(
+            conn.execute(select(func.max(erasures.c.id), func.max(erasures.c.completed_at))).one()
+        )
+        if key != self._key or erased != self._erasures:
+            # Entries and memberships cached for other segments (or generations), or of
+            # an erased person, are no longer what the store holds.
+            self._cache.clear()
+            self._erasures = erased
         if key != self._key:
             live: dict[str, _Segment] = {}
             pool = MatcherPool()
@@ -177,7 +205,7 @@ class LiveSegments:
 
     def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
         """Apply a batch and move the offset from ``expected`` to ``through`` (fenced)."""
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, self._dropping_cache_on_failure(), self._engine.begin() as conn:
             claim_offset(conn, CONSUMER, through, expected)
             live = self._refresh(conn)
             if not live:
@@ -326,9 +354,21 @@ class LiveSegments:
                     merged[new].append(old)
         return merged
 
-    @staticmethod
-    def _load(conn: Connection, pids: Sequence[str], live: dict[str, _Segment]) -> Stored:
-        return load_states(conn, pids, {name: seg.generation for name, seg in live.items()})
+    def _load(self, conn: Connection, pids: Sequence[str], live: dict[str, _Segment]) -> Stored:
+        stored = Stored(profiles=list(pids))
+        missing = self._cache.read(pids, stored)
+        generations = {name: seg.generation for name, seg in live.items()}
+        load_states(conn, missing, generations, stored)
+        return stored
+
+    @contextmanager
+    def _dropping_cache_on_failure(self) -> Iterator[None]:
+        # The cache may hold what a rolled-back transaction wrote.
+        try:
+            yield
+        except BaseException:
+            self._cache.clear()
+            raise
 
     def _evaluate(
         self,
@@ -413,6 +453,7 @@ class LiveSegments:
         changed = {pid: entries for pid, entries in work.entries.items() if pid not in gone}
         save_states(conn, stored, changed, now, fired=work.fired)
         write_transitions(conn, work.transitions)
+        self._cache.keep(stored.profiles, stored, changed, work.transitions, gone)
         for t in work.transitions:
             SEGMENT_TRANSITIONS.labels("entered" if t.entered else "exited").inc()
         if work.errors:
@@ -422,7 +463,7 @@ class LiveSegments:
 
     def run_timers(self, limit: int = 1000) -> int:
         """Re-check the profiles whose timer is due at the clock's now; how many."""
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, self._dropping_cache_on_failure(), self._engine.begin() as conn:
             hold_offset(conn)
             live = self._refresh(conn)
             now = self._clock.now()

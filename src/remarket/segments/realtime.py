@@ -259,6 +259,8 @@ class _Leaf(ABC):
     """One stateful leaf: how its state starts, grows, merges and decides."""
 
     node: CoreNode
+    moves: bool
+    """Whether time alone may change its truth (else :meth:`next_edge` is always None)."""
 
     @abstractmethod
     def new(self) -> LeafState: ...
@@ -303,6 +305,7 @@ class _Trait(_Leaf):
         ]
         if node.operator == "within_last":
             self.spans.append(duration_seconds(str(value)) * MICROS)
+        self.moves = bool(self.spans)
 
     def new(self) -> TraitState:
         return TraitState()
@@ -349,6 +352,7 @@ class _Performed(_Leaf):
         self.node = node
         self.cap = node.times + 1
         self.span = _span(node.window)
+        self.moves = self.span is not None
         self.match = pool.get(node.event, node.where, node.window)
 
     def new(self) -> CountState:
@@ -411,6 +415,7 @@ class _EventTime(_Leaf):
             self.span = duration_seconds(value) * MICROS
         elif isinstance(value, Ago):
             self.span = duration_seconds(value.ago) * MICROS
+        self.moves = self.span is not None
 
     def new(self) -> TimeState:
         return TimeState()
@@ -460,6 +465,7 @@ class _Aggregate(_Leaf):
         self.node = node
         self.path = node.property.split(".") if node.property is not None else None
         self.span = _span(node.window)
+        self.moves = self.span is not None
         self.numeric = node.function in ("sum", "avg", "min", "max")
         self.match = pool.get(node.event, node.where, node.window)
         # A distinct value counts while its latest occurrence is inside the window.
@@ -583,6 +589,7 @@ class _Sequence(_Leaf):
         self.span = _span(node.window)
         # Without a moving window a found pair never expires: keep a flag, not lists.
         self.latch = node.followed and self.span is None
+        self.moves = not self.latch
         self.first = pool.get(node.first.event, node.first.where, node.window)
         self.then = pool.get(node.then.event, node.then.where)
 
@@ -714,7 +721,7 @@ class RealtimeSegment:
         self._edges = [(slot, leaf.next_edge) for slot, leaf in enumerate(self._leaves)]
         self._predicate = self._compile(segment.entry)
         self._for_all = self._compile_for_all(segment.entry)
-        self._decide = self._compile_decision(segment.entry)
+        self._decide = self._compile_part(segment.entry).decide
 
     def _compile(self, node_id: str) -> _Predicate:
         """The entry's truth as nested closures: no node dispatch per evaluation."""
@@ -734,32 +741,47 @@ class RealtimeSegment:
         holds = self._leaves[slot].holds
         return lambda state, pid, at: holds(state[slot], at)
 
-    def _compile_decision(self, node_id: str) -> _Decision:
-        """The entry's truth and the earliest instant after T it may change with no event.
+    def _compile_part(self, node_id: str) -> _Part:
+        """A node's truth and the earliest instant after T it may change with no event.
 
-        That instant is the first window edge that can move the entry itself: an and
-        with a false part waits for its false parts (a false part with no edge keeps it
-        false until an event), an or with a true part for its true parts; else the
-        first edge of any part.
+        That instant is the first window edge that can move the node itself: an and
+        with a false part waits for its false parts (a false part that time alone cannot
+        move keeps it false until an event), an or with a true part for its true parts;
+        else the first edge of any part.
         """
         node = self.segment.nodes[node_id]
+        value = self._compile(node_id)
         if isinstance(node, AndNode | OrNode):
-            return _decision_of([self._compile_decision(c) for c in node.children], node)
+            parts = sorted(
+                (self._compile_part(c) for c in node.children),
+                key=lambda part: (part.per_profile, part.moves),
+            )
+            decide = _decision_of(parts, deciding=isinstance(node, OrNode))
+            return _Part(
+                value,
+                decide,
+                moves=any(p.moves for p in parts),
+                per_profile=all(p.per_profile for p in parts),
+            )
         if isinstance(node, NotNode):
-            inner = self._compile_decision(node.child)
+            inner = self._compile_part(node.child)
 
             def negated(state: ProfileState, pid: str, at: int) -> tuple[bool, int | None]:
-                value, edge = inner(state, pid, at)
-                return not value, edge
+                member, edge = inner.decide(state, pid, at)
+                return not member, edge
 
-            return negated
+            return _Part(value, negated, inner.moves, inner.per_profile)
         if isinstance(node, RandomBucketNode | ScoreNode):
-            member = self._compile(node_id)
-            return lambda state, pid, at: (member(state, pid, at), None)
+            return _Part(value, lambda state, pid, at: (value(state, pid, at), None), False, True)
         slot = self._slot[node_id]
         leaf = self._leaves[slot]
         holds, next_edge = leaf.holds, leaf.next_edge
-        return lambda state, pid, at: (holds(state[slot], at), next_edge(state[slot], at))
+        return _Part(
+            value,
+            lambda state, pid, at: (holds(state[slot], at), next_edge(state[slot], at)),
+            leaf.moves,
+            False,
+        )
 
     def _compile_for_all(self, node_id: str) -> Callable[[ProfileState, int], bool | None]:
         """The entry's truth for every profile id at once: None where it depends on the
@@ -898,23 +920,43 @@ def _fold(parts: list[_Predicate], *, conjunction: bool) -> _Predicate:
     return lambda state, pid, at: head(state, pid, at) or tail(state, pid, at)
 
 
-def _decision_of(parts: list[_Decision], node: AndNode | OrNode) -> _Decision:
-    # The value that decides an and (False) or an or (True) on its own.
-    deciding = isinstance(node, OrNode)
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A compiled node, as the and / or around it decides with it."""
+
+    value: _Predicate
+    decide: _Decision
+    moves: bool
+    """Whether time alone may change its truth (it has window edges)."""
+    per_profile: bool
+    """Whether its truth depends on the profile id (random buckets, scores)."""
+
+
+def _decision_of(parts: list[_Part], *, deciding: bool) -> _Decision:
+    """An and (``deciding`` False: a false part decides it) or an or (True) of parts
+    ordered: those time cannot move, those it can, those of the profile id."""
 
     def decide(state: ProfileState, pid: str, at: int) -> tuple[bool, int | None]:
-        waits: list[int] = []  # edges of the parts holding the deciding value
-        edges: list[int] = []  # edges of the others
+        waits: list[_Part] = []  # parts holding the deciding value
+        others: list[_Part] = []
         for part in parts:
-            value, edge = part(state, pid, at)
-            if value == deciding:
+            if waits and part.per_profile:
+                break  # decided: these could only make the edge later (a hash each)
+            if part.value(state, pid, at) == deciding:
+                if not part.moves:
+                    return deciding, None
+                waits.append(part)
+            elif part.moves:
+                others.append(part)
+        if waits:
+            latest = 0
+            for part in waits:
+                edge = part.decide(state, pid, at)[1]
                 if edge is None:
                     return deciding, None
-                waits.append(edge)
-            elif edge is not None:
-                edges.append(edge)
-        if waits:
-            return deciding, max(waits)
+                latest = max(latest, edge)
+            return deciding, latest
+        edges = [edge for part in others if (edge := part.decide(state, pid, at)[1]) is not None]
         return not deciding, min(edges, default=None)
 
     return decide

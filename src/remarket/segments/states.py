@@ -9,12 +9,15 @@ A backfill writes one state and one timer row per (segment, profile) as before; 
 sink folds those into the profile's rows the first time it writes them and deletes
 them. Each entry carries the generation of its segment (bumped by every backfill), so
 entries of an older backfill are ignored.
+
+:class:`ProfileCache` keeps what the store holds for recently seen profiles (entries
+and memberships, as committed), so the sink reads only the others.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -23,11 +26,21 @@ import msgspec
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from remarket.segments.membership import chunks
+from remarket.segments.membership import Transition, chunks
 from remarket.segments.values import micros_of, to_datetime
 from remarket.storage.state import segment_members, segment_states, segment_timers
 
-__all__ = ["COMBINED", "Entry", "Stored", "forget", "load", "save", "write_timers"]
+__all__ = [
+    "COMBINED",
+    "Entries",
+    "Entry",
+    "ProfileCache",
+    "Stored",
+    "forget",
+    "load",
+    "save",
+    "write_timers",
+]
 
 COMBINED: Final = ""
 """The ``segment`` of a profile's combined row."""
@@ -59,6 +72,8 @@ class Stored:
     members: dict[str, dict[str, int]] = field(default_factory=dict)
     # Profiles that still have per-segment (backfill) rows, to fold into their row.
     loose: set[str] = field(default_factory=set)
+    profiles: list[str] = field(default_factory=list)
+    """Every profile read (with rows or not)."""
 
     def entry(self, segment: str, pid: str) -> Entry | None:
         found = self.entries.get(pid)
@@ -70,9 +85,11 @@ class Stored:
         return found.get(segment) if found is not None else None
 
 
-def load(conn: Connection, pids: Sequence[str], generations: Mapping[str, int]) -> Stored:
-    """The states (of the live segments, at their generation) and memberships of ``pids``."""
-    stored = Stored()
+def load(
+    conn: Connection, pids: Sequence[str], generations: Mapping[str, int], stored: Stored
+) -> None:
+    """Add to ``stored`` the states (of the live segments, at their generation) and the
+    memberships of ``pids``."""
     # By profile only: with segment IN (...) as well, SQLite probes the primary key
     # (segment, profile_id) once per pair.
     for chunk in chunks(list(pids)):
@@ -100,7 +117,74 @@ def load(conn: Connection, pids: Sequence[str], generations: Mapping[str, int]) 
         ):
             if segment in generations:
                 stored.members.setdefault(pid, {})[segment] = version
-    return stored
+
+
+class ProfileCache:
+    """What the store holds for the profiles used last (entries and memberships of the
+    live segments), as of the transactions this process committed; at most
+    ``capacity`` profiles, the least recently used dropped first.
+
+    Valid only while nothing else writes them: the owner clears it when the live
+    segments change, after an erasure anywhere, when a transaction fails, and one
+    process at a time runs the sink and its timers (as for the profile store's cache).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._rows: OrderedDict[str, tuple[dict[str, Entry], dict[str, int]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+    def read(self, pids: Iterable[str], stored: Stored) -> list[str]:
+        """Put the cached profiles of ``pids`` in ``stored``; the profiles not cached."""
+        rows, missing = self._rows, []
+        for pid in pids:
+            found = rows.get(pid)
+            if found is None:
+                missing.append(pid)
+                continue
+            rows.move_to_end(pid)
+            entries, members = found
+            if entries:
+                stored.entries[pid] = entries
+            if members:
+                stored.members[pid] = members
+        return missing
+
+    def keep(
+        self,
+        pids: Iterable[str],
+        stored: Stored,
+        changed: Entries,
+        transitions: Sequence[Transition],
+        gone: Collection[str],
+    ) -> None:
+        """Remember ``pids`` as written: ``stored`` with the ``changed`` entries and the
+        ``transitions``; profiles ``gone`` (merged away) are forgotten."""
+        members = {pid: dict(stored.members.get(pid, {})) for pid in pids}
+        for t in transitions:
+            if t.profile_id not in members:
+                continue
+            if t.entered:
+                members[t.profile_id][t.segment] = t.version
+            else:
+                members[t.profile_id].pop(t.segment, None)
+        rows = self._rows
+        for pid, held in members.items():
+            if pid in gone:
+                rows.pop(pid, None)
+                continue
+            entries = stored.entries.get(pid, {})
+            if pid in changed:
+                entries = entries | changed[pid]
+            rows[pid] = (entries, held)
+            rows.move_to_end(pid)
+        while len(rows) > self._capacity:
+            rows.popitem(last=False)
 
 
 def _loose(
