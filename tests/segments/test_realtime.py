@@ -203,8 +203,9 @@ _EVER_G = {"type": "performed", "event": "G"}
 DECISIONS = [
     # (name, entry node type, the two parts, member at T0, hours to the decided edge)
     ("and-true-first-part-to-expire", "and", [_recent("E", 1), _recent("F", 2)], True, 1),
-    ("or-true-waits-for-every-true-part", "or", [_recent("E", 1), _recent("F", 2)], True, 2),
-    ("and-false-waits-for-every-false-part", "and", [_NEVER_1H, _NEVER_2H], False, 2),
+    ("or-true-until-its-true-part-moves", "or", [_recent("E", 1), _recent("F", 2)], True, 1),
+    ("and-false-until-its-false-part-moves", "and", [_NEVER_1H, _NEVER_2H], False, 1),
+    ("and-false-not-moved-by-a-true-part", "and", [_recent("E", 1), _NEVER_2H], False, 2),
     ("and-false-part-without-edge", "and", [_recent("E", 1), _EVER_G], False, None),
     ("or-false-first-part-to-change", "or", [{"type": "not", "child": "x"}, _NEVER_2H], False, 1),
 ]

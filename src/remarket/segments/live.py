@@ -24,10 +24,11 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Final
 
 import msgspec
@@ -85,6 +86,8 @@ from remarket.storage.warehouse import Warehouse
 __all__ = ["SEGMENT_ERRORS", "SEGMENT_TRANSITIONS", "LiveSegments"]
 
 _log = logging.getLogger(__name__)
+
+_NOTHING: Final[Mapping[str, Any]] = MappingProxyType({})
 
 SEGMENT_TRANSITIONS: Final = Counter(
     "remarket_segment_transitions", "Profiles entering or exiting segments.", ["kind"]
@@ -266,16 +269,17 @@ class LiveSegments:
         for pid in touched:
             for name in stored.members.get(pid, ()):
                 members[name].append(pid)
-        no: set[str] = set()
         for segment in live.values():
             name, evaluator, empty = segment.name, segment.evaluator, segment.empty
             # Mostly the empty state is a member or not whatever the profile id.
             same = evaluator.member_for_all(empty, now)
             # If it is not, only members can change (they leave).
             for pid in members.get(name, ()) if same is False else touched:
-                if name in work.decided.get(pid, no) or name in stored.entries.get(pid, no):
+                if name in work.decided.get(pid, _NOTHING) or name in stored.entries.get(
+                    pid, _NOTHING
+                ):
                     continue
-                was = name in stored.members.get(pid, no)
+                was = name in stored.members.get(pid, _NOTHING)
                 if same is not None and same == was:
                     continue
                 member = evaluator.member_at(empty, pid, now) if same is None else same
@@ -305,8 +309,11 @@ class LiveSegments:
         events: dict[str, list[EventView]] = defaultdict(list)
         touched: set[str] = set()
         for message, read, ids in seen:
-            pid = next((owners[i] for i in ids if i in owners), None)
-            if pid is None:
+            for identifier in ids:
+                pid = owners.get(identifier)
+                if pid is not None:
+                    break
+            else:
                 continue
             touched.add(pid)
             if read:
@@ -388,8 +395,11 @@ class LiveSegments:
         it was and no window edge has passed since it was last decided.
         """
         name, evaluator = segment.name, segment.evaluator
+        held = stored.entries.get(pid, _NOTHING)
+        members = stored.members.get(pid, _NOTHING)
+        decided = work.decided.setdefault(pid, set())
         try:
-            before = stored.entry(name, pid)
+            before = held.get(name)
             state = evaluator.decode(before.state) if before else evaluator.new_state()
             at = max(now, before.evaluated_at) if before else now
             for old in olds:
@@ -416,15 +426,14 @@ class LiveSegments:
             # A failing profile must not spin the timers.
             if before is not None:
                 work.entries.setdefault(pid, {})[name] = msgspec.structs.replace(before, due=None)
-            work.decided.setdefault(pid, set()).add(name)
+            decided.add(name)
             return
-        work.decided.setdefault(pid, set()).add(name)
+        decided.add(name)
         for old in olds:
             version = stored.member(name, old)
             if version is not None:
                 work.transitions.append(Transition(name, version, old, False, to_datetime(at)))
-        was = stored.member(name, pid) is not None
-        if member != was:
+        if member != (name in members):
             work.transitions.append(Transition(name, segment.version, pid, member, to_datetime(at)))
         # Evaluation time matters beyond the clock only: later evaluations start at
         # max(now, evaluated_at) and the clock does not go back.

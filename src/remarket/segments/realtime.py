@@ -380,7 +380,12 @@ class _Performed(_Leaf):
     def _count(self, state: CountState, at: int) -> int:
         if self.span is None:
             return state.count
-        return sum(1 for t in state.times if t > at - self.span)
+        floor, count = at - self.span, 0
+        for t in state.times:  # newest first
+            if t <= floor:
+                break
+            count += 1
+        return count
 
     def holds(self, state: CountState, at: int) -> bool:
         count, times = self._count(state, at), self.node.times
@@ -742,12 +747,10 @@ class RealtimeSegment:
         return lambda state, pid, at: holds(state[slot], at)
 
     def _compile_part(self, node_id: str) -> _Part:
-        """A node's truth and the earliest instant after T it may change with no event.
-
-        That instant is the first window edge that can move the node itself: an and
-        with a false part waits for its false parts (a false part that time alone cannot
-        move keeps it false until an event), an or with a true part for its true parts;
-        else the first edge of any part.
+        """A node's truth and an instant after T before which it cannot change with no
+        event: an and with a false part keeps false until that part's edge (or for good,
+        if time alone cannot move it), an or with a true part likewise; else until the
+        first edge of any part.
         """
         node = self.segment.nodes[node_id]
         value = self._compile(node_id)
@@ -870,9 +873,9 @@ class RealtimeSegment:
         return self._predicate(state, profile_id, at)
 
     def decide_at(self, state: ProfileState, profile_id: str, at: int) -> tuple[bool, int | None]:
-        """Membership at ``at`` (epoch microseconds) and the earliest instant after it where
-        membership may change with no event (None: never). That instant is never before
-        :meth:`next_change_at`'s, which takes every leaf's edges."""
+        """Membership at ``at`` (epoch microseconds) and an instant after it before which
+        membership cannot change with no event (None: it cannot). That instant is never
+        before :meth:`next_change_at`'s, the first edge of any leaf."""
         return self._decide(state, profile_id, at)
 
     def member_for_all(self, state: ProfileState, at: int) -> bool | None:
@@ -937,25 +940,14 @@ def _decision_of(parts: list[_Part], *, deciding: bool) -> _Decision:
     ordered: those time cannot move, those it can, those of the profile id."""
 
     def decide(state: ProfileState, pid: str, at: int) -> tuple[bool, int | None]:
-        waits: list[_Part] = []  # parts holding the deciding value
         others: list[_Part] = []
         for part in parts:
-            if waits and part.per_profile:
-                break  # decided: these could only make the edge later (a hash each)
             if part.value(state, pid, at) == deciding:
-                if not part.moves:
-                    return deciding, None
-                waits.append(part)
-            elif part.moves:
+                # The first deciding part that time can move holds the node until its
+                # edge at least; the parts after it could only tell a later one.
+                return deciding, part.decide(state, pid, at)[1] if part.moves else None
+            if part.moves:
                 others.append(part)
-        if waits:
-            latest = 0
-            for part in waits:
-                edge = part.decide(state, pid, at)[1]
-                if edge is None:
-                    return deciding, None
-                latest = max(latest, edge)
-            return deciding, latest
         edges = [edge for part in others if (edge := part.decide(state, pid, at)[1]) is not None]
         return not deciding, min(edges, default=None)
 
