@@ -11,9 +11,10 @@
     database, created and dropped) holding 1M events of the same generator, and checked
     against DuckDB's answer on the same data.
 (b) Real-time. 50 live segments (the ten, five variants each):
-    - per-event CPU cost of the evaluator (`RealtimeSegment.apply_at` for every segment
-      that reads the event, then `member_at` and `next_change_at`, as `LiveSegments`
-      runs it), replaying the full 90-day history of a sample of profiles in time order,
+    - per-event CPU cost of the evaluator as `LiveSegments` runs it (`apply_at` for every
+      segment whose event test the event passes, the tests shared through one
+      `MatcherPool`; then `decide_at` if the state moved or a window edge passed),
+      replaying the full 90-day history of a sample of profiles in time order,
       and the state bytes per profile (`RealtimeSegment.encode`, as `segment_states`
       stores it);
     - CPU per event of the segments sink itself (`LiveSegments.apply` on a SQLite state
@@ -56,12 +57,17 @@ from remarket.clock import ManualClock
 from remarket.profiles.store import ProfileStore
 from remarket.schema.events import Message, Track
 from remarket.schema.segment import parse_segment
-from remarket.segments.backfill import reads_of
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.compile import compile_segment
 from remarket.segments.desugar import CoreSegment, desugar
 from remarket.segments.live import LiveSegments
-from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment
+from remarket.segments.realtime import (
+    EventTest,
+    EventView,
+    MatcherPool,
+    ProfileState,
+    RealtimeSegment,
+)
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
 from remarket.storage.warehouse.postgres import PostgresWarehouse
@@ -488,11 +494,9 @@ def _percentile(values: Sequence[float], q: float) -> float:
 
 def evaluator(wh: DuckDBWarehouse, sample: int) -> EvaluatorResult:
     """Replay the whole history of one profile in ``sample`` through the 50 segments."""
+    pool = MatcherPool()  # one per live set, as LiveSegments has
     live = [
-        (d["name"], RealtimeSegment(core), reads_of(core))
-        for v in range(5)
-        for d in definitions(v)
-        for core in [_core(d)]
+        (d["name"], RealtimeSegment(_core(d), pool=pool)) for v in range(5) for d in definitions(v)
     ]
     rows = wh.query(f"""
         SELECT COALESCE(iu.profile_id, ia.profile_id) AS pid, e.type, e.event,
@@ -503,12 +507,14 @@ def evaluator(wh: DuckDBWarehouse, sample: int) -> EvaluatorResult:
         LEFT JOIN identities AS ia ON ia.kind = 'anonymous_id' AND ia.value = e.anonymous_id
         WHERE hash(COALESCE(iu.profile_id, ia.profile_id)) % {sample} = 0
         ORDER BY e.timestamp, e."offset" """)
-    # The segments that read an event, by track name (None: identify), as LiveSegments has.
-    readers: dict[str | None, list[tuple[str, RealtimeSegment]]] = {}
-    for name, segment, reads in live:
-        for key in [*reads.events, *([None] if reads.traits else [])]:
-            readers.setdefault(key, []).append((name, segment))
+    # The tests an event must pass to change a segment's state, by track name (None:
+    # identify), each with the segments it guards, as LiveSegments has.
+    tests: dict[str | None, dict[int, tuple[EventTest, list[tuple[str, RealtimeSegment]]]]] = {}
+    for name, segment in live:
+        for key, test in segment.triggers():
+            tests.setdefault(key, {}).setdefault(id(test), (test, []))[1].append((name, segment))
     states: dict[str, dict[str, ProfileState]] = {}
+    dues: dict[tuple[str, str], int | None] = {}  # the next instant a decision may change
     costs: list[float] = []
     clock = time.thread_time_ns  # CPU time: the machine is shared
     for pid, kind, event, at, message_id, properties, traits in rows:
@@ -523,13 +529,17 @@ def evaluator(wh: DuckDBWarehouse, sample: int) -> EvaluatorResult:
             _JSON.decode(traits) if traits else {},
         )
         mine = states.setdefault(pid, {})
-        for name, segment in readers.get(None if kind == "identify" else event, ()):
-            state = mine.get(name)
-            if state is None:
-                state = mine[name] = segment.new_state()
-            segment.apply_at(state, view, at)
-            segment.member_at(state, pid, at)
-            segment.next_change_at(state, at)
+        for test, readers in tests.get(view.event, {}).values():
+            if not test(view):
+                continue
+            for name, segment in readers:
+                state = mine.get(name)
+                if state is None:
+                    state = mine[name] = segment.new_state()
+                # Decided again only if the state moved or a window edge passed.
+                due = dues.get((name, pid))
+                if segment.apply_at(state, view, at) or (due is not None and at >= due):
+                    dues[(name, pid)] = segment.decide_at(state, pid, at)[1]
         costs.append((clock() - start) / 1000)
     sizes = [
         sum(len(RealtimeSegment.encode(state)) for state in mine.values())

@@ -403,8 +403,12 @@ REGISTRY: dict[str, SegmentDefinition] = {
 # --- engines ------------------------------------------------------------------------
 
 
-def realtime_members(core: CoreSegment, world: World) -> set[str]:
-    """Replay the stream through the real-time evaluator, merging states on identity merges."""
+def realtime_states(
+    core: CoreSegment, world: World
+) -> tuple[RealtimeSegment, dict[str, list[Any]]]:
+    """Replay the stream through the real-time evaluator, merging states on identity
+    merges: the evaluator and the state of every profile (the empty one if it has no
+    events up to T)."""
     seg = RealtimeSegment(core, scores=world.score_of)
     graph = IdentityGraph()
     states: dict[str, list[Any]] = {}
@@ -423,7 +427,12 @@ def realtime_members(core: CoreSegment, world: World) -> set[str]:
             seg.apply(state, view_of(m), now)
         states[profile] = seg.decode(seg.encode(state))
     universe = {graph.profile_of(i) for i in graph.identifiers()}
-    return {p for p in universe if seg.is_member(states.get(p) or seg.new_state(), p, world.at)}
+    return seg, {p: states.get(p) or seg.new_state() for p in universe}
+
+
+def realtime_members(core: CoreSegment, world: World) -> set[str]:
+    seg, states = realtime_states(core, world)
+    return {p for p, state in states.items() if seg.is_member(state, p, world.at)}
 
 
 def _rows(world: World) -> list[tuple[int, Message]]:

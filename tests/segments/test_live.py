@@ -13,6 +13,10 @@ from hypothesis import strategies as st
 from sqlalchemy import select
 
 from remarket.clock import ManualClock
+from remarket.privacy.erasers import standard_erasers
+from remarket.privacy.erasure import Erasure
+from remarket.privacy.keyring import Keyring
+from remarket.profiles.identity import profile_id_of
 from remarket.profiles.store import ProfileStore
 from remarket.schema.events import Track, as_utc
 from remarket.schema.segment import SegmentDefinition
@@ -136,3 +140,45 @@ def test_a_backfill_timer_fires_into_the_profile_row(tmp_path: Path) -> None:
     engine.dispose()
     warehouse.close()
     assert [(s, as_utc(at)) for s, at in timers] == [(COMBINED, BASE + timedelta(days=7))]
+
+
+def test_an_erased_profile_starts_again_from_nothing(tmp_path: Path) -> None:
+    """The sink caches what the store holds for the profiles it saw: after an erasure,
+    the person's next events (same ids, so the same profile id) start from nothing."""
+    engine = connect_state(f"sqlite:///{tmp_path / 'state.db'}")
+    upgrade_state(engine)
+    warehouse = DuckDBWarehouse(None)
+    clock = ManualClock(BASE)
+    node = {"id": "o", "type": "performed", "event": "Order Completed", "times": 2}
+    SegmentCatalog(engine, clock=clock).create({"name": "twice", "entry": "o", "nodes": [node]})
+    live = LiveSegments(engine, warehouse, clock)
+    live.backfill_pending()
+    store = ProfileStore(engine)
+
+    def order(offset: int, visitor: str) -> None:
+        message = Track(
+            event="Order Completed",
+            anonymous_id=visitor,
+            message_id=f"m{offset}",
+            properties=msgspec.Raw(b"{}"),
+            timestamp=clock.now(),
+            received_at=clock.now(),
+        )
+        batch = [(offset, message)]
+        store.apply("profiles", batch, offset, expected=offset - 1)
+        live.apply(batch, offset, offset - 1)
+
+    order(1, "a0")
+    order(2, "b0")
+    keyring = Keyring(engine, clock=clock)
+    erasure = Erasure(
+        engine, keyring, standard_erasers(engine, keyring, warehouse), pii_fields=(), clock=clock
+    )
+    erasure.erase(erasure.subject(identifiers=[("anonymous_id", "a0")]), "test")
+    store.forget()  # as the workers do after an erasure (the profile store caches too)
+    order(3, "a0")
+    order(4, "b0")
+    members = MembershipReader(engine).members("twice", limit=10)
+    engine.dispose()
+    warehouse.close()
+    assert [m.profile_id for m in members] == [profile_id_of(("anonymous_id", "b0"))]

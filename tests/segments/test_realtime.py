@@ -8,13 +8,16 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
 
 from remarket.schema.events import Identify, Message, Track
 from remarket.schema.segment import parse_segment
 from remarket.segments.compile import compile_segment
 from remarket.segments.desugar import desugar
 from remarket.segments.realtime import RealtimeSegment, view_of
+from remarket.segments.values import micros_of
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
+from tests.segments.segment_world import REGISTRY, World, definitions, realtime_states, worlds
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -185,3 +188,59 @@ def test_state_size_of_a_typical_profile() -> None:
     state = _run(seg, events)
     # Bounded: N+1 timestamps per window count however many events the profile sent.
     assert len(seg.encode(state)) < 64
+
+
+def _recent(event: str, hours: int, operator: str = "at_least") -> dict[str, Any]:
+    """``event`` at least once (or, with "at_most", never) in the last ``hours``."""
+    times = 1 if operator == "at_least" else 0
+    return {"type": "performed", "event": event, "operator": operator, "times": times} | {
+        "window": {"last": f"{hours}h"}
+    }
+
+
+_NEVER_1H, _NEVER_2H = _recent("E", 1, "at_most"), _recent("F", 2, "at_most")
+_EVER_G = {"type": "performed", "event": "G"}
+DECISIONS = [
+    # (name, entry node type, the two parts, member at T0, hours to the decided edge)
+    ("and-true-first-part-to-expire", "and", [_recent("E", 1), _recent("F", 2)], True, 1),
+    ("or-true-until-its-true-part-moves", "or", [_recent("E", 1), _recent("F", 2)], True, 1),
+    ("and-false-until-its-false-part-moves", "and", [_NEVER_1H, _NEVER_2H], False, 1),
+    ("and-false-not-moved-by-a-true-part", "and", [_recent("E", 1), _NEVER_2H], False, 2),
+    ("and-false-part-without-edge", "and", [_recent("E", 1), _EVER_G], False, None),
+    ("or-false-first-part-to-change", "or", [{"type": "not", "child": "x"}, _NEVER_2H], False, 1),
+]
+
+
+@pytest.mark.parametrize(
+    ("node_type", "parts", "member", "hours"),
+    [pytest.param(*case[1:], id=case[0]) for case in DECISIONS],
+)
+def test_decided_edge_is_the_first_that_can_move_the_entry(
+    node_type: str, parts: list[dict[str, Any]], member: bool, hours: int | None
+) -> None:
+    """E and F at T0: the membership at T0 and the first instant it may change."""
+    nodes = [{"id": "r", "type": node_type, "children": ["a", "b"]}]
+    nodes += [{**part, "id": i} for i, part in zip("ab", parts, strict=True)]
+    nodes.append({**_recent("E", 1), "id": "x"})
+    seg = RealtimeSegment(desugar(parse_segment({"name": "s", "entry": "r", "nodes": nodes})))
+    state = _run(seg, [_track("E", T0, 0), _track("F", T0, 1)])
+    edge = seg.decide_at(state, "p", micros_of(T0))
+    assert edge == (member, None if hours is None else micros_of(T0 + timedelta(hours=hours)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(world=worlds(), definition=definitions)
+def test_membership_holds_until_the_decided_edge(world: World, definition: Any) -> None:
+    """decide_at: the membership at T, unchanged (with no event) until the instant it
+    gives, which is never before the first edge of any leaf (next_change_at). Membership
+    can only change at a leaf's edge, so it is checked at each of them up to there."""
+    seg, states = realtime_states(desugar(definition, resolve=REGISTRY.get), world)
+    at = micros_of(world.at)
+    for pid, state in states.items():
+        member, edge = seg.decide_at(state, pid, at)
+        assert member == seg.member_at(state, pid, at)
+        t: int | None = seg.next_change_at(state, at)
+        assert edge is None or (t is not None and at < t <= edge)
+        while t is not None and (edge is None or t < edge):
+            assert seg.member_at(state, pid, t) == member
+            t = seg.next_change_at(state, t)

@@ -24,14 +24,16 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Final
 
 import msgspec
 from prometheus_client import Counter
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.clock import Clock, SystemClock
@@ -48,8 +50,22 @@ from remarket.segments.membership import (
     hold_offset,
     write_transitions,
 )
-from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment, view_of
-from remarket.segments.states import COMBINED, Entry, Stored, write_timers
+from remarket.segments.realtime import (
+    EventTest,
+    EventView,
+    MatcherPool,
+    ProfileState,
+    RealtimeSegment,
+    view_of,
+)
+from remarket.segments.states import (
+    COMBINED,
+    Entries,
+    Entry,
+    ProfileCache,
+    Stored,
+    write_timers,
+)
 from remarket.segments.states import forget as forget_states
 from remarket.segments.states import load as load_states
 from remarket.segments.states import save as save_states
@@ -64,11 +80,14 @@ from remarket.storage.state import (
     segments,
 )
 from remarket.storage.state.offsets import claim_offset, committed_offset
+from remarket.storage.state.tables import erasures
 from remarket.storage.warehouse import Warehouse
 
 __all__ = ["SEGMENT_ERRORS", "SEGMENT_TRANSITIONS", "LiveSegments"]
 
 _log = logging.getLogger(__name__)
+
+_NOTHING: Final[Mapping[str, Any]] = MappingProxyType({})
 
 SEGMENT_TRANSITIONS: Final = Counter(
     "remarket_segment_transitions", "Profiles entering or exiting segments.", ["kind"]
@@ -94,7 +113,9 @@ class _Segment:
 class _Work:
     """What one transaction changes, gathered before it is written."""
 
-    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
+    entries: Entries = field(default_factory=dict)
+    decided: dict[str, set[str]] = field(default_factory=dict)
+    """The segments decided for each profile (by its events, a merge or a timer)."""
     fired: set[str] = field(default_factory=set)
     """Profiles whose timer was due: it is written again (or deleted) in any case."""
     transitions: list[Transition] = field(default_factory=list)
@@ -110,7 +131,14 @@ class LiveSegments:
 
     name = CONSUMER
 
-    def __init__(self, engine: Engine, warehouse: Warehouse, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        warehouse: Warehouse,
+        clock: Clock | None = None,
+        *,
+        cache_size: int = 50_000,
+    ) -> None:
         self._engine = engine
         self._warehouse = warehouse
         self._clock = clock or SystemClock()
@@ -118,8 +146,12 @@ class LiveSegments:
         self._lock = threading.Lock()
         self._key: tuple[tuple[str, int, int], ...] | None = None
         self._live: dict[str, _Segment] = {}
-        self._readers: dict[str | None, list[_Segment]] = {}
+        self._tests: dict[str | None, list[tuple[EventTest, list[_Segment]]]] = {}
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        # What the store holds for the profiles used last; see ProfileCache for when it
+        # is dropped.
+        self._cache = ProfileCache(cache_size)
+        self._erasures: tuple[object, ...] | None = None
 
     def committed(self) -> int:
         with self._engine.connect() as conn:
@@ -135,14 +167,23 @@ class LiveSegments:
             .order_by(segments.c.name)
         ).all()
         key = tuple((r.name, r.live_version, r.generation) for r in rows)
+        erased = tuple(
+            conn.execute(select(func.max(erasures.c.id), func.max(erasures.c.completed_at))).one()
+        )
+        if key != self._key or erased != self._erasures:
+            # Entries and memberships cached for other segments (or generations), or of
+            # an erased person, are no longer what the store holds.
+            self._cache.clear()
+            self._erasures = erased
         if key != self._key:
             live: dict[str, _Segment] = {}
+            pool = MatcherPool()
             for name, version, generation in key:
                 definition = self._catalog.definition(name, version)
                 if definition is None:
                     continue
                 core = self._catalog.compile(definition)
-                evaluator = RealtimeSegment(core)
+                evaluator = RealtimeSegment(core, pool=pool)
                 empty = evaluator.new_state()
                 live[name] = _Segment(
                     name,
@@ -154,21 +195,20 @@ class LiveSegments:
                     evaluator.encode(empty),
                 )
             self._live, self._key = live, key
-            # Which segments read an event, by track event name (None: identify).
-            readers: dict[str | None, list[_Segment]] = defaultdict(list)
+            # The tests an event must pass to change a segment's state, by track event
+            # name (None: identify); a test the pool shares is run once per event.
+            tests: dict[str | None, dict[int, tuple[EventTest, list[_Segment]]]] = defaultdict(dict)
             for segment in live.values():
-                for event in segment.reads.events:
-                    readers[event].append(segment)
-                if segment.reads.traits:
-                    readers[None].append(segment)
-            self._readers = dict(readers)
+                for name, test in segment.evaluator.triggers():
+                    tests[name].setdefault(id(test), (test, []))[1].append(segment)
+            self._tests = {name: list(found.values()) for name, found in tests.items()}
         return self._live
 
     # -- the sink ------------------------------------------------------------------
 
     def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
         """Apply a batch and move the offset from ``expected`` to ``through`` (fenced)."""
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, self._dropping_cache_on_failure(), self._engine.begin() as conn:
             claim_offset(conn, CONSUMER, through, expected)
             live = self._refresh(conn)
             if not live:
@@ -182,37 +222,42 @@ class LiveSegments:
             clock = self._clock.now()
             now = micros_of(clock)
             work = _Work()
-            evaluated: set[tuple[str, str]] = set()
             for pid in touched:
-                views = events.get(pid, ())
                 olds = merged.get(pid, ())
-                # Only the segments that read one of the profile's events can change
-                # (time alone is the timers' job), unless profiles merged into it.
-                reading = live.values() if olds else self._reading(views)
-                for segment in reading:
-                    fresh = [v for v in views if segment.evaluator.accepts(v)]
-                    # Events its filters reject change no state: nothing to decide.
-                    if fresh or olds:
+                # Only the segments whose tests one of the profile's events passes can
+                # change (time alone is the timers' job), unless profiles merged into it.
+                affected = self._affected(events.get(pid, ()))
+                if olds:
+                    for segment in live.values():
+                        fresh = affected[segment.name][1] if segment.name in affected else []
                         self._evaluate(segment, pid, fresh, olds, now, stored, work)
-                        evaluated.add((segment.name, pid))
-            self._enter_empty(touched, live, evaluated, stored, now, work)
+                    continue
+                for segment, fresh in affected.values():
+                    self._evaluate(segment, pid, fresh, olds, now, stored, work)
+            self._enter_empty(touched, live, stored, now, work)
             work.gone = sorted({old for olds in merged.values() for old in olds})
             self._write(conn, work, stored, live, clock)
 
-    def _reading(self, views: Sequence[EventView]) -> list[_Segment]:
-        """The live segments that read at least one of these events, once each."""
-        found: dict[str, _Segment] = {}
+    def _affected(self, views: Sequence[EventView]) -> dict[str, tuple[_Segment, list[EventView]]]:
+        """The segments whose state these events (oldest first) may change, by name, each
+        with the events that may change it, in order."""
+        found: dict[str, tuple[_Segment, list[EventView]]] = {}
         for view in views:
-            key = None if view.type == "identify" else view.event
-            for segment in self._readers.get(key, ()):
-                found.setdefault(segment.name, segment)
-        return list(found.values())
+            for test, readers in self._tests.get(view.event, ()):
+                if not test(view):
+                    continue
+                for segment in readers:
+                    entry = found.get(segment.name)
+                    if entry is None:
+                        found[segment.name] = (segment, [view])
+                    elif entry[1][-1] is not view:
+                        entry[1].append(view)
+        return found
 
     def _enter_empty(
         self,
         touched: Sequence[str],
         live: dict[str, _Segment],
-        evaluated: set[tuple[str, str]],
         stored: Stored,
         now: int,
         work: _Work,
@@ -220,15 +265,21 @@ class LiveSegments:
         """Decide the touched profiles no segment state exists for and no event changed:
         their state is the empty one, so they are members iff an empty state is (e.g.
         "never ordered"). Nothing is stored for them."""
+        members: dict[str, list[str]] = defaultdict(list)
+        for pid in touched:
+            for name in stored.members.get(pid, ()):
+                members[name].append(pid)
         for segment in live.values():
             name, evaluator, empty = segment.name, segment.evaluator, segment.empty
-            # Without buckets or scores every empty state gives the same answer.
-            same = None if evaluator.per_profile else evaluator.member_at(empty, "", now)
-            for pid in touched:
-                key = (name, pid)
-                if key in evaluated or key in stored.entries:
+            # Mostly the empty state is a member or not whatever the profile id.
+            same = evaluator.member_for_all(empty, now)
+            # If it is not, only members can change (they leave).
+            for pid in members.get(name, ()) if same is False else touched:
+                if name in work.decided.get(pid, _NOTHING) or name in stored.entries.get(
+                    pid, _NOTHING
+                ):
                     continue
-                was = key in stored.members
+                was = name in stored.members.get(pid, _NOTHING)
                 if same is not None and same == was:
                     continue
                 member = evaluator.member_at(empty, pid, now) if same is None else same
@@ -243,13 +294,13 @@ class LiveSegments:
         """Views of the events some live segment reads, by profile; and the profiles
         the batch touched. Published transitions touch nothing unless a segment reads them
         (else every transition would come back as activity)."""
-        readers = self._readers
+        tests = self._tests
         seen: list[tuple[Message, bool, list[Identifier]]] = []
         for _, message in rows:
             if isinstance(message, Identify):
-                read = None in readers
+                read = None in tests
             elif isinstance(message, Track):
-                read = message.event is not None and message.event in readers
+                read = message.event is not None and message.event in tests
             else:
                 read = False
             if read or message.source_id != PUBLISHER_SOURCE:
@@ -258,8 +309,11 @@ class LiveSegments:
         events: dict[str, list[EventView]] = defaultdict(list)
         touched: set[str] = set()
         for message, read, ids in seen:
-            pid = next((owners[i] for i in ids if i in owners), None)
-            if pid is None:
+            for identifier in ids:
+                pid = owners.get(identifier)
+                if pid is not None:
+                    break
+            else:
                 continue
             touched.add(pid)
             if read:
@@ -307,9 +361,21 @@ class LiveSegments:
                     merged[new].append(old)
         return merged
 
-    @staticmethod
-    def _load(conn: Connection, pids: Sequence[str], live: dict[str, _Segment]) -> Stored:
-        return load_states(conn, pids, {name: seg.generation for name, seg in live.items()})
+    def _load(self, conn: Connection, pids: Sequence[str], live: dict[str, _Segment]) -> Stored:
+        stored = Stored(profiles=list(pids))
+        missing = self._cache.read(pids, stored)
+        generations = {name: seg.generation for name, seg in live.items()}
+        load_states(conn, missing, generations, stored)
+        return stored
+
+    @contextmanager
+    def _dropping_cache_on_failure(self) -> Iterator[None]:
+        # The cache may hold what a rolled-back transaction wrote.
+        try:
+            yield
+        except BaseException:
+            self._cache.clear()
+            raise
 
     def _evaluate(
         self,
@@ -325,24 +391,30 @@ class LiveSegments:
 
         Times are epoch microseconds. Only what changed is written: the state when its
         bytes (or the time it is evaluated at, if an event is ahead of the clock) moved,
-        the timer when its instant did.
+        the timer when its instant did. Nothing is decided if the events left the state as
+        it was and no window edge has passed since it was last decided.
         """
         name, evaluator = segment.name, segment.evaluator
-        key = (name, pid)
+        held = stored.entries.get(pid, _NOTHING)
+        members = stored.members.get(pid, _NOTHING)
+        decided = work.decided.setdefault(pid, set())
         try:
-            before = stored.entries.get(key)
+            before = held.get(name)
             state = evaluator.decode(before.state) if before else evaluator.new_state()
             at = max(now, before.evaluated_at) if before else now
             for old in olds:
-                other = stored.entries.get((name, old))
+                other = stored.entry(name, old)
                 if other is not None:
                     state = evaluator.merge(state, evaluator.decode(other.state))
                     at = max(at, other.evaluated_at)
+            moved = bool(olds)
             for view in views:
                 at = max(at, view.at)
-                evaluator.apply_at(state, view, at)
-            member = evaluator.member_at(state, pid, at)
-            upcoming = evaluator.next_change_at(state, at)
+                moved = evaluator.apply_at(state, view, at) or moved
+            # Membership holds from the last decision until its due instant.
+            if not moved and (before is None or before.due is None or at < before.due):
+                return
+            member, upcoming = evaluator.decide_at(state, pid, at)
             encoded = evaluator.encode(state)
         except Exception as exc:
             _log.exception("segment %s failed for profile %s", name, pid)
@@ -353,16 +425,15 @@ class LiveSegments:
             )
             # A failing profile must not spin the timers.
             if before is not None:
-                work.entries[key] = msgspec.structs.replace(before, due=None)
+                work.entries.setdefault(pid, {})[name] = msgspec.structs.replace(before, due=None)
+            decided.add(name)
             return
+        decided.add(name)
         for old in olds:
-            if (name, old) in stored.members:
-                transition = Transition(
-                    name, stored.members[(name, old)], old, False, to_datetime(at)
-                )
-                work.transitions.append(transition)
-        was = key in stored.members
-        if member != was:
+            version = stored.member(name, old)
+            if version is not None:
+                work.transitions.append(Transition(name, version, old, False, to_datetime(at)))
+        if member != (name in members):
             work.transitions.append(Transition(name, segment.version, pid, member, to_datetime(at)))
         # Evaluation time matters beyond the clock only: later evaluations start at
         # max(now, evaluated_at) and the clock does not go back.
@@ -373,7 +444,9 @@ class LiveSegments:
             changed = encoded != before.state
             due = before.due
         if changed or at > now or olds or upcoming != due:
-            work.entries[key] = Entry(segment.generation, at, upcoming, encoded)
+            work.entries.setdefault(pid, {})[name] = Entry(
+                segment.generation, at, upcoming, encoded
+            )
 
     def _write(
         self,
@@ -386,9 +459,10 @@ class LiveSegments:
         forget_states(conn, work.gone, live)
         gone = set(work.gone)
         stored.loose -= gone
-        changed = {key: entry for key, entry in work.entries.items() if key[1] not in gone}
+        changed = {pid: entries for pid, entries in work.entries.items() if pid not in gone}
         save_states(conn, stored, changed, now, fired=work.fired)
         write_transitions(conn, work.transitions)
+        self._cache.keep(stored.profiles, stored, changed, work.transitions, gone)
         for t in work.transitions:
             SEGMENT_TRANSITIONS.labels("entered" if t.entered else "exited").inc()
         if work.errors:
@@ -398,7 +472,7 @@ class LiveSegments:
 
     def run_timers(self, limit: int = 1000) -> int:
         """Re-check the profiles whose timer is due at the clock's now; how many."""
-        with self._lock, self._engine.begin() as conn:
+        with self._lock, self._dropping_cache_on_failure(), self._engine.begin() as conn:
             hold_offset(conn)
             live = self._refresh(conn)
             now = self._clock.now()
@@ -421,7 +495,7 @@ class LiveSegments:
             work = _Work(fired=set(pids))
             for s, p in due:
                 for segment in live.values() if s == COMBINED else [live.get(s)]:
-                    entry = stored.entries.get((segment.name, p)) if segment else None
+                    entry = stored.entry(segment.name, p) if segment else None
                     if segment and entry is not None and entry.due is not None and entry.due <= at:
                         self._evaluate(segment, p, (), (), at, stored, work)
             self._write(conn, work, stored, live, now)

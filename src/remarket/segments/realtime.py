@@ -62,7 +62,9 @@ from remarket.segments.values import (
 )
 
 __all__ = [
+    "EventTest",
     "EventView",
+    "MatcherPool",
     "ProfileState",
     "RealtimeSegment",
     "ScoreLookup",
@@ -72,6 +74,8 @@ __all__ = [
 
 ScoreLookup = Callable[[str, str], float | None]
 """``(profile_id, model) -> score`` (None when the model has not scored the profile)."""
+EventTest = Callable[["EventView"], bool]
+"""Whether an event passes a leaf's event name, filters and fixed window."""
 
 _OBJECT: Final = msgspec.json.Decoder(dict[str, Any])
 _TYPE_NAMES: Final[dict[type, str]] = {
@@ -120,6 +124,7 @@ ProfileState = list[LeafState]
 
 _Applier = tuple[int, "_Leaf"]
 _Predicate = Callable[[ProfileState, str, int], bool]
+_Decision = Callable[[ProfileState, str, int], tuple[bool, int | None]]
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(list[LeafState])
@@ -172,10 +177,12 @@ def bucket_of(profile_id: str, salt: str) -> int:
 class _Matcher:
     """Whether an event is a track of one name, inside a fixed window, passing filters.
 
-    Built once per leaf: paths split and window bounds converted ahead of the events.
+    Built once per leaf (or once per :class:`MatcherPool`): paths split and window bounds
+    converted ahead of the events. It remembers its answer for the last event it was
+    asked about, so segments sharing it through a pool test each event once.
     """
 
-    __slots__ = ("end", "filters", "name", "start")
+    __slots__ = ("end", "filters", "last", "name", "start")
 
     def __init__(
         self,
@@ -188,8 +195,18 @@ class _Matcher:
         self.start = self.end = None
         if isinstance(window, AbsoluteWindow):
             self.start, self.end = micros_of(window.start), micros_of(window.end)
+        # (event, answer), replaced in one assignment: safe to read from another thread.
+        self.last: tuple[EventView | None, bool] = (None, False)
 
     def __call__(self, ev: EventView) -> bool:
+        seen, answer = self.last
+        if seen is ev:
+            return answer
+        answer = self._test(ev)
+        self.last = (ev, answer)
+        return answer
+
+    def _test(self, ev: EventView) -> bool:
         if ev.type != "track" or ev.event != self.name:
             return False
         if self.start is not None and not self.start < ev.at <= self.end:  # type: ignore[operator]
@@ -199,6 +216,32 @@ class _Matcher:
             matches(operator, value, text_at(properties, path), 0)
             for operator, value, path in self.filters
         )
+
+
+class MatcherPool:
+    """Event matchers shared by the segments built with one pool.
+
+    Many segments test the same event the same way (e.g. every ``Product Viewed``
+    without filters); built with a pool they share one matcher per distinct (event,
+    filters, fixed window), which tests each event once.
+    """
+
+    def __init__(self) -> None:
+        self._matchers: dict[tuple[str, tuple[str, ...], str | None], _Matcher] = {}
+
+    def get(
+        self,
+        name: str,
+        where: Iterable[PropertyFilter],
+        window: RelativeWindow | AbsoluteWindow | None = None,
+    ) -> _Matcher:
+        where = list(where)
+        fixed = window.model_dump_json() if isinstance(window, AbsoluteWindow) else None
+        key = (name, tuple(f.model_dump_json() for f in where), fixed)
+        found = self._matchers.get(key)
+        if found is None:
+            found = self._matchers[key] = _Matcher(name, where, window)
+        return found
 
 
 def _span(window: RelativeWindow | AbsoluteWindow | None) -> int | None:
@@ -216,6 +259,8 @@ class _Leaf(ABC):
     """One stateful leaf: how its state starts, grows, merges and decides."""
 
     node: CoreNode
+    moves: bool
+    """Whether time alone may change its truth (else :meth:`next_edge` is always None)."""
 
     @abstractmethod
     def new(self) -> LeafState: ...
@@ -225,7 +270,14 @@ class _Leaf(ABC):
         """Whether the event can change the state at all (else :meth:`apply` skips it)."""
 
     @abstractmethod
-    def apply(self, state: Any, ev: EventView, now: int) -> None: ...
+    def apply(self, state: Any, ev: EventView, now: int) -> bool:
+        """Fold the event in; False if the state did not change (apart from dropping
+        what no T >= ``now`` can see)."""
+
+    @abstractmethod
+    def triggers(self) -> list[tuple[str | None, EventTest]]:
+        """(track event name, or None for identify; test): an event can change the
+        state only if a test for its name passes (:meth:`accepts` in parts)."""
 
     @abstractmethod
     def holds(self, state: Any, at: int) -> bool: ...
@@ -253,6 +305,7 @@ class _Trait(_Leaf):
         ]
         if node.operator == "within_last":
             self.spans.append(duration_seconds(str(value)) * MICROS)
+        self.moves = bool(self.spans)
 
     def new(self) -> TraitState:
         return TraitState()
@@ -260,12 +313,17 @@ class _Trait(_Leaf):
     def accepts(self, ev: EventView) -> bool:
         return ev.type == "identify" and text_at(ev.traits, self.path) is not None
 
-    def apply(self, state: TraitState, ev: EventView, now: int) -> None:
+    def triggers(self) -> list[tuple[str | None, EventTest]]:
+        return [(None, self.accepts)]
+
+    def apply(self, state: TraitState, ev: EventView, now: int) -> bool:
         if ev.type != "identify":
-            return
+            return False
         text = text_at(ev.traits, self.path)
-        if text is not None and (ev.at, ev.message_id) > (state.at, state.message_id):
-            state.at, state.message_id, state.text = ev.at, ev.message_id, text
+        if text is None or (ev.at, ev.message_id) <= (state.at, state.message_id):
+            return False
+        state.at, state.message_id, state.text = ev.at, ev.message_id, text
+        return True
 
     def holds(self, state: TraitState, at: int) -> bool:
         return matches(self.node.operator, self.node.value, state.text, at)
@@ -290,11 +348,12 @@ class _Trait(_Leaf):
 class _Performed(_Leaf):
     node: PerformedNode
 
-    def __init__(self, node: PerformedNode) -> None:
+    def __init__(self, node: PerformedNode, pool: MatcherPool) -> None:
         self.node = node
         self.cap = node.times + 1
         self.span = _span(node.window)
-        self.match = _Matcher(node.event, node.where, node.window)
+        self.moves = self.span is not None
+        self.match = pool.get(node.event, node.where, node.window)
 
     def new(self) -> CountState:
         return CountState()
@@ -302,20 +361,31 @@ class _Performed(_Leaf):
     def accepts(self, ev: EventView) -> bool:
         return self.match(ev)
 
-    def apply(self, state: CountState, ev: EventView, now: int) -> None:
+    def triggers(self) -> list[tuple[str | None, EventTest]]:
+        return [(self.match.name, self.match)]
+
+    def apply(self, state: CountState, ev: EventView, now: int) -> bool:
         if not self.match(ev):
-            return
+            return False
         if self.span is None:
-            state.count = min(state.count + 1, self.cap)
-            return
+            if state.count >= self.cap:
+                return False
+            state.count += 1
+            return True
         _insort_desc_capped(state.times, ev.at, self.cap)
         while state.times and state.times[-1] <= now - self.span:
             state.times.pop()
+        return True
 
     def _count(self, state: CountState, at: int) -> int:
         if self.span is None:
             return state.count
-        return sum(1 for t in state.times if t > at - self.span)
+        floor, count = at - self.span, 0
+        for t in state.times:  # newest first
+            if t <= floor:
+                break
+            count += 1
+        return count
 
     def holds(self, state: CountState, at: int) -> bool:
         count, times = self._count(state, at), self.node.times
@@ -340,16 +410,17 @@ class _Performed(_Leaf):
 class _EventTime(_Leaf):
     node: FirstPerformedNode | LastPerformedNode
 
-    def __init__(self, node: FirstPerformedNode | LastPerformedNode) -> None:
+    def __init__(self, node: FirstPerformedNode | LastPerformedNode, pool: MatcherPool) -> None:
         self.node = node
         self.pick = max if isinstance(node, LastPerformedNode) else min
-        self.match = _Matcher(node.event, node.where)
+        self.match = pool.get(node.event, node.where)
         value = node.value
         self.span: int | None = None
         if isinstance(value, str):
             self.span = duration_seconds(value) * MICROS
         elif isinstance(value, Ago):
             self.span = duration_seconds(value.ago) * MICROS
+        self.moves = self.span is not None
 
     def new(self) -> TimeState:
         return TimeState()
@@ -357,9 +428,15 @@ class _EventTime(_Leaf):
     def accepts(self, ev: EventView) -> bool:
         return self.match(ev)
 
-    def apply(self, state: TimeState, ev: EventView, now: int) -> None:
-        if self.match(ev):
-            state.at = ev.at if state.at is None else self.pick(state.at, ev.at)
+    def triggers(self) -> list[tuple[str | None, EventTest]]:
+        return [(self.match.name, self.match)]
+
+    def apply(self, state: TimeState, ev: EventView, now: int) -> bool:
+        if not self.match(ev):
+            return False
+        before = state.at
+        state.at = ev.at if before is None else self.pick(before, ev.at)
+        return state.at != before
 
     def holds(self, state: TimeState, at: int) -> bool:
         if state.at is None:
@@ -389,12 +466,13 @@ def _time_of(item: tuple[int, float | str]) -> int:
 class _Aggregate(_Leaf):
     node: AggregateNode
 
-    def __init__(self, node: AggregateNode) -> None:
+    def __init__(self, node: AggregateNode, pool: MatcherPool) -> None:
         self.node = node
         self.path = node.property.split(".") if node.property is not None else None
         self.span = _span(node.window)
+        self.moves = self.span is not None
         self.numeric = node.function in ("sum", "avg", "min", "max")
-        self.match = _Matcher(node.event, node.where, node.window)
+        self.match = pool.get(node.event, node.where, node.window)
         # A distinct value counts while its latest occurrence is inside the window.
         self.latest_only = node.function == "count_distinct"
 
@@ -412,25 +490,29 @@ class _Aggregate(_Leaf):
     def accepts(self, ev: EventView) -> bool:
         return self.match(ev)
 
-    def apply(self, state: AggregateState, ev: EventView, now: int) -> None:
+    def triggers(self) -> list[tuple[str | None, EventTest]]:
+        return [(self.match.name, self.match)]
+
+    def apply(self, state: AggregateState, ev: EventView, now: int) -> bool:
         if not self.match(ev):
-            return
+            return False
         value = self._value(ev)
         if value is None:
-            return
+            return False
         if self.span is None:
             self._add(state, value)
-            return
+            return True
         items = state.items  # ascending by time
         if self.latest_only:
             for i, (at, seen) in enumerate(items):
                 if seen == value:
                     if at >= ev.at:
-                        return
+                        return False
                     del items[i]
                     break
         bisect.insort(items, (ev.at, value), key=_time_of)
         del items[: bisect.bisect_right(items, now - self.span, key=_time_of)]
+        return True
 
     def _add(self, state: AggregateState, value: float | str) -> None:
         state.count += 1
@@ -506,14 +588,15 @@ class _Sequence(_Leaf):
 
     node: SequenceNode
 
-    def __init__(self, node: SequenceNode) -> None:
+    def __init__(self, node: SequenceNode, pool: MatcherPool) -> None:
         self.node = node
         self.within = duration_seconds(node.within) * MICROS
         self.span = _span(node.window)
         # Without a moving window a found pair never expires: keep a flag, not lists.
         self.latch = node.followed and self.span is None
-        self.first = _Matcher(node.first.event, node.first.where, node.window)
-        self.then = _Matcher(node.then.event, node.then.where)
+        self.moves = not self.latch
+        self.first = pool.get(node.first.event, node.first.where, node.window)
+        self.then = pool.get(node.then.event, node.then.where)
 
     def new(self) -> SequenceState:
         return SequenceState()
@@ -521,14 +604,18 @@ class _Sequence(_Leaf):
     def accepts(self, ev: EventView) -> bool:
         return self.first(ev) or self.then(ev)
 
-    def apply(self, state: SequenceState, ev: EventView, now: int) -> None:
+    def triggers(self) -> list[tuple[str | None, EventTest]]:
+        return [(self.first.name, self.first), (self.then.name, self.then)]
+
+    def apply(self, state: SequenceState, ev: EventView, now: int) -> bool:
         if state.paired:
-            return
+            return False
         firsts, thens = state.firsts, state.thens
-        if self.first(ev):
+        first, then = self.first(ev), self.then(ev)
+        if first:
             if self.node.followed or not self._followed(state, ev.at):
                 bisect.insort(firsts, ev.at)
-        if self.then(ev):
+        if then:
             bisect.insort(thens, ev.at)
             if not self.node.followed:
                 # Firsts in [then - W, then) are followed now.
@@ -540,6 +627,7 @@ class _Sequence(_Leaf):
             del thens[: bisect.bisect_right(thens, floor)]
         if self.latch and any(self._followed(state, t) for t in firsts):
             state.paired, state.firsts, state.thens = True, [], []
+        return first or then
 
     def _followed(self, state: SequenceState, first: int) -> bool:
         i = bisect.bisect_right(state.thens, first)
@@ -582,17 +670,17 @@ class _Sequence(_Leaf):
         return merged
 
 
-def _leaf(node: CoreNode) -> _Leaf | None:
+def _leaf(node: CoreNode, pool: MatcherPool) -> _Leaf | None:
     if isinstance(node, TraitNode):
         return _Trait(node)
     if isinstance(node, PerformedNode):
-        return _Performed(node)
+        return _Performed(node, pool)
     if isinstance(node, FirstPerformedNode | LastPerformedNode):
-        return _EventTime(node)
+        return _EventTime(node, pool)
     if isinstance(node, AggregateNode):
-        return _Aggregate(node)
+        return _Aggregate(node, pool)
     if isinstance(node, SequenceNode):
-        return _Sequence(node)
+        return _Sequence(node, pool)
     return None
 
 
@@ -611,7 +699,13 @@ class RealtimeSegment:
     True
     """
 
-    def __init__(self, segment: CoreSegment, *, scores: ScoreLookup | None = None) -> None:
+    def __init__(
+        self,
+        segment: CoreSegment,
+        *,
+        scores: ScoreLookup | None = None,
+        pool: MatcherPool | None = None,
+    ) -> None:
         self.segment = segment
         self._scores = scores
         self._slot: dict[str, int] = {}
@@ -619,7 +713,7 @@ class RealtimeSegment:
         self._by_event: dict[str, list[_Applier]] = {}
         self._traits: list[_Applier] = []
         for node_id, node in segment.nodes.items():
-            leaf = _leaf(node)
+            leaf = _leaf(node, pool or MatcherPool())
             if leaf is None:
                 continue
             slot = self._slot[node_id] = len(self._leaves)
@@ -631,11 +725,8 @@ class RealtimeSegment:
                 self._by_event.setdefault(name, []).append(applier)
         self._edges = [(slot, leaf.next_edge) for slot, leaf in enumerate(self._leaves)]
         self._predicate = self._compile(segment.entry)
-        # Whether membership depends on the profile id itself (buckets, scores), not
-        # only on the state: else every profile with the same state has the same answer.
-        self.per_profile = any(
-            isinstance(n, RandomBucketNode | ScoreNode) for n in segment.nodes.values()
-        )
+        self._for_all = self._compile_for_all(segment.entry)
+        self._decide = self._compile_part(segment.entry).decide
 
     def _compile(self, node_id: str) -> _Predicate:
         """The entry's truth as nested closures: no node dispatch per evaluation."""
@@ -655,6 +746,76 @@ class RealtimeSegment:
         holds = self._leaves[slot].holds
         return lambda state, pid, at: holds(state[slot], at)
 
+    def _compile_part(self, node_id: str) -> _Part:
+        """A node's truth and an instant after T before which it cannot change with no
+        event: an and with a false part keeps false until that part's edge (or for good,
+        if time alone cannot move it), an or with a true part likewise; else until the
+        first edge of any part.
+        """
+        node = self.segment.nodes[node_id]
+        value = self._compile(node_id)
+        if isinstance(node, AndNode | OrNode):
+            parts = sorted(
+                (self._compile_part(c) for c in node.children),
+                key=lambda part: (part.per_profile, part.moves),
+            )
+            decide = _decision_of(parts, deciding=isinstance(node, OrNode))
+            return _Part(
+                value,
+                decide,
+                moves=any(p.moves for p in parts),
+                per_profile=all(p.per_profile for p in parts),
+            )
+        if isinstance(node, NotNode):
+            inner = self._compile_part(node.child)
+
+            def negated(state: ProfileState, pid: str, at: int) -> tuple[bool, int | None]:
+                member, edge = inner.decide(state, pid, at)
+                return not member, edge
+
+            return _Part(value, negated, inner.moves, inner.per_profile)
+        if isinstance(node, RandomBucketNode | ScoreNode):
+            return _Part(value, lambda state, pid, at: (value(state, pid, at), None), False, True)
+        slot = self._slot[node_id]
+        leaf = self._leaves[slot]
+        holds, next_edge = leaf.holds, leaf.next_edge
+        return _Part(
+            value,
+            lambda state, pid, at: (holds(state[slot], at), next_edge(state[slot], at)),
+            leaf.moves,
+            False,
+        )
+
+    def _compile_for_all(self, node_id: str) -> Callable[[ProfileState, int], bool | None]:
+        """The entry's truth for every profile id at once: None where it depends on the
+        id (buckets, scores), and where the and/or/not around such nodes cannot tell."""
+        node = self.segment.nodes[node_id]
+        if isinstance(node, AndNode | OrNode):
+            parts = [self._compile_for_all(c) for c in node.children]
+            # The value that decides an and (False) or an or (True) on its own.
+            decides = isinstance(node, OrNode)
+
+            def combined(state: ProfileState, at: int) -> bool | None:
+                answers = [part(state, at) for part in parts]
+                if decides in answers:
+                    return decides
+                return None if None in answers else not decides
+
+            return combined
+        if isinstance(node, NotNode):
+            inner = self._compile_for_all(node.child)
+
+            def negated(state: ProfileState, at: int) -> bool | None:
+                answer = inner(state, at)
+                return None if answer is None else not answer
+
+            return negated
+        if isinstance(node, RandomBucketNode | ScoreNode):
+            return lambda state, at: None
+        slot = self._slot[node_id]
+        holds = self._leaves[slot].holds
+        return lambda state, at: holds(state[slot], at)
+
     def _score_holds(self, node: ScoreNode, profile_id: str) -> bool:
         score = self._scores(profile_id, node.model) if self._scores is not None else None
         return score is not None and compare_number(node.operator, score, node.value)
@@ -663,20 +824,34 @@ class RealtimeSegment:
         """The state of a profile with no events."""
         return [leaf.new() for leaf in self._leaves]
 
-    def apply(self, state: ProfileState, event: EventView, now: datetime) -> None:
-        """Fold one (deduplicated) event of the profile into its state, in place."""
-        self.apply_at(state, event, micros_of(now))
+    def apply(self, state: ProfileState, event: EventView, now: datetime) -> bool:
+        """Fold one (deduplicated) event of the profile into its state, in place; False
+        if the state did not change (apart from dropping what no T >= now can see)."""
+        return self.apply_at(state, event, micros_of(now))
 
-    def apply_at(self, state: ProfileState, event: EventView, now: int) -> None:
+    def apply_at(self, state: ProfileState, event: EventView, now: int) -> bool:
         """:meth:`apply` with ``now`` in epoch microseconds."""
         if event.type == "identify":
             appliers: Iterable[_Applier] = self._traits
         elif event.type == "track" and event.event is not None:
             appliers = self._by_event.get(event.event, ())
         else:
-            return
+            return False
+        changed = False
         for slot, leaf in appliers:
-            leaf.apply(state[slot], event, now)
+            if leaf.apply(state[slot], event, now):
+                changed = True
+        return changed
+
+    def triggers(self) -> list[tuple[str | None, EventTest]]:
+        """(track event name, or None for identify; test), each test once: an event can
+        change a state only if a test for its name passes. Tests of segments built with
+        one :class:`MatcherPool` are shared where they are the same."""
+        found: dict[int, tuple[str | None, EventTest]] = {}
+        for leaf in self._leaves:
+            for name, test in leaf.triggers():
+                found.setdefault(id(test), (name, test))
+        return list(found.values())
 
     def accepts(self, event: EventView) -> bool:
         """Whether the event can change a profile's state (a leaf reads it and its
@@ -696,6 +871,17 @@ class RealtimeSegment:
     def member_at(self, state: ProfileState, profile_id: str, at: int) -> bool:
         """:meth:`is_member` with ``at`` in epoch microseconds."""
         return self._predicate(state, profile_id, at)
+
+    def decide_at(self, state: ProfileState, profile_id: str, at: int) -> tuple[bool, int | None]:
+        """Membership at ``at`` (epoch microseconds) and an instant after it before which
+        membership cannot change with no event (None: it cannot). That instant is never
+        before :meth:`next_change_at`'s, the first edge of any leaf."""
+        return self._decide(state, profile_id, at)
+
+    def member_for_all(self, state: ProfileState, at: int) -> bool | None:
+        """The membership at ``at`` (epoch microseconds) of every profile with this state,
+        or None when it may differ by profile (random buckets, scores)."""
+        return self._for_all(state, at)
 
     def next_change(self, state: ProfileState, after: datetime) -> datetime | None:
         """The earliest instant after ``after`` where membership may change with no event."""
@@ -735,6 +921,37 @@ def _fold(parts: list[_Predicate], *, conjunction: bool) -> _Predicate:
     if conjunction:
         return lambda state, pid, at: head(state, pid, at) and tail(state, pid, at)
     return lambda state, pid, at: head(state, pid, at) or tail(state, pid, at)
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """A compiled node, as the and / or around it decides with it."""
+
+    value: _Predicate
+    decide: _Decision
+    moves: bool
+    """Whether time alone may change its truth (it has window edges)."""
+    per_profile: bool
+    """Whether its truth depends on the profile id (random buckets, scores)."""
+
+
+def _decision_of(parts: list[_Part], *, deciding: bool) -> _Decision:
+    """An and (``deciding`` False: a false part decides it) or an or (True) of parts
+    ordered: those time cannot move, those it can, those of the profile id."""
+
+    def decide(state: ProfileState, pid: str, at: int) -> tuple[bool, int | None]:
+        others: list[_Part] = []
+        for part in parts:
+            if part.value(state, pid, at) == deciding:
+                # The first deciding part that time can move holds the node until its
+                # edge at least; the parts after it could only tell a later one.
+                return deciding, part.decide(state, pid, at)[1] if part.moves else None
+            if part.moves:
+                others.append(part)
+        edges = [edge for part in others if (edge := part.decide(state, pid, at)[1]) is not None]
+        return not deciding, min(edges, default=None)
+
+    return decide
 
 
 def _event_names(node: CoreNode) -> list[str]:

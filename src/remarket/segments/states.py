@@ -9,12 +9,15 @@ A backfill writes one state and one timer row per (segment, profile) as before; 
 sink folds those into the profile's rows the first time it writes them and deletes
 them. Each entry carries the generation of its segment (bumped by every backfill), so
 entries of an older backfill are ignored.
+
+:class:`ProfileCache` keeps what the store holds for recently seen profiles (entries
+and memberships, as committed), so the sink reads only the others.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Final
@@ -23,11 +26,21 @@ import msgspec
 from sqlalchemy import Connection, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from remarket.segments.membership import chunks
+from remarket.segments.membership import Transition, chunks
 from remarket.segments.values import micros_of, to_datetime
 from remarket.storage.state import segment_members, segment_states, segment_timers
 
-__all__ = ["COMBINED", "Entry", "Stored", "forget", "load", "save", "write_timers"]
+__all__ = [
+    "COMBINED",
+    "Entries",
+    "Entry",
+    "ProfileCache",
+    "Stored",
+    "forget",
+    "load",
+    "save",
+    "write_timers",
+]
 
 COMBINED: Final = ""
 """The ``segment`` of a profile's combined row."""
@@ -46,57 +59,159 @@ _ENCODER: Final = msgspec.msgpack.Encoder()
 _DECODER: Final = msgspec.msgpack.Decoder(dict[str, Entry])
 
 
+Entries = dict[str, dict[str, Entry]]
+"""Entries by profile, then by segment."""
+
+
 @dataclass(slots=True)
 class Stored:
     """What the store holds for the profiles of one transaction (absent: nothing)."""
 
-    entries: dict[tuple[str, str], Entry] = field(default_factory=dict)
-    members: dict[tuple[str, str], int] = field(default_factory=dict)
+    entries: Entries = field(default_factory=dict)
+    # The version of each segment a profile is a member of, by profile.
+    members: dict[str, dict[str, int]] = field(default_factory=dict)
     # Profiles that still have per-segment (backfill) rows, to fold into their row.
     loose: set[str] = field(default_factory=set)
+    profiles: list[str] = field(default_factory=list)
+    """Every profile read (with rows or not)."""
+
+    def entry(self, segment: str, pid: str) -> Entry | None:
+        found = self.entries.get(pid)
+        return found.get(segment) if found is not None else None
+
+    def member(self, segment: str, pid: str) -> int | None:
+        """The version of ``segment`` the profile is a member of (None: not a member)."""
+        found = self.members.get(pid)
+        return found.get(segment) if found is not None else None
 
 
-def load(conn: Connection, pids: Sequence[str], generations: Mapping[str, int]) -> Stored:
-    """The states (of the live segments, at their generation) and memberships of ``pids``."""
-    stored = Stored()
-    wanted = [*generations, COMBINED]
+def load(
+    conn: Connection, pids: Sequence[str], generations: Mapping[str, int], stored: Stored
+) -> None:
+    """Add to ``stored`` the states (of the live segments, at their generation) and the
+    memberships of ``pids``."""
+    # By profile only: with segment IN (...) as well, SQLite probes the primary key
+    # (segment, profile_id) once per pair.
     for chunk in chunks(list(pids)):
         rows = conn.execute(
             select(segment_states.c.segment, segment_states.c.profile_id)
-            .add_columns(segment_states.c.state, segment_states.c.evaluated_at)
-            .where(segment_states.c.profile_id.in_(chunk), segment_states.c.segment.in_(wanted))
+            .add_columns(segment_states.c.state)
+            .where(segment_states.c.profile_id.in_(chunk))
         ).all()
-        loose: dict[tuple[str, str], Entry] = {}
-        for segment, pid, state, evaluated_at in rows:
-            if segment != COMBINED:
-                # A backfill row is the state as of its generation (the current one).
-                entry = Entry(generations[segment], micros_of(evaluated_at), None, state)
-                loose[(segment, pid)] = stored.entries[(segment, pid)] = entry
-        if loose:
-            pids_loose = sorted({pid for _, pid in loose})
-            stored.loose.update(pids_loose)
-            for segment, pid, due_at in conn.execute(
-                select(segment_timers.c.segment, segment_timers.c.profile_id)
-                .add_columns(segment_timers.c.due_at)
-                .where(
-                    segment_timers.c.profile_id.in_(pids_loose),
-                    segment_timers.c.segment != COMBINED,
-                )
-            ):
-                if (segment, pid) in loose:
-                    loose[(segment, pid)].due = micros_of(due_at)
-        for segment, pid, state, _ in rows:
+        loose = _loose(conn, [(s, p) for s, p, _ in rows if s in generations], generations)
+        for (segment, pid), entry in loose.items():
+            stored.entries.setdefault(pid, {})[segment] = entry
+            stored.loose.add(pid)
+        for segment, pid, state in rows:
             if segment == COMBINED:
-                for name, entry in _DECODER.decode(state).items():
-                    if generations.get(name) == entry.generation:
-                        stored.entries[(name, pid)] = entry
+                current = {
+                    name: entry
+                    for name, entry in _DECODER.decode(state).items()
+                    if generations.get(name) == entry.generation
+                }
+                stored.entries[pid] = stored.entries.get(pid, {}) | current
         for segment, pid, version in conn.execute(
             select(segment_members.c.segment, segment_members.c.profile_id)
             .add_columns(segment_members.c.version)
-            .where(segment_members.c.profile_id.in_(chunk), segment_members.c.segment.in_(wanted))
+            .where(segment_members.c.profile_id.in_(chunk))
         ):
-            stored.members[(segment, pid)] = version
-    return stored
+            if segment in generations:
+                stored.members.setdefault(pid, {})[segment] = version
+
+
+class ProfileCache:
+    """What the store holds for the profiles used last (entries and memberships of the
+    live segments), as of the transactions this process committed; at most
+    ``capacity`` profiles, the least recently used dropped first.
+
+    Valid only while nothing else writes them: the owner clears it when the live
+    segments change, after an erasure anywhere, when a transaction fails, and one
+    process at a time runs the sink and its timers (as for the profile store's cache).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._rows: OrderedDict[str, tuple[dict[str, Entry], dict[str, int]]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def clear(self) -> None:
+        self._rows.clear()
+
+    def read(self, pids: Iterable[str], stored: Stored) -> list[str]:
+        """Put the cached profiles of ``pids`` in ``stored``; the profiles not cached."""
+        rows, missing = self._rows, []
+        for pid in pids:
+            found = rows.get(pid)
+            if found is None:
+                missing.append(pid)
+                continue
+            rows.move_to_end(pid)
+            entries, members = found
+            if entries:
+                stored.entries[pid] = entries
+            if members:
+                stored.members[pid] = members
+        return missing
+
+    def keep(
+        self,
+        pids: Iterable[str],
+        stored: Stored,
+        changed: Entries,
+        transitions: Sequence[Transition],
+        gone: Collection[str],
+    ) -> None:
+        """Remember ``pids`` as written: ``stored`` with the ``changed`` entries and the
+        ``transitions``; profiles ``gone`` (merged away) are forgotten."""
+        members = {pid: dict(stored.members.get(pid, {})) for pid in pids}
+        for t in transitions:
+            if t.profile_id not in members:
+                continue
+            if t.entered:
+                members[t.profile_id][t.segment] = t.version
+            else:
+                members[t.profile_id].pop(t.segment, None)
+        rows = self._rows
+        for pid, held in members.items():
+            if pid in gone:
+                rows.pop(pid, None)
+                continue
+            entries = stored.entries.get(pid, {})
+            if pid in changed:
+                entries = entries | changed[pid]
+            rows[pid] = (entries, held)
+            rows.move_to_end(pid)
+        while len(rows) > self._capacity:
+            rows.popitem(last=False)
+
+
+def _loose(
+    conn: Connection, pairs: Sequence[tuple[str, str]], generations: Mapping[str, int]
+) -> dict[tuple[str, str], Entry]:
+    """The backfill rows of (segment, profile) ``pairs`` (live segments) with their timers:
+    each the state as of its generation (the current one)."""
+    loose: dict[tuple[str, str], Entry] = {}
+    wanted = set(pairs)
+    for chunk in chunks(sorted({pid for _, pid in pairs})):
+        for segment, pid, state, evaluated_at in conn.execute(
+            select(segment_states.c.segment, segment_states.c.profile_id)
+            .add_columns(segment_states.c.state, segment_states.c.evaluated_at)
+            .where(segment_states.c.profile_id.in_(chunk))
+        ):
+            if (segment, pid) in wanted:
+                loose[(segment, pid)] = Entry(
+                    generations[segment], micros_of(evaluated_at), None, state
+                )
+        for segment, pid, due_at in conn.execute(
+            select(segment_timers.c.segment, segment_timers.c.profile_id)
+            .add_columns(segment_timers.c.due_at)
+            .where(segment_timers.c.profile_id.in_(chunk))
+        ):
+            if (segment, pid) in loose:
+                loose[(segment, pid)].due = micros_of(due_at)
+    return loose
 
 
 def _earliest(entries: Iterable[Entry]) -> int | None:
@@ -106,7 +221,7 @@ def _earliest(entries: Iterable[Entry]) -> int | None:
 def save(
     conn: Connection,
     stored: Stored,
-    changed: Mapping[tuple[str, str], Entry],
+    changed: Entries,
     now: datetime,
     *,
     fired: Iterable[str] = (),
@@ -114,22 +229,20 @@ def save(
     """Write the rows of the profiles with a changed entry (every live entry of each),
     their timer when its instant moved (or ``fired``: it was due), and delete the
     backfill rows folded into them."""
-    by_profile: dict[str, dict[str, Entry]] = defaultdict(dict)
     fired = set(fired)
-    touched = {pid for _, pid in changed} | stored.loose | fired
-    for (segment, pid), entry in stored.entries.items():
-        if pid in touched:
-            by_profile[pid][segment] = entry
-    before = {pid: _earliest(entries.values()) for pid, entries in by_profile.items()}
-    for (segment, pid), entry in changed.items():
-        by_profile[pid][segment] = entry
-    # A fired timer of a profile with no state left goes.
-    timers: dict[tuple[str, str], datetime | None] = {
-        (COMBINED, pid): None for pid in fired if pid not in by_profile
-    }
-    for pid, entries in by_profile.items():
+    by_profile: Entries = {}
+    timers: dict[tuple[str, str], datetime | None] = {}
+    for pid in sorted(changed.keys() | stored.loose | fired):
+        before = stored.entries.get(pid, {})
+        entries = before | changed[pid] if pid in changed else before
+        if not entries:
+            # A fired timer of a profile with no state left goes.
+            if pid in fired:
+                timers[(COMBINED, pid)] = None
+            continue
+        by_profile[pid] = entries
         due = _earliest(entries.values())
-        if due != before.get(pid) or pid in stored.loose or pid in fired:
+        if pid in stored.loose or pid in fired or due != _earliest(before.values()):
             timers[(COMBINED, pid)] = None if due is None else to_datetime(due)
     insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
     stmt = insert(segment_states)
@@ -143,7 +256,7 @@ def save(
             [
                 {"segment": COMBINED, "profile_id": pid, "state": _ENCODER.encode(entries)}
                 | {"evaluated_at": now}
-                for pid, entries in sorted(by_profile.items())
+                for pid, entries in by_profile.items()
             ],
         )
     for chunk in chunks(sorted(stored.loose)):

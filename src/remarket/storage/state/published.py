@@ -51,16 +51,20 @@ def senders(conn: Connection, profile_ids: Sequence[str]) -> dict[str, tuple[str
     """
     found: dict[str, tuple[str, str]] = {}
     for chunk in chunks(sorted(set(profile_ids))):
+        # Only by profile: with a condition on kind too, SQLite scans the primary key
+        # (kind, value), i.e. every identity, instead of the profile_id index.
         rows = conn.execute(
-            select(identities.c.profile_id, identities.c.kind, identities.c.value)
-            .where(
-                identities.c.profile_id.in_(chunk),
-                identities.c.kind.in_((USER_ID, ANONYMOUS_ID)),
+            select(identities.c.profile_id, identities.c.kind, identities.c.value).where(
+                identities.c.profile_id.in_(chunk)
             )
-            .order_by(identities.c.kind.desc(), identities.c.value)
         )
         for pid, kind, value in rows:
-            found.setdefault(pid, (kind, value))
+            if kind not in (USER_ID, ANONYMOUS_ID):
+                continue
+            # A user id before an anonymous id, then the smallest value.
+            best = found.get(pid)
+            if best is None or (kind != USER_ID, value) < (best[0] != USER_ID, best[1]):
+                found[pid] = (kind, value)
     return found
 
 
