@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import sys
@@ -180,6 +181,9 @@ async def run_sinks(
             log = SQLiteLog(root / "log" / "log.db", fsync="off")
             sinks = make(settings, engine, warehouse)
             runner = Runner(log, sinks, on_poison=_poison, batch_size=settings.worker_batch_size)
+        # As `remarket worker` and `remarket serve` do after start-up.
+        gc.collect()
+        gc.freeze()
         try:
             common.progress(f"{label}: draining")
             cm = common.py_spy(os.getpid(), profile) if profile else contextlib.nullcontext()
@@ -192,6 +196,7 @@ async def run_sinks(
                 "profiles": ProfileStore(engine).count(),
             }
         finally:
+            gc.unfreeze()
             await log.close()
             warehouse.close()
             engine.dispose()

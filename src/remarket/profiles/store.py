@@ -6,6 +6,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 import msgspec
@@ -37,7 +38,9 @@ __all__ = ["ProfileStore", "ProfileView"]
 
 # Trait values stay JSON text from the event to the table: nothing needs them decoded.
 _TRAITS: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
-_LINKING: Final = (Identify, Alias)
+_LINKING: Final = frozenset((Identify, Alias))
+_MESSAGE: Final = itemgetter(1)
+_IDS_AND_TIME: Final = attrgetter("anonymous_id", "user_id", "timestamp")
 _IN_CHUNK: Final = 500
 _CACHE_LIMIT: Final = 2_000_000
 
@@ -60,22 +63,16 @@ class _Tally:
     first: datetime | None = None
     last: datetime | None = None
 
-    def absorb(self, other: _Tally) -> None:
-        self.count += other.count
-        if other.first is not None and (self.first is None or other.first < self.first):
-            self.first = other.first
-        if other.last is not None and (self.last is None or other.last > self.last):
-            self.last = other.last
+    def absorb(self, count: int, first: datetime | None, last: datetime | None) -> None:
+        self.count += count
+        if first is not None and (self.first is None or first < self.first):
+            self.first = first
+        if last is not None and (self.last is None or last > self.last):
+            self.last = last
 
 
-@dataclass(slots=True)
-class _Trait:
-    value: str  # JSON text
-    ts: datetime
-    message_id: str
-
-    def newer_than(self, other: _Trait) -> bool:
-        return (self.ts, self.message_id) > (other.ts, other.message_id)
+_Trait = tuple[datetime, str, str]
+"""``(ts, message_id, value as JSON text)``: of two, the greater is the newer."""
 
 
 @dataclass(slots=True)
@@ -89,7 +86,7 @@ class _Batch:
 
     def add_trait(self, pid: str, key: str, candidate: _Trait) -> None:
         current = self.traits.get((pid, key))
-        if current is None or candidate.newer_than(current):
+        if current is None or candidate > current:
             self.traits[(pid, key)] = candidate
 
 
@@ -151,6 +148,11 @@ class ProfileStore:
         self._engine = engine
         self._cache: dict[Identifier, str] = {}
         self._merged: dict[str, str] = {}
+        # Hashes of every identifier in the identities table (a superset after an erasure
+        # or a rollback), so that one hashing to none of them is new without a lookup:
+        # most identifiers of a batch are new visitors'. None: not loaded (or too many).
+        self._stored: set[int] | None = None
+        self._stored_loaded = False
         self._bulk = bulk_for(engine.dialect)
 
     # -- writing ---------------------------------------------------------------
@@ -172,22 +174,26 @@ class ProfileStore:
 
         Only if ``consumer`` is still at ``expected``; else nothing changes and
         :class:`~remarket.errors.OffsetConflict` is raised. ``mirror`` receives every
-        identity row written (new or repointed) before the transaction commits, so a
-        copy elsewhere (the warehouse) is never behind.
+        identity row written before the transaction commits, so a copy elsewhere (the
+        warehouse) is never behind: the repointed rows, then the new ones, each set in
+        one call (a copy can append new rows without looking for existing ones).
         """
         try:
             with self._engine.begin() as conn:
                 # First: it takes the write lock, so a concurrent worker waits, then fails.
                 claim_offset(conn, consumer, through, expected)
                 batch = self._plan(conn, rows)
-                changed = self._write(conn, batch)
-                if mirror is not None and changed:
-                    mirror(changed)
+                moved, added = self._write(conn, batch)
+                if mirror is not None:
+                    for changed in (moved, added):
+                        if changed:
+                            mirror(changed)
         except BaseException:
             # The cache may hold mappings of the rolled-back transaction, or (after a
-            # conflict) miss merges that another worker made.
+            # conflict) miss merges and identities that another worker made.
             self._cache.clear()
             self._merged.clear()
+            self._stored, self._stored_loaded = None, False
             raise
 
     def forget(self) -> None:
@@ -201,36 +207,51 @@ class ProfileStore:
         return profile_id
 
     def _load(self, conn: Connection, wanted: Collection[Identifier]) -> None:
-        missing = [i for i in wanted if i not in self._cache]
+        if not self._stored_loaded:
+            # In the batch's transaction, after the offset claim: no other worker writes.
+            self._stored, self._stored_loaded = self._stored_hashes(conn), True
+        stored = self._stored
+        missing = [
+            i for i in wanted if i not in self._cache and (stored is None or hash(i) in stored)
+        ]
         if len(self._cache) + len(missing) > _CACHE_LIMIT:
             self._cache.clear()
             self._merged.clear()
-            missing = list(wanted)
+            missing = [i for i in wanted if stored is None or hash(i) in stored]
         for kind, value, pid in self._bulk.lookup(conn, missing):
             self._cache[(kind, value)] = pid
+
+    @staticmethod
+    def _stored_hashes(conn: Connection) -> set[int] | None:
+        count = conn.scalar(select(func.count()).select_from(identities)) or 0
+        if count > _CACHE_LIMIT:
+            return None
+        return {
+            hash((k, v)) for k, v in conn.execute(select(identities.c.kind, identities.c.value))
+        }
 
     def _plan(self, conn: Connection, rows: Sequence[tuple[int, Message]]) -> _Batch:
         # Most events carry ids their batch has seen already: tally them per distinct
         # (anonymousId, userId) pair and resolve identities once per pair, not per event.
-        groups: dict[tuple[str | int | None, str | int | None], _Tally] = {}
-        linking: list[Identify | Alias] = []
-        for _, message in rows:
-            ts = message.timestamp
+        # This loop runs for every event of every batch: attributes are fetched in C
+        # (attrgetter) and tallies are plain [count, first, last] lists.
+        messages: list[Message] = list(map(_MESSAGE, rows))
+        groups: dict[tuple[str | int | None, str | int | None], list[Any]] = {}
+        for anonymous_id, user_id, ts in map(_IDS_AND_TIME, messages):
             if ts is None:
-                raise ValueError(f"message {message.message_id} has no timestamp; collect sets one")
-            key = (message.anonymous_id, message.user_id)
+                found = next(m for m in messages if m.timestamp is None)
+                raise ValueError(f"message {found.message_id} has no timestamp; collect sets one")
+            key = (anonymous_id, user_id)
             tally = groups.get(key)
-            # Inlined _Tally.add: this loop runs for every event of every batch.
             if tally is None:
-                groups[key] = _Tally(1, ts, ts)
+                groups[key] = [1, ts, ts]
             else:
-                tally.count += 1
-                if ts < tally.first:  # type: ignore[operator]
-                    tally.first = ts
-                elif ts > tally.last:  # type: ignore[operator]
-                    tally.last = ts
-            if isinstance(message, _LINKING):
-                linking.append(message)
+                tally[0] += 1
+                if ts < tally[1]:
+                    tally[1] = ts
+                elif ts > tally[2]:
+                    tally[2] = ts
+        linking = [m for m in messages if type(m) in _LINKING]
         links = [_pair_identifiers(key) for key in groups]
         links += [identifiers_of(m) for m in linking]
         self._load(conn, {i for ids in links for i in ids})
@@ -256,8 +277,8 @@ class ProfileStore:
         batch = _Batch()
         batch.new_identities = {ident: find(pid) for ident, pid in new.items()}
         batch.merges = {pid: root for pid in stored if (root := find(pid)) != pid}
-        for tally, node in zip(groups.values(), first_nodes, strict=False):
-            batch.tallies[find(node)].absorb(tally)
+        for (count, first, last), node in zip(groups.values(), first_nodes, strict=False):
+            batch.tallies[find(node)].absorb(count, first, last)
         for message, node in zip(linking, first_nodes[len(groups) :], strict=True):
             if isinstance(message, Identify):
                 self._collect_traits(batch, find(node), message)
@@ -271,15 +292,17 @@ class ProfileStore:
         assert message.timestamp is not None  # _plan checked every message
         ts, message_id = message.timestamp, message.message_id or ""
         for key, value in _TRAITS.decode(raw).items():
-            batch.add_trait(pid, key, _Trait(bytes(value).decode(), ts, message_id))
+            batch.add_trait(pid, key, (ts, message_id, bytes(value).decode()))
 
-    def _write(self, conn: Connection, batch: _Batch) -> list[IdentityRow]:
-        changed = self._merge(conn, batch) if batch.merges else []
-        # In key order: neighbouring rows share B-tree pages, so fewer pages are touched
-        # (and written at commit) than in the batch's random order.
+    def _write(
+        self, conn: Connection, batch: _Batch
+    ) -> tuple[list[IdentityRow], list[IdentityRow]]:
+        """Write the batch; the identity rows it repointed and those it added."""
+        moved = self._merge(conn, batch) if batch.merges else []
+        # In key order: neighbouring rows share B-tree pages, and PostgreSQL takes row
+        # locks in one order whichever worker writes (no deadlock between two).
         added = sorted((kind, value, pid) for (kind, value), pid in batch.new_identities.items())
         self._bulk.insert_identities(conn, added)
-        changed += added
         self._bulk.upsert_profiles(
             conn,
             [(pid, t.first, t.last, t.count) for pid, t in sorted(batch.tallies.items())],  # type: ignore[misc]
@@ -287,12 +310,16 @@ class ProfileStore:
         self._bulk.upsert_traits(
             conn,
             [
-                (pid, key, t.value, t.ts, t.message_id)
-                for (pid, key), t in sorted(batch.traits.items())
+                (pid, key, value, ts, message_id)
+                for (pid, key), (ts, message_id, value) in sorted(batch.traits.items())
             ],
         )
         self._cache.update(batch.new_identities)
-        return changed
+        if self._stored is not None:
+            self._stored.update(map(hash, batch.new_identities))
+            if len(self._stored) > _CACHE_LIMIT:
+                self._stored = None  # and stays so: lookups for every identifier again
+        return moved, added
 
     def _merge(self, conn: Connection, batch: _Batch) -> list[IdentityRow]:
         """Fold every merged-away profile into its survivor: identities repointed, its
@@ -310,8 +337,9 @@ class ProfileStore:
             ):
                 moved.append((kind, value, into[pid]))
             for row in conn.execute(select(profiles).where(profiles.c.profile_id.in_(chunk))):
-                tally = _Tally(row.event_count, _utc(row.first_seen), _utc(row.last_seen))
-                batch.tallies[into[row.profile_id]].absorb(tally)
+                batch.tallies[into[row.profile_id]].absorb(
+                    row.event_count, _utc(row.first_seen), _utc(row.last_seen)
+                )
             for pid, key, value, ts, message_id in conn.execute(
                 select(
                     profile_traits.c.profile_id,
@@ -321,7 +349,7 @@ class ProfileStore:
                     profile_traits.c.message_id,
                 ).where(profile_traits.c.profile_id.in_(chunk))
             ):
-                batch.add_trait(into[pid], key, _Trait(value, _utc(ts), message_id))  # type: ignore[arg-type]
+                batch.add_trait(into[pid], key, (_utc(ts), message_id, value))  # type: ignore[arg-type]
             conn.execute(profile_traits.delete().where(profile_traits.c.profile_id.in_(chunk)))
         old, new = bindparam("old", type_=String), bindparam("new", type_=String)
         conn.execute(
