@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import itertools
 import os
 import sys
@@ -57,11 +58,18 @@ class Phase:
     label: str
     events: int
     seconds: float
+    cpu_seconds: float
     complete: bool = True
 
     @property
     def rate(self) -> float:
         return self.events / self.seconds if self.seconds else 0.0
+
+    @property
+    def cpu_rate(self) -> float:
+        """Events per CPU second of the whole process (every thread): steadier than the
+        wall-clock rate on a shared machine."""
+        return self.events / self.cpu_seconds if self.cpu_seconds else 0.0
 
 
 # -- filling the log -------------------------------------------------------------
@@ -107,15 +115,15 @@ def _read_all(log: SQLiteLog, batch: int) -> Iterator[list[LogRecord]]:
         after = records[-1].offset
 
 
-def time_read(log: SQLiteLog, batch: int, *, decode: bool) -> tuple[int, float]:
-    start = time.perf_counter()
+def time_read(log: SQLiteLog, batch: int, *, decode: bool) -> tuple[int, float, float]:
+    start, cpu = time.perf_counter(), time.process_time()
     count = 0
     for records in _read_all(log, batch):
         if decode:
             for record in records:
                 decode_log_message(record.payload)
         count += len(records)
-    return count, time.perf_counter() - start
+    return count, time.perf_counter() - start, time.process_time() - cpu
 
 
 async def drain(
@@ -173,21 +181,27 @@ async def run_sinks(
             log = SQLiteLog(root / "log" / "log.db", fsync="off")
             sinks = make(settings, engine, warehouse)
             runner = Runner(log, sinks, on_poison=_poison, batch_size=settings.worker_batch_size)
+        # As `remarket worker` and `remarket serve` do after start-up.
+        gc.collect()
+        gc.freeze()
         try:
             common.progress(f"{label}: draining")
             cm = common.py_spy(os.getpid(), profile) if profile else contextlib.nullcontext()
+            cpu = time.process_time()
             with cm:
                 events, seconds, complete = await drain(runner, log, label, args.phase_timeout)
+            cpu_seconds = time.process_time() - cpu
             counts = {
                 "warehouse_events": warehouse.count_events(),
                 "profiles": ProfileStore(engine).count(),
             }
         finally:
+            gc.unfreeze()
             await log.close()
             warehouse.close()
             engine.dispose()
-    phase = Phase(key, label, events, seconds, complete)
-    common.progress(f"{label}: {phase.rate:,.0f} events/s")
+    phase = Phase(key, label, events, seconds, cpu_seconds, complete)
+    common.progress(f"{label}: {phase.rate:,.0f} events/s, {phase.cpu_rate:,.0f} per CPU s")
     return phase, counts
 
 
@@ -216,8 +230,8 @@ async def measure(args: argparse.Namespace, root: Path) -> tuple[list[Phase], di
     try:
         time_read(log, batch, decode=False)  # warm the page cache: every phase reads warm
         for decode, key, label in ((False, "read", "read"), (True, "decode", "read+decode")):
-            count, seconds = time_read(log, batch, decode=decode)
-            phases.append(Phase(key, label, count, seconds))
+            count, seconds, cpu_seconds = time_read(log, batch, decode=decode)
+            phases.append(Phase(key, label, count, seconds, cpu_seconds))
             common.progress(f"{label}: {count / seconds:,.0f} events/s")
     finally:
         await log.close()
@@ -239,6 +253,7 @@ async def measure(args: argparse.Namespace, root: Path) -> tuple[list[Phase], di
         if key == "both_sinks":
             facts["both_sinks_warehouse_events"] = counts["warehouse_events"]
             facts["both_sinks_profiles"] = counts["profiles"]
+    facts["load"] = [round(x, 2) for x in os.getloadavg()]
     return phases, facts
 
 
@@ -251,6 +266,8 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
             p.events,
             p.seconds,
             p.rate,
+            p.cpu_seconds,
+            p.cpu_rate,
             p.rate / baseline.rate,
             "yes" if p.complete else "NO (timeout)",
         ]
@@ -262,7 +279,17 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
     )
     print(
         common.table(
-            ["consumer", "events", "seconds", "events/s", "vs read+decode", "complete"], rows
+            [
+                "consumer",
+                "events",
+                "seconds",
+                "events/s",
+                "CPU s",
+                "events/CPU s",
+                "vs read+decode",
+                "complete",
+            ],
+            rows,
         )
     )
     if args.profile:
@@ -274,11 +301,12 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
             print(f"\n{p.label}: top self time (all threads)")
             for frame, share in own:
                 print(f"  {share:6.1%}  {frame}")
-    print()
-    figures: dict[str, Any] = {"events": facts["events"]}
+    print(f"\nload average (1, 5, 15 min) at the end: {facts['load']}\n")
+    figures: dict[str, Any] = {"events": facts["events"], "load_average": facts["load"]}
     for p in phases:
         figures[f"{p.key}_events_per_s"] = round(p.rate)
         figures[f"{p.key}_seconds"] = round(p.seconds, 2)
+        figures[f"{p.key}_cpu_seconds"] = round(p.cpu_seconds, 2)
     both = by_key["both_sinks"]
     figures["both_sinks_ratio_to_decode"] = round(both.rate / baseline.rate, 3)
     figures["both_sinks_complete"] = all(p.complete for p in phases)

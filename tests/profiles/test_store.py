@@ -230,3 +230,71 @@ def test_two_workers_on_one_consumer_never_apply_a_batch_twice(engine: Engine) -
         second.apply("profiles", batch, 1, expected=0)
     view = first.get(first.find(("anonymous_id", "a")) or "")
     assert view is not None and view.event_count == 1
+
+
+def test_a_restarted_store_finds_the_identities_stored_before(engine: Engine) -> None:
+    ProfileStore(engine).apply(
+        "profiles",
+        [(1, Track(event="A", anonymous_id="a1", message_id="m1", timestamp=T0))],
+        1,
+        expected=0,
+    )
+    restarted = ProfileStore(engine)
+    restarted.apply(
+        "profiles",
+        [(2, Identify(anonymous_id="a1", user_id="u1", message_id="m2", timestamp=T0))],
+        2,
+        expected=1,
+    )
+    profile = restarted.find(("anonymous_id", "a1"))
+    assert profile is not None and restarted.find(("user_id", "u1")) == profile
+    view = restarted.get(profile)
+    assert view is not None and view.event_count == 2
+    assert restarted.count() == 1
+
+
+def test_an_erased_identifier_that_comes_back_makes_a_new_profile(engine: Engine) -> None:
+    store = ProfileStore(engine)
+    first = [(1, Track(event="A", anonymous_id="a1", message_id="m1", timestamp=T0))]
+    store.apply("profiles", first, 1, expected=0)
+    with engine.begin() as conn:  # what erasure does to these tables
+        conn.execute(delete(identities))
+        conn.execute(delete(profiles))
+    store.forget()
+    again = [(2, Track(event="B", anonymous_id="a1", message_id="m2", timestamp=T0))]
+    store.apply("profiles", again, 2, expected=1)
+    view = store.get(store.find(("anonymous_id", "a1")) or "")
+    assert view is not None and view.event_count == 1
+
+
+def test_the_mirror_gets_repointed_rows_then_new_rows(engine: Engine) -> None:
+    store = ProfileStore(engine)
+    calls: list[list[tuple[str, str, str]]] = []
+    store.apply(
+        "profiles",
+        [
+            (1, Track(event="A", anonymous_id="a1", message_id="m1", timestamp=T0)),
+            (2, Track(event="A", anonymous_id="a2", message_id="m2", timestamp=T0)),
+        ],
+        2,
+        expected=0,
+        mirror=calls.append,
+    )
+    assert [sorted(rows) for rows in calls] == [
+        [
+            ("anonymous_id", "a1", store.find(("anonymous_id", "a1")) or ""),
+            ("anonymous_id", "a2", store.find(("anonymous_id", "a2")) or ""),
+        ]
+    ]
+    calls.clear()
+    link = Identify(anonymous_id="a1", user_id="u", message_id="m3", timestamp=T0)
+    link2 = Identify(anonymous_id="a2", user_id="u", message_id="m4", timestamp=T0)
+    store.apply("profiles", [(3, link), (4, link2)], 4, expected=2, mirror=calls.append)
+    survivor = store.find(("user_id", "u"))
+    moved, added = calls
+    # One of the two visitor profiles is merged into the other (or both into the user's).
+    assert moved and all(pid == survivor for _, _, pid in moved)
+    assert added == [("user_id", "u", survivor)]
+    with engine.connect() as conn:
+        stored = set(conn.execute(select(identities)).all())
+    assert {tuple(r) for r in moved + added} <= stored

@@ -6,12 +6,23 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter, itemgetter
 from typing import Any, Final
 
 import msgspec
-from sqlalchemy import Connection, Engine, and_, func, or_, select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import (
+    Connection,
+    Engine,
+    String,
+    Text,
+    bindparam,
+    cast,
+    func,
+    select,
+    update,
+)
 
+from remarket.profiles.bulk import IdentityRow, bulk_for
 from remarket.profiles.identity import (
     ANONYMOUS_ID,
     USER_ID,
@@ -25,8 +36,12 @@ from remarket.storage.state.offsets import claim_offset, committed_offset
 
 __all__ = ["ProfileStore", "ProfileView"]
 
-_TRAITS: Final = msgspec.json.Decoder(dict[str, Any])
-_LOOKUP_CHUNK: Final = 500
+# Trait values stay JSON text from the event to the table: nothing needs them decoded.
+_TRAITS: Final = msgspec.json.Decoder(dict[str, msgspec.Raw])
+_LINKING: Final = frozenset((Identify, Alias))
+_MESSAGE: Final = itemgetter(1)
+_IDS_AND_TIME: Final = attrgetter("anonymous_id", "user_id", "timestamp")
+_IN_CHUNK: Final = 500
 _CACHE_LIMIT: Final = 2_000_000
 
 
@@ -48,29 +63,16 @@ class _Tally:
     first: datetime | None = None
     last: datetime | None = None
 
-    def add(self, ts: datetime) -> None:
-        self.count += 1
-        if self.first is None or ts < self.first:
-            self.first = ts
-        if self.last is None or ts > self.last:
-            self.last = ts
-
-    def absorb(self, other: _Tally) -> None:
-        self.count += other.count
-        if other.first is not None and (self.first is None or other.first < self.first):
-            self.first = other.first
-        if other.last is not None and (self.last is None or other.last > self.last):
-            self.last = other.last
+    def absorb(self, count: int, first: datetime | None, last: datetime | None) -> None:
+        self.count += count
+        if first is not None and (self.first is None or first < self.first):
+            self.first = first
+        if last is not None and (self.last is None or last > self.last):
+            self.last = last
 
 
-@dataclass(slots=True)
-class _Trait:
-    value: Any
-    ts: datetime
-    message_id: str
-
-    def newer_than(self, other: _Trait) -> bool:
-        return (self.ts, self.message_id) > (other.ts, other.message_id)
+_Trait = tuple[datetime, str, str]
+"""``(ts, message_id, value as JSON text)``: of two, the greater is the newer."""
 
 
 @dataclass(slots=True)
@@ -81,6 +83,11 @@ class _Batch:
     traits: dict[tuple[str, str], _Trait] = field(default_factory=dict)
     new_identities: dict[Identifier, str] = field(default_factory=dict)
     merges: dict[str, str] = field(default_factory=dict)
+
+    def add_trait(self, pid: str, key: str, candidate: _Trait) -> None:
+        current = self.traits.get((pid, key))
+        if current is None or candidate > current:
+            self.traits[(pid, key)] = candidate
 
 
 def _pair_identifiers(pair: tuple[str | int | None, str | int | None]) -> list[Identifier]:
@@ -100,22 +107,32 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+def _chunks(items: Sequence[str]) -> list[Sequence[str]]:
+    return [items[start : start + _IN_CHUNK] for start in range(0, len(items), _IN_CHUNK)]
+
+
 class _UnionFind:
+    """Components of profile ids; each component's root is its smallest id."""
+
     def __init__(self) -> None:
         self.parent: dict[str, str] = {}
 
     def find(self, node: str) -> str:
-        parent = self.parent.setdefault(node, node)
-        if parent == node:
+        parent = self.parent.get(node)
+        if parent is None or parent == node:
             return node
         root = self.find(parent)
         self.parent[node] = root
         return root
 
     def union(self, nodes: Sequence[str]) -> None:
-        roots = sorted({self.find(n) for n in nodes})
-        for other in roots[1:]:
-            self.parent[other] = roots[0]
+        if len(nodes) < 2:  # most events carry one id: nothing to join
+            return
+        roots = {self.find(n) for n in nodes}
+        if len(roots) > 1:
+            keep = min(roots)
+            for other in roots:
+                self.parent[other] = keep
 
 
 class ProfileStore:
@@ -131,10 +148,12 @@ class ProfileStore:
         self._engine = engine
         self._cache: dict[Identifier, str] = {}
         self._merged: dict[str, str] = {}
-        dialect = engine.dialect.name
-        self._insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        self._least = func.least if dialect == "postgresql" else func.min
-        self._greatest = func.greatest if dialect == "postgresql" else func.max
+        # Hashes of every identifier in the identities table (a superset after an erasure
+        # or a rollback), so that one hashing to none of them is new without a lookup:
+        # most identifiers of a batch are new visitors'. None: not loaded (or too many).
+        self._stored: set[int] | None = None
+        self._stored_loaded = False
+        self._bulk = bulk_for(engine.dialect)
 
     # -- writing ---------------------------------------------------------------
 
@@ -149,28 +168,32 @@ class ProfileStore:
         through: int,
         *,
         expected: int,
-        mirror: Callable[[list[tuple[str, str, str]]], None] | None = None,
+        mirror: Callable[[list[IdentityRow]], None] | None = None,
     ) -> None:
         """Apply ``(offset, message)`` rows and advance ``consumer`` to ``through``.
 
         Only if ``consumer`` is still at ``expected``; else nothing changes and
         :class:`~remarket.errors.OffsetConflict` is raised. ``mirror`` receives every
-        identity row written (new or repointed) before the transaction commits, so a
-        copy elsewhere (the warehouse) is never behind.
+        identity row written before the transaction commits, so a copy elsewhere (the
+        warehouse) is never behind: the repointed rows, then the new ones, each set in
+        one call (a copy can append new rows without looking for existing ones).
         """
         try:
             with self._engine.begin() as conn:
                 # First: it takes the write lock, so a concurrent worker waits, then fails.
                 claim_offset(conn, consumer, through, expected)
                 batch = self._plan(conn, rows)
-                changed = self._write(conn, batch)
-                if mirror is not None and changed:
-                    mirror(changed)
+                moved, added = self._write(conn, batch)
+                if mirror is not None:
+                    for changed in (moved, added):
+                        if changed:
+                            mirror(changed)
         except BaseException:
             # The cache may hold mappings of the rolled-back transaction, or (after a
-            # conflict) miss merges that another worker made.
+            # conflict) miss merges and identities that another worker made.
             self._cache.clear()
             self._merged.clear()
+            self._stored, self._stored_loaded = None, False
             raise
 
     def forget(self) -> None:
@@ -184,201 +207,165 @@ class ProfileStore:
         return profile_id
 
     def _load(self, conn: Connection, wanted: Collection[Identifier]) -> None:
-        missing = [i for i in wanted if i not in self._cache]
+        if not self._stored_loaded:
+            # In the batch's transaction, after the offset claim: no other worker writes.
+            self._stored, self._stored_loaded = self._stored_hashes(conn), True
+        stored = self._stored
+        missing = [
+            i for i in wanted if i not in self._cache and (stored is None or hash(i) in stored)
+        ]
         if len(self._cache) + len(missing) > _CACHE_LIMIT:
             self._cache.clear()
             self._merged.clear()
-            missing = list(wanted)
-        for start in range(0, len(missing), _LOOKUP_CHUNK):
-            chunk = missing[start : start + _LOOKUP_CHUNK]
-            found = conn.execute(
-                select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
-                    tuple_(identities.c.kind, identities.c.value).in_(chunk)
-                )
-            )
-            for kind, value, pid in found:
-                self._cache[(kind, value)] = pid
+            missing = [i for i in wanted if stored is None or hash(i) in stored]
+        for kind, value, pid in self._bulk.lookup(conn, missing):
+            self._cache[(kind, value)] = pid
+
+    @staticmethod
+    def _stored_hashes(conn: Connection) -> set[int] | None:
+        count = conn.scalar(select(func.count()).select_from(identities)) or 0
+        if count > _CACHE_LIMIT:
+            return None
+        return {
+            hash((k, v)) for k, v in conn.execute(select(identities.c.kind, identities.c.value))
+        }
 
     def _plan(self, conn: Connection, rows: Sequence[tuple[int, Message]]) -> _Batch:
         # Most events carry ids their batch has seen already: tally them per distinct
         # (anonymousId, userId) pair and resolve identities once per pair, not per event.
-        groups: dict[tuple[str | int | None, str | int | None], _Tally] = {}
-        special: list[Identify | Alias] = []
-        for _, message in rows:
-            ts = message.timestamp
+        # This loop runs for every event of every batch: attributes are fetched in C
+        # (attrgetter) and tallies are plain [count, first, last] lists.
+        messages: list[Message] = list(map(_MESSAGE, rows))
+        groups: dict[tuple[str | int | None, str | int | None], list[Any]] = {}
+        for anonymous_id, user_id, ts in map(_IDS_AND_TIME, messages):
             if ts is None:
-                raise ValueError(f"message {message.message_id} has no timestamp; collect sets one")
-            key = (message.anonymous_id, message.user_id)
+                found = next(m for m in messages if m.timestamp is None)
+                raise ValueError(f"message {found.message_id} has no timestamp; collect sets one")
+            key = (anonymous_id, user_id)
             tally = groups.get(key)
-            # Inlined _Tally.add: this loop runs for every event of every batch.
             if tally is None:
-                groups[key] = _Tally(1, ts, ts)
+                groups[key] = [1, ts, ts]
             else:
-                tally.count += 1
-                if ts < tally.first:  # type: ignore[operator]
-                    tally.first = ts
-                elif ts > tally.last:  # type: ignore[operator]
-                    tally.last = ts
-            if isinstance(message, Identify | Alias):
-                special.append(message)
+                tally[0] += 1
+                if ts < tally[1]:
+                    tally[1] = ts
+                elif ts > tally[2]:
+                    tally[2] = ts
+        linking = [m for m in messages if type(m) in _LINKING]
         links = [_pair_identifiers(key) for key in groups]
-        links += [identifiers_of(m) for m in special]
+        links += [identifiers_of(m) for m in linking]
         self._load(conn, {i for ids in links for i in ids})
-        # Nodes are existing profile ids, or "#kind\x1fvalue" for identifiers seen first here.
-        uf = _UnionFind()
-        node_pid: dict[str, str] = {}
+        # Nodes are profile ids: the stored (live) one of a known identifier, the own id
+        # of a new one; a component's smallest id is the profile it becomes.
+        cache, uf = self._cache, _UnionFind()
+        stored: set[str] = set()
+        new: dict[Identifier, str] = {}
         first_nodes: list[str] = []
         for ids in links:
             nodes = []
             for ident in ids:
-                pid = self._cache.get(ident)
+                pid = cache.get(ident)
                 if pid is not None:
-                    node = self._resolve(pid)
-                    node_pid[node] = node
-                else:
-                    node = f"#{ident[0]}\x1f{ident[1]}"
-                    node_pid.setdefault(node, profile_id_of(ident))
-                nodes.append(node)
+                    pid = self._resolve(pid)
+                    stored.add(pid)
+                elif (pid := new.get(ident)) is None:
+                    pid = new[ident] = profile_id_of(ident)
+                nodes.append(pid)
             uf.union(nodes)
             first_nodes.append(nodes[0])
-        target: dict[str, str] = {}
-        for node, pid in node_pid.items():
-            root = uf.find(node)
-            if root not in target or pid < target[root]:
-                target[root] = pid
+        find = uf.find
         batch = _Batch()
-        for node in node_pid:
-            if node.startswith("#"):
-                kind, value = node[1:].split("\x1f", 1)
-                batch.new_identities[(kind, value)] = target[uf.find(node)]
-            elif target[uf.find(node)] != node:
-                batch.merges[node] = target[uf.find(node)]
-        for tally, node in zip(groups.values(), first_nodes, strict=False):
-            batch.tallies[target[uf.find(node)]].absorb(tally)
-        for message, node in zip(special, first_nodes[len(groups) :], strict=True):
+        batch.new_identities = {ident: find(pid) for ident, pid in new.items()}
+        batch.merges = {pid: root for pid in stored if (root := find(pid)) != pid}
+        for (count, first, last), node in zip(groups.values(), first_nodes, strict=False):
+            batch.tallies[find(node)].absorb(count, first, last)
+        for message, node in zip(linking, first_nodes[len(groups) :], strict=True):
             if isinstance(message, Identify):
-                assert message.timestamp is not None  # checked above
-                self._collect_traits(batch, target[uf.find(node)], message, message.timestamp)
+                self._collect_traits(batch, find(node), message)
         return batch
 
     @staticmethod
-    def _collect_traits(batch: _Batch, pid: str, message: Identify, ts: datetime) -> None:
+    def _collect_traits(batch: _Batch, pid: str, message: Identify) -> None:
         raw = bytes(message.traits)
         if raw.strip() == b"{}":
             return
-        message_id = message.message_id or ""
+        assert message.timestamp is not None  # _plan checked every message
+        ts, message_id = message.timestamp, message.message_id or ""
         for key, value in _TRAITS.decode(raw).items():
-            candidate = _Trait(value, ts, message_id)
-            current = batch.traits.get((pid, key))
-            if current is None or candidate.newer_than(current):
-                batch.traits[(pid, key)] = candidate
+            batch.add_trait(pid, key, (ts, message_id, bytes(value).decode()))
 
-    def _write(self, conn: Connection, batch: _Batch) -> list[tuple[str, str, str]]:
-        changed: list[tuple[str, str, str]] = []
-        for old, new in sorted(batch.merges.items()):
-            changed.extend(self._merge(conn, old, new))
-        if batch.new_identities:
-            rows = [
-                {"kind": k, "value": v, "profile_id": pid}
-                for (k, v), pid in batch.new_identities.items()
-            ]
-            conn.execute(identities.insert(), rows)
-            changed.extend((r["kind"], r["value"], r["profile_id"]) for r in rows)
-        self._upsert_tallies(conn, batch.tallies)
-        self._upsert_traits(conn, batch.traits)
-        for (kind, value), pid in batch.new_identities.items():
-            self._cache[(kind, value)] = pid
-        return changed
-
-    def _merge(self, conn: Connection, old: str, new: str) -> list[tuple[str, str, str]]:
-        moved = conn.execute(
-            select(identities.c.kind, identities.c.value).where(identities.c.profile_id == old)
-        ).all()
-        conn.execute(
-            update(identities).where(identities.c.profile_id == old).values(profile_id=new)
-        )
-        source = conn.execute(select(profiles).where(profiles.c.profile_id == old)).one_or_none()
-        if source is not None:
-            tally = _Tally(source.event_count, _utc(source.first_seen), _utc(source.last_seen))
-            self._upsert_tallies(conn, {new: tally})
-            conn.execute(
-                update(profiles)
-                .where(profiles.c.profile_id == old)
-                .values(merged_into=new, event_count=0, first_seen=None, last_seen=None)
-            )
-        conn.execute(update(profiles).where(profiles.c.merged_into == old).values(merged_into=new))
-        traits = conn.execute(
-            select(profile_traits).where(profile_traits.c.profile_id == old)
-        ).all()
-        self._upsert_traits(
+    def _write(
+        self, conn: Connection, batch: _Batch
+    ) -> tuple[list[IdentityRow], list[IdentityRow]]:
+        """Write the batch; the identity rows it repointed and those it added."""
+        moved = self._merge(conn, batch) if batch.merges else []
+        # In key order: neighbouring rows share B-tree pages, and PostgreSQL takes row
+        # locks in one order whichever worker writes (no deadlock between two).
+        added = sorted((kind, value, pid) for (kind, value), pid in batch.new_identities.items())
+        self._bulk.insert_identities(conn, added)
+        self._bulk.upsert_profiles(
             conn,
-            {(new, t.key): _Trait(t.value, _utc(t.ts), t.message_id) for t in traits},  # type: ignore[arg-type]
+            [(pid, t.first, t.last, t.count) for pid, t in sorted(batch.tallies.items())],  # type: ignore[misc]
         )
-        conn.execute(profile_traits.delete().where(profile_traits.c.profile_id == old))
-        self._merged[old] = new
-        return [(kind, value, new) for kind, value in moved]
-
-    def _upsert_tallies(self, conn: Connection, tallies: dict[str, _Tally]) -> None:
-        if not tallies:
-            return
-        stmt = self._insert(profiles)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[profiles.c.profile_id],
-            set_={
-                "event_count": profiles.c.event_count + stmt.excluded.event_count,
-                "first_seen": func.coalesce(
-                    self._least(profiles.c.first_seen, stmt.excluded.first_seen),
-                    stmt.excluded.first_seen,
-                ),
-                "last_seen": func.coalesce(
-                    self._greatest(profiles.c.last_seen, stmt.excluded.last_seen),
-                    stmt.excluded.last_seen,
-                ),
-            },
-        )
-        conn.execute(
-            stmt,
+        self._bulk.upsert_traits(
+            conn,
             [
-                {
-                    "profile_id": pid,
-                    "merged_into": None,
-                    "event_count": t.count,
-                    "first_seen": t.first,
-                    "last_seen": t.last,
-                }
-                for pid, t in tallies.items()
+                (pid, key, value, ts, message_id)
+                for (pid, key), (ts, message_id, value) in sorted(batch.traits.items())
             ],
         )
+        self._cache.update(batch.new_identities)
+        if self._stored is not None:
+            self._stored.update(map(hash, batch.new_identities))
+            if len(self._stored) > _CACHE_LIMIT:
+                self._stored = None  # and stays so: lookups for every identifier again
+        return moved, added
 
-    def _upsert_traits(self, conn: Connection, traits: dict[tuple[str, str], _Trait]) -> None:
-        if not traits:
-            return
-        stmt = self._insert(profile_traits)
-        excluded = stmt.excluded
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[profile_traits.c.profile_id, profile_traits.c.key],
-            set_={"value": excluded.value, "ts": excluded.ts, "message_id": excluded.message_id},
-            where=or_(
-                excluded.ts > profile_traits.c.ts,
-                and_(
-                    excluded.ts == profile_traits.c.ts,
-                    excluded.message_id > profile_traits.c.message_id,
-                ),
-            ),
+    def _merge(self, conn: Connection, batch: _Batch) -> list[IdentityRow]:
+        """Fold every merged-away profile into its survivor: identities repointed, its
+        counts and traits added to the batch's (written after), its row left pointing
+        at the survivor so that old ids still resolve."""
+        into = batch.merges
+        olds = sorted(into)
+        pairs = [{"old": old, "new": into[old]} for old in olds]
+        moved: list[IdentityRow] = []
+        for chunk in _chunks(olds):
+            for kind, value, pid in conn.execute(
+                select(identities.c.kind, identities.c.value, identities.c.profile_id).where(
+                    identities.c.profile_id.in_(chunk)
+                )
+            ):
+                moved.append((kind, value, into[pid]))
+            for row in conn.execute(select(profiles).where(profiles.c.profile_id.in_(chunk))):
+                batch.tallies[into[row.profile_id]].absorb(
+                    row.event_count, _utc(row.first_seen), _utc(row.last_seen)
+                )
+            for pid, key, value, ts, message_id in conn.execute(
+                select(
+                    profile_traits.c.profile_id,
+                    profile_traits.c.key,
+                    cast(profile_traits.c.value, Text),
+                    profile_traits.c.ts,
+                    profile_traits.c.message_id,
+                ).where(profile_traits.c.profile_id.in_(chunk))
+            ):
+                batch.add_trait(into[pid], key, (_utc(ts), message_id, value))  # type: ignore[arg-type]
+            conn.execute(profile_traits.delete().where(profile_traits.c.profile_id.in_(chunk)))
+        old, new = bindparam("old", type_=String), bindparam("new", type_=String)
+        conn.execute(
+            update(identities).where(identities.c.profile_id == old).values(profile_id=new), pairs
         )
         conn.execute(
-            stmt,
-            [
-                {
-                    "profile_id": pid,
-                    "key": key,
-                    "value": t.value,
-                    "ts": t.ts,
-                    "message_id": t.message_id,
-                }
-                for (pid, key), t in traits.items()
-            ],
+            update(profiles)
+            .where(profiles.c.profile_id == old)
+            .values(merged_into=new, event_count=0, first_seen=None, last_seen=None),
+            pairs,
         )
+        conn.execute(
+            update(profiles).where(profiles.c.merged_into == old).values(merged_into=new), pairs
+        )
+        self._merged.update(into)
+        return moved
 
     # -- reading ---------------------------------------------------------------
 

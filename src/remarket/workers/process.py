@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import json
 import os
 import secrets
@@ -121,6 +122,11 @@ def run_workers(settings: Settings, *, serve: tuple[str, bytes] | None = None) -
 
     async def run() -> None:
         workers = await build_workers(settings, engine, warehouse)
+        # What start-up built (modules, engines, caches) lives as long as the process:
+        # keep it out of the collector's full passes, which otherwise walk it again and
+        # again while batches allocate (a tenth of the workers' time, measured).
+        gc.collect()
+        gc.freeze()
         try:
             await workers.run(stop)
         finally:
@@ -131,6 +137,7 @@ def run_workers(settings: Settings, *, serve: tuple[str, bytes] | None = None) -
     except KeyboardInterrupt:
         stop.set()
     finally:
+        gc.unfreeze()  # so that what start-up built is finalised at exit, as usual
         if server is not None:
             server.close()
         warehouse.close()

@@ -335,6 +335,36 @@ def test_concurrent_reads_while_writing(warehouse: Warehouse) -> None:
     assert warehouse.count_events() == 1000
 
 
+def test_identity_upserts_and_event_loads_in_two_threads_both_land(
+    warehouse: Warehouse,
+) -> None:
+    """The profile worker's identity mirror and the warehouse worker's loads run side by
+    side (separate locks on DuckDB): neither loses rows nor fails."""
+    errors: list[Exception] = []
+
+    def mirror() -> None:
+        try:
+            for batch in range(20):
+                rows = [("anonymous_id", f"a{batch}-{i}", f"p{batch}") for i in range(50)]
+                warehouse.upsert_identities(rows)
+                warehouse.upsert_identities([(k, v, "p-moved") for k, v, _ in rows[:5]])
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=mirror)
+    thread.start()
+    for batch in range(20):
+        rows = [(batch * 50 + i + 1, track()) for i in range(50)]
+        warehouse.write_events("w", rows, rows[-1][0], expected=batch * 50)
+    thread.join()
+    assert errors == []
+    assert warehouse.count_events() == 1000
+    assert warehouse.query(
+        "SELECT count(*), count(DISTINCT value) FROM identities WHERE profile_id = 'p-moved'"
+    ) == [(100, 100)]
+    assert warehouse.query("SELECT count(*) FROM identities") == [(1000,)]
+
+
 def _varied_messages() -> list[Message]:
     """One of every message type, with the awkward values: escapes, unicode, nulls, naive time."""
     ctx = msgspec.Raw(b'{"ip": "10.0.0.1", "page": {"url": "https://x.test/?q=a\\"b"}}')

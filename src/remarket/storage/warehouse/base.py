@@ -89,6 +89,18 @@ class Warehouse(Protocol):
     def close(self) -> None: ...
 
 
+def identity_columns(rows: Sequence[IdentityRow]) -> tuple[list[str], list[str], list[str]]:
+    """Kinds, values and profile ids of ``rows`` as columns, one row per identity: the
+    last mapping of an identity wins, as it would row by row (and a set-based upsert may
+    not touch one row twice).
+
+    >>> identity_columns([("user_id", "u", "p1"), ("user_id", "u", "p2")])
+    (['user_id'], ['u'], ['p2'])
+    """
+    latest = {(kind, value): profile for kind, value, profile in rows}
+    return [kind for kind, _ in latest], [value for _, value in latest], list(latest.values())
+
+
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND: Final = timedelta(microseconds=1)
 _CURSOR: Final = re.compile(r"(-?[0-9]{1,18})\.([0-9]{1,19})")

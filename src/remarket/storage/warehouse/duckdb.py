@@ -20,6 +20,7 @@ from remarket.storage.warehouse.base import (
     IdentityRow,
     decode_cursor,
     encode_cursor,
+    identity_columns,
 )
 from remarket.storage.warehouse.columns import EVENT_COLUMNS
 
@@ -67,6 +68,8 @@ _INSERT: Final = (
     f"FROM (SELECT \"offset\" AS o, from_json(decode(payload), '{_STRUCTURE}') AS m FROM _batch)"
 )
 _ENCODER: Final = msgspec.json.Encoder()
+_APPEND_IDENTITIES: Final = "INSERT INTO identities SELECT kind, value, profile_id FROM _identities"
+_REPLACE_IDENTITIES: Final = _APPEND_IDENTITIES.replace("INSERT", "INSERT OR REPLACE", 1)
 
 
 def _subject(ids: Sequence[str], profile_ids: Sequence[str]) -> list[tuple[str, list[Any]]]:
@@ -90,6 +93,11 @@ def _count(cur: duckdb.DuckDBPyConnection) -> int:
 class DuckDBWarehouse:
     """Events in a DuckDB file. Thread-safe: each call uses its own cursor.
 
+    Writers of ``events`` (and offsets) and writers of ``identities`` hold separate locks:
+    their transactions touch different tables, so DuckDB runs them side by side (the
+    profile worker's identity mirror no longer waits for the warehouse worker's load).
+    Whatever changes both tables (erasure) holds both locks, events first.
+
     >>> wh = DuckDBWarehouse(None)
     >>> wh.count_events()
     0
@@ -102,7 +110,8 @@ class DuckDBWarehouse:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._db = duckdb.connect(str(path) if path is not None else ":memory:")
         self._db.execute("SET TimeZone = 'UTC'")
-        self._write_lock = threading.Lock()
+        self._events_lock = threading.Lock()
+        self._identities_lock = threading.Lock()
         for statement in DDL:
             self._db.execute(statement)
 
@@ -120,7 +129,7 @@ class DuckDBWarehouse:
     def write_events(
         self, consumer: str, rows: Sequence[tuple[int, Message]], through: int, *, expected: int
     ) -> None:
-        with self._write_lock:
+        with self._events_lock:
             cur = self._cursor()
             cur.execute("BEGIN")
             try:
@@ -153,20 +162,23 @@ class DuckDBWarehouse:
     def upsert_identities(self, rows: Sequence[IdentityRow]) -> None:
         if not rows:
             return
-        # The last mapping of an identity wins, as it would row by row.
-        latest = {(kind, value): profile for kind, value, profile in rows}
-        kinds = [kind for kind, _ in latest]
-        values = [value for _, value in latest]
-        profiles = list(latest.values())
+        kinds, values, profiles = identity_columns(rows)
         # One set-based statement from Arrow: executemany runs a statement per row.
         batch = pa.table({"kind": kinds, "value": values, "profile_id": profiles})
-        with self._write_lock:
+        with self._identities_lock:
             cur = self._cursor()
             cur.register("_identities", batch)
-            cur.execute(
-                "INSERT OR REPLACE INTO identities SELECT kind, value, profile_id FROM _identities"
-            )
-            cur.unregister("_identities")
+            try:
+                # New identities (the profile worker's usual case) only need appending,
+                # several times cheaper than a replace, which probes the key index for
+                # each row; a row that exists already (a repointed identity, a batch
+                # applied again) makes DuckDB refuse the lot, and then it is replaced.
+                try:
+                    cur.execute(_APPEND_IDENTITIES)
+                except duckdb.ConstraintException:
+                    cur.execute(_REPLACE_IDENTITIES)
+            finally:
+                cur.unregister("_identities")
 
     def profile_events(
         self,
@@ -200,7 +212,7 @@ class DuckDBWarehouse:
         return int(row[0]) if row else 0
 
     def erase(self, ids: Sequence[str], profile_ids: Sequence[str]) -> int:
-        with self._write_lock:
+        with self._events_lock, self._identities_lock:
             cur = self._cursor()
             cur.execute("BEGIN")
             try:
@@ -222,7 +234,7 @@ class DuckDBWarehouse:
         )
 
     def delete_events(self, source_id: str | None, event_type: str, before: datetime) -> int:
-        with self._write_lock:
+        with self._events_lock:
             row = (
                 self._cursor()
                 .execute(

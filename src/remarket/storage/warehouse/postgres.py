@@ -17,7 +17,13 @@ from psycopg.types.string import TextLoader
 
 from remarket.errors import OffsetConflict
 from remarket.schema.events import Group, Identify, Message, Page, Screen, Track
-from remarket.storage.warehouse.base import EventPage, IdentityRow, decode_cursor, encode_cursor
+from remarket.storage.warehouse.base import (
+    EventPage,
+    IdentityRow,
+    decode_cursor,
+    encode_cursor,
+    identity_columns,
+)
 from remarket.storage.warehouse.columns import EVENT_COLUMNS
 
 __all__ = ["PostgresWarehouse"]
@@ -265,10 +271,12 @@ class PostgresWarehouse:
         with self._write_lock:
             conn = self._writer()
             with conn.transaction():
-                conn.cursor().executemany(
-                    "INSERT INTO identities (kind, value, profile_id) VALUES (%s, %s, %s) "
+                # One statement for the set (arrays unnested server-side), not one per row.
+                conn.execute(
+                    "INSERT INTO identities (kind, value, profile_id) "
+                    "SELECT * FROM unnest(%s::text[], %s::text[], %s::text[]) "
                     "ON CONFLICT (kind, value) DO UPDATE SET profile_id = excluded.profile_id",
-                    list(rows),
+                    identity_columns(rows),
                 )
 
     def profile_events(
