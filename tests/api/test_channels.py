@@ -136,6 +136,7 @@ def test_send_unsubscribe_and_no_more_mail(server: Server, smtp: tuple[MailSink,
         {
             "node_id": "mail",
             "sent": 1,
+            "resent": 0,
             "pending": 0,
             "dead": 0,
             "failed_attempts": 0,
