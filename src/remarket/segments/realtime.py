@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -459,8 +460,7 @@ class _EventTime(_Leaf):
         return TimeState(at=self.pick(known) if known else None)
 
 
-def _time_of(item: tuple[int, float | str]) -> int:
-    return item[0]
+_time_of: Final[Callable[[tuple[int, float | str]], int]] = operator.itemgetter(0)
 
 
 class _Aggregate(_Leaf):
@@ -762,6 +762,7 @@ class RealtimeSegment:
             decide = _decision_of(parts, deciding=isinstance(node, OrNode))
             return _Part(
                 value,
+                lambda state, pid, at: decide(state, pid, at)[1],
                 decide,
                 moves=any(p.moves for p in parts),
                 per_profile=all(p.per_profile for p in parts),
@@ -773,17 +774,24 @@ class RealtimeSegment:
                 member, edge = inner.decide(state, pid, at)
                 return not member, edge
 
-            return _Part(value, negated, inner.moves, inner.per_profile)
+            return _Part(value, inner.edge, negated, inner.moves, inner.per_profile)
         if isinstance(node, RandomBucketNode | ScoreNode):
-            return _Part(value, lambda state, pid, at: (value(state, pid, at), None), False, True)
+            return _Part(
+                value,
+                lambda state, pid, at: None,
+                lambda state, pid, at: (value(state, pid, at), None),
+                moves=False,
+                per_profile=True,
+            )
         slot = self._slot[node_id]
         leaf = self._leaves[slot]
         holds, next_edge = leaf.holds, leaf.next_edge
         return _Part(
             value,
+            lambda state, pid, at: next_edge(state[slot], at),
             lambda state, pid, at: (holds(state[slot], at), next_edge(state[slot], at)),
-            leaf.moves,
-            False,
+            moves=leaf.moves,
+            per_profile=False,
         )
 
     def _compile_for_all(self, node_id: str) -> Callable[[ProfileState, int], bool | None]:
@@ -928,7 +936,10 @@ class _Part:
     """A compiled node, as the and / or around it decides with it."""
 
     value: _Predicate
+    edge: Callable[[ProfileState, str, int], int | None]
+    """An instant after T before which its truth cannot change with no event."""
     decide: _Decision
+    """Its truth and that instant, at once."""
     moves: bool
     """Whether time alone may change its truth (it has window edges)."""
     per_profile: bool
@@ -945,10 +956,10 @@ def _decision_of(parts: list[_Part], *, deciding: bool) -> _Decision:
             if part.value(state, pid, at) == deciding:
                 # The first deciding part that time can move holds the node until its
                 # edge at least; the parts after it could only tell a later one.
-                return deciding, part.decide(state, pid, at)[1] if part.moves else None
+                return deciding, part.edge(state, pid, at) if part.moves else None
             if part.moves:
                 others.append(part)
-        edges = [edge for part in others if (edge := part.decide(state, pid, at)[1]) is not None]
+        edges = [edge for part in others if (edge := part.edge(state, pid, at)) is not None]
         return not deciding, min(edges, default=None)
 
     return decide

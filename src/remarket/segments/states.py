@@ -215,7 +215,7 @@ def _loose(
 
 
 def _earliest(entries: Iterable[Entry]) -> int | None:
-    return min((e.due for e in entries if e.due is not None), default=None)
+    return min([e.due for e in entries if e.due is not None], default=None)
 
 
 def save(

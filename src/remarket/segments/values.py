@@ -110,7 +110,8 @@ def text_at(obj: Mapping[str, object], path: Sequence[str]) -> str | None:
     """The text at a dotted path (already split) of a decoded JSON object."""
     current: object = obj
     for key in path:
-        if not isinstance(current, Mapping):
+        # Decoded JSON objects are dicts: the Mapping check (an ABC) is the slow path.
+        if type(current) is not dict and not isinstance(current, Mapping):
             return None
         current = current.get(key)
     return text_of(current)
