@@ -695,6 +695,7 @@ class RealtimeSegment:
     >>> state = seg.new_state()
     >>> t = datetime(2026, 1, 1, tzinfo=UTC)
     >>> seg.apply(state, view_of(Track(event="Order Completed", timestamp=t)), now=t)
+    True
     >>> seg.is_member(state, "p_1", at=t)
     True
     """
