@@ -346,6 +346,11 @@ class Keyring:
     def index_pending(self) -> int:
         """Enter keys written since the last call into the handle index, in bulk (commits);
         how many. Up to 20,000 per call: the rest wait for the next."""
+        # A read first (the partial index of unindexed rows): most worker batches find
+        # nothing, and must not take the write lock that collect's key commits wait on.
+        with self._engine.connect() as conn:
+            if conn.scalar(select(pii_keys.c.key_id).where(_unindexed()).limit(1)) is None:
+                return 0
         with self._engine.begin() as conn:
             self._take_turn(conn)
             oldest = (
