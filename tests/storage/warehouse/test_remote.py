@@ -6,6 +6,9 @@ The whole warehouse contract also runs over this socket (test_warehouse.py,
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from multiprocessing import AuthenticationError
@@ -15,8 +18,16 @@ from pathlib import Path
 import pytest
 
 from remarket.errors import StorageError
-from remarket.storage.warehouse.remote import RemoteWarehouse
+from remarket.storage.warehouse import DuckDBWarehouse
+from remarket.storage.warehouse.remote import RemoteWarehouse, WarehouseServer
 from tests.storage.warehouse.served import ServedDuckDB
+
+
+@pytest.fixture
+def short_socket() -> Iterator[str]:
+    directory = tempfile.mkdtemp(prefix="rm-")  # AF_UNIX paths are short
+    yield f"{directory}/wh.sock"
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture
@@ -68,6 +79,32 @@ def test_an_unpicklable_error_arrives_as_a_storage_error(
 
 
 def test_when_the_owner_is_gone_calls_fail_as_storage_errors(served: ServedDuckDB) -> None:
+    served.server.close()
+    with pytest.raises(StorageError, match="gone"):
+        served.count_events()
+
+
+def test_closing_returns_at_once_even_with_nobody_accepting(
+    tmp_path: Path, short_socket: str
+) -> None:
+    # close() wakes the accepting thread by connecting to it; when that thread has already
+    # left its loop (here: it never started), the knock must not wait for an answer.
+    owned = DuckDBWarehouse(tmp_path / "w.duckdb")
+    server = WarehouseServer(owned, short_socket, b"key")
+
+    def close_twice() -> None:
+        server.close()
+        server.close()
+
+    closing = threading.Thread(target=close_twice, daemon=True)
+    closing.start()
+    closing.join(timeout=10)
+    assert not closing.is_alive()
+    owned.close()
+
+
+def test_a_server_closed_twice_stops_serving_once(served: ServedDuckDB) -> None:
+    served.server.close()
     served.server.close()
     with pytest.raises(StorageError, match="gone"):
         served.count_events()

@@ -85,17 +85,26 @@ class WarehouseServer:
         self._threads[0].start()
 
     def close(self) -> None:
-        """Stop serving and wait for the serving threads, which hold the warehouse."""
-        self._stopping.set()
-        with contextlib.suppress(OSError, EOFError):
-            # accept() is not woken by closing the listener: knock once instead.
-            Client(self._address, family="AF_UNIX", authkey=self._authkey).close()
+        """Stop serving and wait for the serving threads, which hold the warehouse.
+
+        Safe to call more than once, and from any thread."""
+        with self._lock:
+            if self._stopping.is_set():
+                return
+            self._stopping.set()
+        # accept() is not woken by closing the listener: knock once instead. The knock is a
+        # bare connect, with no key handshake to wait on: if the accepting thread has
+        # already left its loop, nobody would ever answer one.
+        with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as knock:
+            knock.settimeout(1.0)
+            knock.connect(self._address)
         self._listener.close()
         with self._lock:
             for conn in self._open:
                 _hang_up(conn)
         for thread in self._threads:
-            thread.join()
+            if thread.ident is not None:  # started
+                thread.join()
 
     def _accept(self) -> None:
         while not self._stopping.is_set():
@@ -104,7 +113,8 @@ class WarehouseServer:
             except OSError:
                 return  # closed
             except Exception as exc:  # a caller without the key: refuse it, keep serving
-                _log.warning("refused a warehouse connection: %s", exc)
+                if not self._stopping.is_set():  # else it was close()'s knock
+                    _log.warning("refused a warehouse connection: %s", exc)
                 continue
             thread = threading.Thread(
                 target=self._serve, args=(conn,), name="remarket-warehouse-call", daemon=True
