@@ -28,6 +28,7 @@ __all__ = [
     "REPO",
     "Server",
     "basic_auth",
+    "cpu_seconds",
     "final_line",
     "free_port",
     "get_json",
@@ -41,6 +42,7 @@ __all__ = [
     "tmp_dir",
     "top_frames",
     "utc_now",
+    "wrk",
 ]
 
 BENCH_DIR: Final = Path(__file__).resolve().parent
@@ -206,6 +208,44 @@ def remarket_server(
         server.data_dir = data_dir
         server.write_key = write_key
         yield server
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+WRK_BATCH_LUA: Final = BENCH_DIR / "wrk" / "batch.lua"
+
+
+def wrk(
+    url: str,
+    auth: str,
+    nonce: str,
+    *,
+    seconds: float,
+    connections: int,
+    threads: int,
+    batch: int = 100,
+    new_device_every: int = 0,
+) -> dict[str, float]:
+    """Run wrk with batch.lua (``/v1/batch`` of ``batch`` events; with
+    ``new_device_every`` N, every Nth event from a device never seen before); the figures
+    its done() prints."""
+    if shutil.which("wrk") is None:
+        raise RuntimeError("wrk is not installed: run `bash scripts/ensure-bench-tools.sh`")
+    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s"]
+    argv += ["--latency", "--timeout", "10s", "-s", str(WRK_BATCH_LUA), f"{url}/v1/batch"]
+    argv += ["--", auth, nonce, str(batch), str(new_device_every)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
+    for line in done.stdout.splitlines():
+        if line.startswith("WRK_JSON "):
+            figures: dict[str, float] = json.loads(line.removeprefix("WRK_JSON "))
+            if done.stderr.strip():
+                progress(f"wrk stderr: {done.stderr.strip()[:500]}")
+            return figures
+    raise RuntimeError(f"wrk printed no figures (exit {done.returncode}):\n{done.stderr}")
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -31,11 +31,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import os
 import resource
 import sqlite3
-import subprocess
 import sys
 import time
 import uuid
@@ -48,7 +45,6 @@ import common
 
 BATCH: Final = 100
 _KEYS: Final = {"process": "serve", "thread": "serve_thread", "none": "serve_no_workers"}
-LUA: Final = common.BENCH_DIR / "wrk" / "batch.lua"
 NOOP: Final = common.BENCH_DIR / "ingest_noop.py"
 TARGETS: Final[dict[str, float]] = {
     "serve_events_per_s": 50_000,
@@ -112,12 +108,6 @@ class Run:
         return self.server_cpu_s * 1000 / max(self.wrk["ok"], 1)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _child_pids(pid: int) -> list[int]:
     """The processes ``pid`` started (the worker process of `remarket serve`)."""
     found = []
@@ -135,30 +125,13 @@ def _tree_cpu(pids: list[int]) -> float:
     total = 0.0
     for pid in pids:
         with contextlib.suppress(OSError):
-            total += _cpu_seconds(pid)
+            total += common.cpu_seconds(pid)
     return total
 
 
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
-
-
-def wrk(
-    url: str, auth: str, nonce: str, *, seconds: float, connections: int, threads: int
-) -> dict[str, float]:
-    """Run wrk with batch.lua; the figures its done() prints."""
-    argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s"]
-    argv += ["--latency", "--timeout", "10s", "-s", str(LUA), f"{url}/v1/batch"]
-    argv += ["--", auth, nonce, str(BATCH)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
-    for line in done.stdout.splitlines():
-        if line.startswith("WRK_JSON "):
-            figures: dict[str, float] = json.loads(line.removeprefix("WRK_JSON "))
-            if done.stderr.strip():
-                common.progress(f"wrk stderr: {done.stderr.strip()[:500]}")
-            return figures
-    raise RuntimeError(f"wrk printed no figures (exit {done.returncode}):\n{done.stderr}")
 
 
 @contextlib.contextmanager
@@ -181,32 +154,34 @@ def load(
     """Warm up, then the measured run; returns it and the warm-up's figures."""
     auth = common.basic_auth(server.write_key or "none")
     common.progress(f"{label}: warm-up {args.warmup:g} s")
-    warm = wrk(
+    warm = common.wrk(
         server.url,
         auth,
         f"{nonce}w",
         seconds=args.warmup,
         connections=args.connections,
         threads=args.threads,
+        batch=BATCH,
     )
     common.progress(f"{label}: measuring {args.duration:g} s, {args.connections} connections")
     children = _child_pids(server.pid)
-    cpu0, wrk0, workers0 = _cpu_seconds(server.pid), _children_cpu(), _tree_cpu(children)
+    cpu0, wrk0, workers0 = common.cpu_seconds(server.pid), _children_cpu(), _tree_cpu(children)
     out = (profile_dir / f"{key}.collapsed") if profile_dir else Path()
     with _profiled(profile_dir is not None, server.pid, out):
-        figures = wrk(
+        figures = common.wrk(
             server.url,
             auth,
             f"{nonce}m",
             seconds=args.duration,
             connections=args.connections,
             threads=args.threads,
+            batch=BATCH,
         )
     run = Run(
         key,
         label,
         figures,
-        _cpu_seconds(server.pid) - cpu0,
+        common.cpu_seconds(server.pid) - cpu0,
         _children_cpu() - wrk0,
         _tree_cpu(children) - workers0,
     )

@@ -54,6 +54,9 @@ import psycopg
 
 import common
 from remarket.clock import ManualClock
+from remarket.config import Settings
+from remarket.privacy.keyring import Keyring
+from remarket.profiles.identity import ANONYMOUS_ID
 from remarket.profiles.store import ProfileStore
 from remarket.schema.events import Message, Track
 from remarket.schema.segment import parse_segment
@@ -654,11 +657,15 @@ class ServeResult:
 
 
 class LogWatcher:
-    """Polls the log file (read-only) for `Segment Entered` of one segment; when each was seen."""
+    """Polls the log file (read-only) for `Segment Entered` events; when the first was seen
+    for each anonymousId watched (``names`` maps them as the log holds them, the handles of
+    sealed events, back to the ids that were sent). The segment is not looked at: sealing
+    may hide the properties that name it, and a buyer's one order makes it enter its first
+    segments all at once."""
 
-    def __init__(self, path: Path, segment: str) -> None:
+    def __init__(self, path: Path, names: dict[str, str]) -> None:
         self._path = path
-        self._needle = f'"segment":"{segment}"'.encode()
+        self._names = names
         self.seen: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -685,9 +692,22 @@ class LogWatcher:
                     continue
                 for _, _, _, p0, p1 in msgspec.json.decode(index):
                     message = msgspec.json.decode(payload[p0:p1])
-                    if self._needle in payload[p0:p1] and message.get("event") == "Segment Entered":
-                        self.seen.setdefault(str(message.get("anonymousId")), now)
+                    if message.get("event") == "Segment Entered":
+                        sent = self._names.get(str(message.get("anonymousId")))
+                        if sent is not None:
+                            self.seen.setdefault(sent, now)
         conn.close()
+
+
+def _buyer(run: str, j: int) -> str:
+    return f"{run}-buyer-{j}"
+
+
+def _sealed_names(data_dir: Path, anonymous_ids: Sequence[str]) -> dict[str, str]:
+    """The anonymousIds as the log may hold them, mapped back to these: each itself (PII
+    encryption off) and its key's handle under the server's secret (sealed events)."""
+    ring = Keyring(connect_state(Settings(data_dir=data_dir).resolved_database_url()))
+    return {a: a for a in anonymous_ids} | {ring.handle(ANONYMOUS_ID, a): a for a in anonymous_ids}
 
 
 def _body(run: str, j: int) -> bytes:
@@ -705,7 +725,7 @@ def _body(run: str, j: int) -> bytes:
         }
         for n in range(99)
     ]
-    buyer = f"{run}-buyer-{j}"
+    buyer = _buyer(run, j)
     batch.append(
         {
             "type": "track",
@@ -739,7 +759,7 @@ async def _offer(
                 return
         if response.status_code == 200:
             ok += 1
-            accepted[f"{run}-buyer-{j}"] = time.time()
+            accepted[_buyer(run, j)] = time.time()
         else:
             errors += 1
 
@@ -785,7 +805,8 @@ def serve(rate: float, seconds: float, wait: float) -> ServeResult:
         common.progress(f"50 segments live; offering {rate:,.0f} events/s for {seconds:.0f} s")
         accepted: dict[str, float] = {}
         run = uuid.uuid4().hex[:8]
-        with LogWatcher(data_dir / "log.db", "high_value_0") as watcher:
+        names = _sealed_names(data_dir, [_buyer(run, j) for j in range(int(rate * seconds / 100))])
+        with LogWatcher(data_dir / "log.db", names) as watcher:
             result = asyncio.run(_offer(server.url, server.write_key, rate, seconds, run, accepted))
             end = time.monotonic()
             while time.monotonic() - end < wait and len(watcher.seen) < len(accepted):

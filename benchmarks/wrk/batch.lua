@@ -3,6 +3,10 @@
 -- thread, per-thread request counter, position in the batch), so dedupe keeps every one.
 --
 -- usage: wrk -s batch.lua URL -- "<Authorization header>" <run nonce> [events per batch]
+--        [new device every N events]
+-- By default the events come from 20,000 devices per thread, met again and again; with N,
+-- every Nth event of a request comes from a device never seen before (its anonymousId is
+-- its messageId), as a shop's new visitors do.
 -- done() prints one line: WRK_JSON {...} (counts, errors, latency percentiles in µs).
 
 local threads = {}
@@ -22,7 +26,7 @@ accepted = 0
 duplicates = 0
 body_bytes = 0
 
-local nonce, per_batch
+local nonce, per_batch, new_every
 local templates = {}
 local TEMPLATES = 128
 
@@ -30,7 +34,8 @@ local TEMPLATES = 128
 -- thread in init(), so a request costs only string joins, not 100 string.format calls,
 -- and wrk takes as little CPU from the server as it can.
 local HEAD = '{"type":"track","event":"Product Viewed","messageId":"'
-local TAIL = '","anonymousId":"%s","timestamp":"%s","properties":{"product_id":"%s",'
+local ANONYMOUS = '","anonymousId":"'
+local TAIL = '","timestamp":"%s","properties":{"product_id":"%s",'
   .. '"category":"%s","name":"%s","price":%s,"currency":"EUR"},'
   .. '"context":{"ip":"%s","userAgent":"%s","library":{"name":"analytics.js",'
   .. '"version":"5.2.0"}}}'
@@ -52,6 +57,7 @@ end
 function init(args)
   nonce = args[2] or "run"
   per_batch = tonumber(args[3] or "100")
+  new_every = tonumber(args[4] or "0")
   math.randomseed(id * 7919 + os.time())
   local visitors, products = {}, {}
   for i = 1, 20000 do
@@ -68,15 +74,16 @@ function init(args)
   end
   local ts = os.date("!%Y-%m-%dT%H:%M:%S.000Z", os.time() - 2)
   for t = 1, TEMPLATES do
-    local tails = {}
+    local tails, devices = {}, {}
     for i = 1, per_batch do
       local p = products[math.random(#products)]
       local ip = string.format("%d.%d.%d.%d", math.random(1, 223), math.random(0, 255),
         math.random(0, 255), math.random(1, 254))
-      tails[i] = string.format(TAIL, visitors[math.random(#visitors)], ts, p.sku, p.category,
-        p.name, p.price, ip, AGENTS[math.random(#AGENTS)])
+      devices[i] = visitors[math.random(#visitors)]
+      tails[i] = string.format(TAIL, ts, p.sku, p.category, p.name, p.price, ip,
+        AGENTS[math.random(#AGENTS)])
     end
-    templates[t] = tails
+    templates[t] = {devices = devices, tails = tails}
   end
   wrk.method = "POST"
   wrk.path = "/v1/batch"
@@ -86,15 +93,19 @@ end
 
 function request()
   sent = sent + 1
-  local tails = templates[sent % TEMPLATES + 1]
+  local template = templates[sent % TEMPLATES + 1]
+  local devices, tails = template.devices, template.tails
   local prefix = nonce .. "-" .. id .. "-" .. sent .. "-"
   local parts = {'{"batch":['}
   local n = 1
   for i = 1, per_batch do
+    local message_id = prefix .. i
     parts[n + 1] = (i == 1) and HEAD or ("," .. HEAD)
-    parts[n + 2] = prefix .. i
-    parts[n + 3] = tails[i]
-    n = n + 3
+    parts[n + 2] = message_id
+    parts[n + 3] = ANONYMOUS
+    parts[n + 4] = (new_every > 0 and i % new_every == 0) and message_id or devices[i]
+    parts[n + 5] = tails[i]
+    n = n + 5
   end
   parts[n + 1] = '],"sentAt":"' .. os.date("!%Y-%m-%dT%H:%M:%S.000Z") .. '"}'
   local body = table.concat(parts)

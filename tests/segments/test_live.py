@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import msgspec
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
@@ -18,12 +20,13 @@ from remarket.privacy.erasure import Erasure
 from remarket.privacy.keyring import Keyring
 from remarket.profiles.identity import profile_id_of
 from remarket.profiles.store import ProfileStore
-from remarket.schema.events import Track, as_utc
+from remarket.schema.events import Message, Track, as_utc
 from remarket.schema.segment import SegmentDefinition
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.desugar import desugar
 from remarket.segments.live import LiveSegments
 from remarket.segments.membership import MembershipReader
+from remarket.segments.sink import SegmentsSink
 from remarket.segments.states import COMBINED
 from remarket.storage.state import connect_state, segment_states, segment_timers, upgrade_state
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
@@ -80,7 +83,7 @@ def test_sink_equals_evaluator(
                 latest = max(m.timestamp for _, m in batch if m.timestamp is not None)
                 if latest > clock.now():
                     clock.advance(latest - clock.now())
-                live.apply(batch, hi, lo)
+                SegmentsSink(live, chunk=3).apply(batch, hi, lo)  # batches cut in chunks
                 if late and k == 0:
                     catalog.create(definition.model_dump(mode="json"))
                     live.backfill_pending()
@@ -103,6 +106,59 @@ def test_sink_equals_evaluator(
     assert due is None or as_utc(due) > world.at  # every due timer has fired
     assert loose is None or late  # the sink writes one row per profile
     assert found == realtime_members(expected_core, world)
+
+
+def test_a_batch_is_applied_in_chunks_each_moving_the_offset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure in the second chunk keeps the first: the offset stops at its last record,
+    and applying the rest from there ends where the whole batch would have."""
+    engine = connect_state(f"sqlite:///{tmp_path / 'state.db'}")
+    upgrade_state(engine)
+    warehouse = DuckDBWarehouse(None)
+    clock = ManualClock(BASE)
+    node = {"id": "v", "type": "performed", "event": "Product Viewed", "times": 1}
+    SegmentCatalog(engine, clock=clock).create({"name": "viewers", "entry": "v", "nodes": [node]})
+    live = LiveSegments(engine, warehouse, clock)
+    live.backfill_pending()
+    rows = [
+        (
+            n,
+            Track(
+                event="Product Viewed",
+                anonymous_id=f"a{n}",
+                message_id=f"m{n}",
+                properties=msgspec.Raw(b"{}"),
+                timestamp=BASE,
+                received_at=BASE,
+            ),
+        )
+        for n in range(1, 8)
+    ]
+    ProfileStore(engine).apply("profiles", rows, 9, expected=0, mirror=warehouse.upsert_identities)
+    applied = live.apply
+    calls: list[int] = []
+
+    def second_fails(batch: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
+        calls.append(through)
+        if len(calls) == 2:
+            raise RuntimeError("crash")
+        applied(batch, through, expected)
+
+    monkeypatch.setattr(live, "apply", second_fails)
+    with pytest.raises(RuntimeError):
+        SegmentsSink(live, chunk=3).apply(rows, 9, 0)
+    assert calls == [3, 6]
+    assert live.committed() == 3
+    monkeypatch.setattr(live, "apply", applied)
+    SegmentsSink(live, chunk=3).apply(rows[3:], 9, 3)
+    assert live.committed() == 9
+    members = MembershipReader(engine).members("viewers", limit=99)
+    engine.dispose()
+    warehouse.close()
+    assert {m.profile_id for m in members} == {
+        profile_id_of(("anonymous_id", f"a{n}")) for n in range(1, 8)
+    }
 
 
 def test_a_backfill_timer_fires_into_the_profile_row(tmp_path: Path) -> None:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Sequence
+from typing import Final
 
 from sqlalchemy import Engine, func, select
 
@@ -31,18 +32,35 @@ __all__ = ["SegmentLoop", "SegmentPublisher", "SegmentsSink"]
 _log = logging.getLogger(__name__)
 
 
-class SegmentsSink:
-    """The real-time segments as a log sink (after the profiles sink: identities first)."""
+_CHUNK: Final = 1_000
+"""Most records per transaction: at a few hundred µs per event with 50 live segments, a
+worker's whole batch (10,000) would hold the state store's write lock for seconds, and
+on SQLite everything else that writes there waits (collect's new keys, the API)."""
 
-    def __init__(self, live: LiveSegments) -> None:
+
+class SegmentsSink:
+    """The real-time segments as a log sink (after the profiles sink: identities first).
+
+    A batch is applied in chunks of up to 1,000 records, each a transaction of its own
+    that moves the offset to its last record, so progress stays exactly once."""
+
+    def __init__(self, live: LiveSegments, *, chunk: int = _CHUNK) -> None:
         self.name = CONSUMER
         self._live = live
+        self._chunk = chunk
 
     def committed(self) -> int:
         return self._live.committed()
 
     def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
-        self._live.apply(rows, through, expected)
+        if not rows:
+            self._live.apply(rows, through, expected)
+        for start in range(0, len(rows), self._chunk):
+            chunk = rows[start : start + self._chunk]
+            last = start + self._chunk >= len(rows)
+            end = through if last else chunk[-1][0]
+            self._live.apply(chunk, end, expected)
+            expected = end
 
 
 class SegmentPublisher:
