@@ -12,7 +12,7 @@ import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import Engine, select
 
 from remarket.clock import ManualClock
 from remarket.privacy.erasers import standard_erasers
@@ -108,19 +108,28 @@ def test_sink_equals_evaluator(
     assert found == realtime_members(expected_core, world)
 
 
+def _live_with(
+    folder: Path, name: str, node: dict[str, object]
+) -> tuple[Engine, DuckDBWarehouse, ManualClock, LiveSegments]:
+    """A state store with one live segment of this one node, its sink and its clock."""
+    engine = connect_state(f"sqlite:///{folder / 'state.db'}")
+    upgrade_state(engine)
+    warehouse = DuckDBWarehouse(None)
+    clock = ManualClock(BASE)
+    definition = {"name": name, "entry": node["id"], "nodes": [node]}
+    SegmentCatalog(engine, clock=clock).create(definition)
+    live = LiveSegments(engine, warehouse, clock)
+    live.backfill_pending()
+    return engine, warehouse, clock, live
+
+
 def test_a_batch_is_applied_in_chunks_each_moving_the_offset(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A failure in the second chunk keeps the first: the offset stops at its last record,
     and applying the rest from there ends where the whole batch would have."""
-    engine = connect_state(f"sqlite:///{tmp_path / 'state.db'}")
-    upgrade_state(engine)
-    warehouse = DuckDBWarehouse(None)
-    clock = ManualClock(BASE)
     node = {"id": "v", "type": "performed", "event": "Product Viewed", "times": 1}
-    SegmentCatalog(engine, clock=clock).create({"name": "viewers", "entry": "v", "nodes": [node]})
-    live = LiveSegments(engine, warehouse, clock)
-    live.backfill_pending()
+    engine, warehouse, _, live = _live_with(tmp_path, "viewers", node)
     rows = [
         (
             n,
@@ -201,14 +210,8 @@ def test_a_backfill_timer_fires_into_the_profile_row(tmp_path: Path) -> None:
 def test_an_erased_profile_starts_again_from_nothing(tmp_path: Path) -> None:
     """The sink caches what the store holds for the profiles it saw: after an erasure,
     the person's next events (same ids, so the same profile id) start from nothing."""
-    engine = connect_state(f"sqlite:///{tmp_path / 'state.db'}")
-    upgrade_state(engine)
-    warehouse = DuckDBWarehouse(None)
-    clock = ManualClock(BASE)
     node = {"id": "o", "type": "performed", "event": "Order Completed", "times": 2}
-    SegmentCatalog(engine, clock=clock).create({"name": "twice", "entry": "o", "nodes": [node]})
-    live = LiveSegments(engine, warehouse, clock)
-    live.backfill_pending()
+    engine, warehouse, clock, live = _live_with(tmp_path, "twice", node)
     store = ProfileStore(engine)
 
     def order(offset: int, visitor: str) -> None:
