@@ -15,7 +15,14 @@ from tests.api.harness import Server
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(data_dir=tmp_path / "var", log_fsync="normal", worker_poll_interval_s=0.01)
+    # These servers run on the wall clock: without quiet hours, or a send made in the
+    # evening (21:00-08:00 by default) would wait for the morning and the test fail.
+    return Settings(
+        data_dir=tmp_path / "var",
+        log_fsync="normal",
+        worker_poll_interval_s=0.01,
+        channels_quiet_hours=None,
+    )
 
 
 @pytest.fixture

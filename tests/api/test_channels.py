@@ -145,8 +145,13 @@ def test_send_unsubscribe_and_no_more_mail(server: Server, smtp: tuple[MailSink,
     ]
 
 
-def test_a_forged_unsubscribe_token_is_refused(server: Server) -> None:
-    reply = server.client.post("/v1/unsubscribe/eyJwIjoicF8xIn0.AAAAAAAAAAAAAAAAAAAAAAAA")
+@pytest.mark.parametrize(
+    "token",
+    ["eyJwIjoicF8xIn0.AAAAAAAAAAAAAAAAAAAAAAAA", ".%C2%80"],  # forged; not even ASCII
+    ids=["forged", "non-ascii"],
+)
+def test_a_forged_unsubscribe_token_is_refused(server: Server, token: str) -> None:
+    reply = server.client.post(f"/v1/unsubscribe/{token}")
     assert reply.status_code == 400
     assert reply.json()["field"] == "token"
 
@@ -213,3 +218,18 @@ def test_audience_needs_a_known_segment(server: Server) -> None:
         headers=server.admin,
     )
     assert reply.status_code == 404 and reply.json()["field"] == "segment"
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/channels/dead-letters?after=9223372036854775808", "after"),
+        ("/v1/channels/deliveries?journey_id=j&version=9223372036854775808", "version"),
+    ],
+)
+def test_integers_beyond_the_store_are_refused_by_name(
+    server: Server, path: str, field: str
+) -> None:
+    reply = server.client.get(path, headers=server.admin)
+    assert reply.status_code == 400
+    assert field in reply.json()["field"]

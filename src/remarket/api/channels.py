@@ -54,13 +54,13 @@ class ProviderIn(BaseModel):
         default_factory=dict,
         description="Secrets (passwords, tokens): encrypted at rest, never returned.",
     )
-    rate_per_s: int | None = Field(None, ge=1, description="Most sends per second.")
+    rate_per_s: int | None = Field(None, ge=1, le=1_000_000, description="Most sends per second.")
 
 
 class ProviderPatch(BaseModel):
     config: dict[str, Any] | None = None
     credentials: dict[str, Any] | None = Field(None, description="Replaces the stored set.")
-    rate_per_s: int | None = Field(None, ge=0, description="0 removes the limit.")
+    rate_per_s: int | None = Field(None, ge=0, le=1_000_000, description="0 removes the limit.")
     enabled: bool | None = None
 
 
@@ -246,7 +246,7 @@ class ReplayOut(BaseModel):
 def list_dead_letters(
     request: Request,
     _key: Annotated[Principal, _read],
-    after: Annotated[int, Query(ge=0)] = 0,
+    after: Annotated[int, Query(ge=0, le=2**62)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[DeadLetterOut]:
     """Messages that gave up (attempts exhausted, rejected, template failed)."""
@@ -391,7 +391,7 @@ def get_delivery_counts(
     request: Request,
     journey_id: str,
     _key: Annotated[Principal, _read],
-    version: int | None = None,
+    version: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
 ) -> list[NodeCountsOut]:
     """What became of a journey's messages, per node."""
     counts = delivery_counts(runtime_of(request).engine, journey_id, version=version)

@@ -90,7 +90,9 @@ class FunnelOut(BaseModel):
 class DryRunIn(BaseModel):
     start: datetime
     end: datetime
-    version: int | None = Field(default=None, description="Default: the newest.")
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Default: the newest."
+    )
     max_profiles: int = Field(default=1000, ge=1, le=100_000)
 
 

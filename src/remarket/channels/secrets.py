@@ -98,7 +98,9 @@ class SecretBox:
         expected = base64.urlsafe_b64encode(
             hmac.digest(self._mac_key, body.encode(), hashlib.sha256)[:18]
         ).decode()
-        if not mac or not hmac.compare_digest(mac, expected):
+        # Compared as bytes: a str with non-ASCII characters cannot be compared in constant
+        # time (TypeError), and a token with them is not one of ours anyway.
+        if not mac or not hmac.compare_digest(mac.encode(), expected.encode()):
             raise InvalidInput("the token is not valid", field="token")
         claims: dict[str, str] = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
         return claims

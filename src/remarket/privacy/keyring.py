@@ -28,7 +28,6 @@ import secrets
 import threading
 import time
 from collections.abc import Collection, Iterable
-from datetime import datetime
 from typing import Final
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -46,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.clock import Clock, SystemClock
-from remarket.schema.events import as_utc
+from remarket.storage.state.bulk import insert_rows, stored_time
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 
 __all__ = ["HANDLE_PREFIX", "Keyring"]
@@ -55,6 +54,7 @@ HANDLE_PREFIX: Final = "h_"
 """Handles start with it, so an id in the log that is a handle is recognisable."""
 
 _SECRET_NAME: Final = "handle_hmac"
+_KEY_COLUMNS: Final = ("handle", "key_id", "secret", "created_at")
 _LOOKUP_CHUNK: Final = 400
 _CACHE_LIMIT: Final = 1_000_000
 _INDEX_BATCH: Final = 20_000
@@ -94,11 +94,6 @@ class Keyring:
         self._clock = clock or SystemClock()
         self._postgresql = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
-        mark = "?" if engine.dialect.name == "sqlite" else "%s"
-        self._insert_keys = (
-            f"INSERT INTO {pii_keys.name} (handle, key_id, secret, created_at) "
-            f"VALUES ({mark}, {mark}, {mark}, {mark})"
-        )
         self._secret = self._load_secret()
         self._mac = hmac.new(self._secret, digestmod=hashlib.sha256)
         self._lock = threading.Lock()
@@ -217,12 +212,6 @@ class Keyring:
         if self._refresh_due():
             self.refresh()
 
-    def _stored_time(self, at: datetime) -> datetime | str:
-        # SQLite has no time type: the text SQLAlchemy's DateTime would store.
-        if self._engine.dialect.name == "sqlite":
-            return as_utc(at).replace(tzinfo=None).isoformat(" ", "microseconds")
-        return at
-
     def flush(self) -> None:
         """Write every key made so far (blocking)."""
         target = self._made
@@ -234,12 +223,12 @@ class Keyring:
                 made = self._made
             try:
                 if batch:
-                    now = self._stored_time(self._clock.now())
+                    now = stored_time(self._engine.dialect.name, self._clock.now())
                     with self._engine.begin() as conn:
                         # The driver's executemany: SQLAlchemy's per-row work would
                         # cost more than the rest of making a key.
-                        conn.exec_driver_sql(
-                            self._insert_keys, [(h, k, s, now) for h, k, s in batch]
+                        insert_rows(
+                            conn, pii_keys, _KEY_COLUMNS, [(h, k, s, now) for h, k, s in batch]
                         )
             except BaseException:
                 with self._lock:

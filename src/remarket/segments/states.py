@@ -24,11 +24,11 @@ from typing import Final
 
 import msgspec
 from sqlalchemy import Connection, select
-from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.segments.membership import Transition, chunks
 from remarket.segments.values import micros_of, to_datetime
 from remarket.storage.state import segment_members, segment_states, segment_timers
+from remarket.storage.state.bulk import insert_rows, stored_time
 
 __all__ = [
     "COMBINED",
@@ -56,6 +56,9 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
+_KEY: Final = ("segment", "profile_id")
+_STATE_COLUMNS: Final = ("segment", "profile_id", "state", "evaluated_at")
+_TIMER_COLUMNS: Final = ("segment", "profile_id", "due_at")
 _DECODER: Final = msgspec.msgpack.Decoder(dict[str, Entry])
 
 
@@ -244,21 +247,14 @@ def save(
         due = _earliest(entries.values())
         if pid in stored.loose or pid in fired or due != _earliest(before.values()):
             timers[(COMBINED, pid)] = None if due is None else to_datetime(due)
-    insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(segment_states)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=[segment_states.c.segment, segment_states.c.profile_id],
-        set_={"state": stmt.excluded.state, "evaluated_at": stmt.excluded.evaluated_at},
+    stamp = stored_time(conn.dialect.name, now)
+    insert_rows(
+        conn,
+        segment_states,
+        _STATE_COLUMNS,
+        [(COMBINED, pid, _ENCODER.encode(entries), stamp) for pid, entries in by_profile.items()],
+        replace_on=_KEY,
     )
-    if by_profile:
-        conn.execute(
-            stmt,
-            [
-                {"segment": COMBINED, "profile_id": pid, "state": _ENCODER.encode(entries)}
-                | {"evaluated_at": now}
-                for pid, entries in by_profile.items()
-            ],
-        )
     for chunk in chunks(sorted(stored.loose)):
         for table in (segment_states, segment_timers):
             conn.execute(
@@ -269,11 +265,7 @@ def save(
 
 def write_timers(conn: Connection, timers: Mapping[tuple[str, str], datetime | None]) -> None:
     """Set (or, for None, delete) timer rows by (segment, profile)."""
-    due = [
-        {"segment": s, "profile_id": p, "due_at": at}
-        for (s, p), at in timers.items()
-        if at is not None
-    ]
+    due = [(s, p, at) for (s, p), at in timers.items() if at is not None]
     by_segment: dict[str, list[str]] = defaultdict(list)
     for (s, p), at in timers.items():
         if at is None:
@@ -285,14 +277,7 @@ def write_timers(conn: Connection, timers: Mapping[tuple[str, str], datetime | N
                     segment_timers.c.segment == s, segment_timers.c.profile_id.in_(chunk)
                 )
             )
-    if due:
-        insert = postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert
-        stmt = insert(segment_timers)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=[segment_timers.c.segment, segment_timers.c.profile_id],
-            set_={"due_at": stmt.excluded.due_at},
-        )
-        conn.execute(stmt, due)
+    insert_rows(conn, segment_timers, _TIMER_COLUMNS, due, replace_on=_KEY)
 
 
 def forget(conn: Connection, pids: Iterable[str], segments: Iterable[str]) -> None:
