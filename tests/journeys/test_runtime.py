@@ -15,7 +15,6 @@ from remarket.channels.outbox import RESENT
 from remarket.clock import ManualClock
 from remarket.journeys import JourneyRuntime
 from remarket.journeys import runtime as runtime_module
-from remarket.journeys.bulk import bulk_insert
 from remarket.journeys.funnel import funnel, history
 from remarket.schema.events import Identify, Message, Track
 from remarket.storage.state import (
@@ -30,6 +29,7 @@ from remarket.storage.state import (
     segment_outbox,
     upgrade_state,
 )
+from remarket.storage.state.bulk import bulk_insert
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
 
 T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)

@@ -38,7 +38,6 @@ from sqlalchemy import Connection, Engine, func, select, update
 
 from remarket.channels.outbox import OutboxMessage, enqueue_many
 from remarket.clock import Clock, SystemClock
-from remarket.journeys.bulk import bulk_insert, bulk_update
 from remarket.journeys.catalog import CONSUMER, JourneyCatalog
 from remarket.journeys.conditions import members_among
 from remarket.journeys.funnel import EntrySkip
@@ -66,6 +65,7 @@ from remarket.storage.state import (
     segment_members,
     segment_outbox,
 )
+from remarket.storage.state.bulk import bulk_insert, bulk_update
 from remarket.storage.state.offsets import claim_offset, committed_offset
 from remarket.storage.state.published import identify_rows
 from remarket.storage.warehouse import Warehouse

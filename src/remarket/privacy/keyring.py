@@ -45,7 +45,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.clock import Clock, SystemClock
-from remarket.storage.state.bulk import insert_rows, stored_time
+from remarket.storage.state.bulk import bulk_insert
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 
 __all__ = ["HANDLE_PREFIX", "Keyring"]
@@ -54,7 +54,6 @@ HANDLE_PREFIX: Final = "h_"
 """Handles start with it, so an id in the log that is a handle is recognisable."""
 
 _SECRET_NAME: Final = "handle_hmac"
-_KEY_COLUMNS: Final = ("handle", "key_id", "secret", "created_at")
 _LOOKUP_CHUNK: Final = 400
 _CACHE_LIMIT: Final = 1_000_000
 _INDEX_BATCH: Final = 20_000
@@ -223,12 +222,17 @@ class Keyring:
                 made = self._made
             try:
                 if batch:
-                    now = stored_time(self._engine.dialect.name, self._clock.now())
+                    now = self._clock.now()
                     with self._engine.begin() as conn:
-                        # The driver's executemany: SQLAlchemy's per-row work would
-                        # cost more than the rest of making a key.
-                        insert_rows(
-                            conn, pii_keys, _KEY_COLUMNS, [(h, k, s, now) for h, k, s in batch]
+                        # Through the driver: SQLAlchemy's per-row work would cost more
+                        # than the rest of making a key.
+                        bulk_insert(
+                            conn,
+                            pii_keys,
+                            [
+                                {"handle": h, "key_id": k, "secret": s, "created_at": now}
+                                for h, k, s in batch
+                            ],
                         )
             except BaseException:
                 with self._lock:

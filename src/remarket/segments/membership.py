@@ -27,7 +27,7 @@ from remarket.storage.state import (
     segment_members,
     segment_outbox,
 )
-from remarket.storage.state.bulk import insert_rows
+from remarket.storage.state.bulk import bulk_insert
 from remarket.storage.state.offsets import committed_offset
 from remarket.storage.state.published import chunks, senders
 
@@ -123,34 +123,39 @@ def _last_seqs(conn: Connection, pairs: set[tuple[str, str]]) -> dict[tuple[str,
     return last
 
 
-_HISTORY: Final = ("segment", "version", "profile_id", "kind", "at", "seq")
-_MEMBER: Final = ("segment", "profile_id", "version", "since")
-_OUTBOX: Final = ("message_id", "profile_id", "payload", "created_at")
-
-
 def write_transitions(conn: Connection, transitions: Sequence[Transition]) -> None:
     """Record transitions (members, numbered history, outbox) in the caller's transaction."""
     if not transitions:
         return
     last = _last_seqs(conn, {(t.segment, t.profile_id) for t in transitions})
     who = senders(conn, [t.profile_id for t in transitions])
-    history: list[tuple[Any, ...]] = []
-    outbox: list[tuple[Any, ...]] = []
-    entered: list[tuple[Any, ...]] = []
+    history: list[dict[str, Any]] = []
+    outbox: list[dict[str, Any]] = []
+    entered: list[dict[str, Any]] = []
     exited: dict[str, list[str]] = defaultdict(list)
     for t in transitions:
         seq = last.get((t.segment, t.profile_id), 0) + 1
         last[(t.segment, t.profile_id)] = seq
         kind = "entered" if t.entered else "exited"
-        history.append((t.segment, t.version, t.profile_id, kind, t.at, seq))
+        history.append(
+            {"segment": t.segment, "version": t.version, "profile_id": t.profile_id}
+            | {"kind": kind, "at": t.at, "seq": seq}
+        )
         if t.entered:
-            entered.append((t.segment, t.profile_id, t.version, t.at))
+            entered.append(
+                {"segment": t.segment, "profile_id": t.profile_id, "version": t.version}
+                | {"since": t.at}
+            )
         else:
             exited[t.segment].append(t.profile_id)
         sender = who.get(t.profile_id)
         if sender is not None:
             message_id = message_id_of(t.segment, t.profile_id, seq)
-            outbox.append((message_id, t.profile_id, _event(t, sender, message_id), t.at))
+            payload = _event(t, sender, message_id)
+            outbox.append(
+                {"message_id": message_id, "profile_id": t.profile_id, "payload": payload}
+                | {"created_at": t.at}
+            )
     for segment, pids in exited.items():
         for chunk in chunks(pids):
             conn.execute(
@@ -158,9 +163,9 @@ def write_transitions(conn: Connection, transitions: Sequence[Transition]) -> No
                     segment_members.c.segment == segment, segment_members.c.profile_id.in_(chunk)
                 )
             )
-    insert_rows(conn, segment_members, _MEMBER, entered)
-    insert_rows(conn, segment_history, _HISTORY, history)
-    insert_rows(conn, segment_outbox, _OUTBOX, outbox)
+    bulk_insert(conn, segment_members, entered)
+    bulk_insert(conn, segment_history, history)
+    bulk_insert(conn, segment_outbox, outbox)
 
 
 def _event(t: Transition, sender: tuple[str, str], message_id: str) -> bytes:

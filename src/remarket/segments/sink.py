@@ -53,9 +53,7 @@ class SegmentsSink:
         return self._live.committed()
 
     def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
-        if not rows:
-            self._live.apply(rows, through, expected)
-        for start in range(0, len(rows), self._chunk):
+        for start in range(0, len(rows), self._chunk) or [0]:  # an empty batch moves too
             chunk = rows[start : start + self._chunk]
             last = start + self._chunk >= len(rows)
             end = through if last else chunk[-1][0]

@@ -28,7 +28,7 @@ from sqlalchemy import Connection, select
 from remarket.segments.membership import Transition, chunks
 from remarket.segments.values import micros_of, to_datetime
 from remarket.storage.state import segment_members, segment_states, segment_timers
-from remarket.storage.state.bulk import insert_rows, stored_time
+from remarket.storage.state.bulk import bulk_insert
 
 __all__ = [
     "COMBINED",
@@ -57,8 +57,6 @@ class Entry(msgspec.Struct, array_like=True, gc=False):
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
 _KEY: Final = ("segment", "profile_id")
-_STATE_COLUMNS: Final = ("segment", "profile_id", "state", "evaluated_at")
-_TIMER_COLUMNS: Final = ("segment", "profile_id", "due_at")
 _DECODER: Final = msgspec.msgpack.Decoder(dict[str, Entry])
 
 
@@ -247,12 +245,14 @@ def save(
         due = _earliest(entries.values())
         if pid in stored.loose or pid in fired or due != _earliest(before.values()):
             timers[(COMBINED, pid)] = None if due is None else to_datetime(due)
-    stamp = stored_time(conn.dialect.name, now)
-    insert_rows(
+    bulk_insert(
         conn,
         segment_states,
-        _STATE_COLUMNS,
-        [(COMBINED, pid, _ENCODER.encode(entries), stamp) for pid, entries in by_profile.items()],
+        [
+            {"segment": COMBINED, "profile_id": pid, "state": _ENCODER.encode(entries)}
+            | {"evaluated_at": now}
+            for pid, entries in by_profile.items()
+        ],
         replace_on=_KEY,
     )
     for chunk in chunks(sorted(stored.loose)):
@@ -265,7 +265,11 @@ def save(
 
 def write_timers(conn: Connection, timers: Mapping[tuple[str, str], datetime | None]) -> None:
     """Set (or, for None, delete) timer rows by (segment, profile)."""
-    due = [(s, p, at) for (s, p), at in timers.items() if at is not None]
+    due = [
+        {"segment": s, "profile_id": p, "due_at": at}
+        for (s, p), at in timers.items()
+        if at is not None
+    ]
     by_segment: dict[str, list[str]] = defaultdict(list)
     for (s, p), at in timers.items():
         if at is None:
@@ -277,7 +281,7 @@ def write_timers(conn: Connection, timers: Mapping[tuple[str, str], datetime | N
                     segment_timers.c.segment == s, segment_timers.c.profile_id.in_(chunk)
                 )
             )
-    insert_rows(conn, segment_timers, _TIMER_COLUMNS, due, replace_on=_KEY)
+    bulk_insert(conn, segment_timers, due, replace_on=_KEY)
 
 
 def forget(conn: Connection, pids: Iterable[str], segments: Iterable[str]) -> None:
