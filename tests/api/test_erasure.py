@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 
 from remarket.api import Runtime, create_app
 from remarket.api.erasure import subject_for_value
@@ -29,6 +29,7 @@ from remarket.privacy.rights import build_rights
 from remarket.profiles import ProfileStore
 from remarket.storage.log import open_log
 from remarket.storage.state import connect_state
+from remarket.storage.state.tables import pii_keys
 from remarket.storage.warehouse import DuckDBWarehouse
 from tests.api.harness import Server
 from tests.privacy.replay import replay_log
@@ -223,6 +224,26 @@ def _check_replay(
         engine.dispose()
 
 
+def _key_secrets(runtime: Runtime, person: dict[str, str]) -> list[bytes]:
+    handles = [
+        runtime.keyring.handle("anonymous_id", person["anonymousId"]),
+        runtime.keyring.handle("user_id", person["userId"]),
+    ]
+    with runtime.engine.connect() as conn:
+        rows = conn.execute(select(pii_keys.c.secret).where(pii_keys.c.handle.in_(handles)))
+        return [bytes(secret) for (secret,) in rows]
+
+
+def _files_holding(folder: Path, needles: list[bytes]) -> dict[str, int]:
+    """Files under ``folder`` whose raw bytes hold any of ``needles``: how many each."""
+    found = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        if count := sum(needle in data for needle in needles):
+            found[str(path.relative_to(folder))] = count
+    return found
+
+
 def test_erasure_on_embedded_stores(tmp_path: Path) -> None:
     parquet = tmp_path / "parquet"
     settings = Settings(
@@ -243,6 +264,37 @@ def test_erasure_on_embedded_stores(tmp_path: Path) -> None:
     live_state = connect_state(state_url)
     _check_replay(settings, live_state, tmp_path, bob_before)
     live_state.dispose()
+
+
+def test_erased_data_is_gone_from_the_embedded_files(tmp_path: Path) -> None:
+    """Physically: deleted rows linger in files (SQLite's write-ahead log and free pages)
+    until overwritten. After an erasure no file holds the person's destroyed keys, and
+    only DuckDB's holds their ids: it keeps deleted rows in its blocks until the file is
+    compacted (a copy of the database), which erasure does not do."""
+    data_dir = tmp_path / "var"
+    settings = Settings(data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01)
+    with TestClient(create_app(settings)) as client:
+        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        _, write_key = runtime.sources.create("web")
+        _, admin_key = runtime.keys.create("tests", "admin")
+        server = Server(client, runtime, write_key, admin_key)
+        ids = _populate(server)
+        ann_keys, bob_keys = _key_secrets(runtime, ANN), _key_secrets(runtime, BOB)
+        ann_ids = [ANN["anonymousId"].encode(), ANN["userId"].encode(), ids["ann"].encode()]
+        assert len(ann_keys) >= 2 and len(bob_keys) >= 2
+        # The scan does see keys and ids in the files (so "none" below means something).
+        assert _files_holding(data_dir, ann_keys) and _files_holding(data_dir, ann_ids)
+
+        erased = server.client.delete(f"/v1/profiles/{ids['ann']}", headers=server.admin)
+        assert erased.status_code == 200, erased.json()
+        server.drain()
+
+        assert _files_holding(data_dir, ann_keys) == {}
+        assert set(_files_holding(data_dir, ann_ids)) <= {
+            "warehouse.duckdb",
+            "warehouse.duckdb.wal",
+        }
+        assert sum(_files_holding(data_dir, bob_keys).values()) == len(bob_keys)
 
 
 @pytest.fixture

@@ -163,7 +163,7 @@ def test_changes_are_audited_by_key_and_the_chain_holds(server: Server) -> None:
     entries = entries[1:]
     assert [(e["action"], e["target"]) for e in entries] == [
         ("key.create", admin_id.id),
-        ("consent.set", pid),
+        ("consent.set", server.runtime.keyring.digest(pid)),
         ("segment.create", "buyers"),
         ("segment.update", "buyers"),
         ("segment.delete", "buyers"),

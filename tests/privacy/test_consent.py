@@ -17,6 +17,7 @@ from remarket.privacy import (
     ConsentLedger,
     ConsentRecord,
     ConsentSink,
+    Keyring,
     consents_in,
     decode_tc_string,
     is_allowed,
@@ -75,10 +76,12 @@ def test_set_keeps_history_and_the_newest_state(engine: Engine) -> None:
     assert ledger.current("p_unknown") == {}
 
 
-def test_set_is_audited_with_ids_only(engine: Engine) -> None:
+def test_set_is_audited_by_the_profile_hash(engine: Engine) -> None:
+    """The audit log outlives an erasure: it names the profile as erasure records do."""
     ConsentLedger(engine).set("p_1", {"advertising": False}, actor="k9")
     (entry,) = AuditLog(engine).entries()
-    assert (entry.actor, entry.action, entry.target) == ("k9", "consent.set", "p_1")
+    assert (entry.actor, entry.action) == ("k9", "consent.set")
+    assert entry.target == Keyring(engine).digest("p_1") != "p_1"
     assert json.loads(entry.details) == {
         "purposes": {"advertising": "denied"},
         "source": "api",

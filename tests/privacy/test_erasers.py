@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from sqlalchemy import Engine, select
 
-from remarket.privacy.erasers import PERSONAL_TABLES, TableEraser
-from remarket.storage.state.tables import guard_anomalies, metadata
+from remarket.privacy.erasers import PERSONAL_TABLES, SQLiteScrubber, TableEraser
+from remarket.privacy.keyring import Keyring
+from remarket.storage.state import connect_state, upgrade_state
+from remarket.storage.state.tables import guard_anomalies, metadata, pii_keys
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -45,3 +49,37 @@ def test_every_state_table_naming_a_profile_is_erased() -> None:
     # A table added later with a profile_id column and no eraser fails here.
     naming = {t.name for t in metadata.sorted_tables if "profile_id" in t.c}
     assert naming - {t.name for t in PERSONAL_TABLES} == set()
+
+
+def test_scrubbing_empties_the_write_ahead_log_and_gives_way_to_writers(tmp_path: Path) -> None:
+    """A truncating checkpoint holds the write lock while it waits for readers: it waits
+    briefly, so that a transaction that read and then writes is not stalled (it would
+    fail with "database is locked" after its own 10 s), and succeeds once it is done."""
+    engine = connect_state(f"sqlite:///{tmp_path / 'state.db'}")
+    upgrade_state(engine)
+    wal = tmp_path / "state.db-wal"
+    ring = Keyring(engine)
+    handle = ring.handle("anonymous_id", "a-1")
+    ring.key_for(handle)
+    ring.flush()
+    (secret,) = _secrets(engine)
+    ring.destroy([handle])
+    assert secret in wal.read_bytes()  # the page as it was, before the deletion
+    scrubber = SQLiteScrubber(engine)
+    with engine.connect() as busy:
+        busy.exec_driver_sql("BEGIN")
+        busy.execute(select(guard_anomalies.c.id)).all()  # a reader ...
+        started = time.monotonic()
+        assert scrubber.scrub() is False
+        assert time.monotonic() - started < 5
+        busy.execute(guard_anomalies.insert(), [_anomaly("a-1")])  # ... that writes
+        busy.exec_driver_sql("COMMIT")
+    assert scrubber.scrub() is True
+    assert wal.stat().st_size == 0
+    assert secret not in (tmp_path / "state.db").read_bytes()
+    engine.dispose()
+
+
+def _secrets(engine: Engine) -> list[bytes]:
+    with engine.connect() as conn:
+        return [bytes(secret) for secret in conn.scalars(select(pii_keys.c.secret))]

@@ -15,6 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.clock import Clock, SystemClock
 from remarket.privacy.audit import AuditLog
+from remarket.privacy.keyring import handle_secret, keyed_digest
 from remarket.privacy.transactions import immediate
 from remarket.schema.events import as_utc
 from remarket.storage.state import consent_history, consents, profiles, segment_outbox
@@ -170,6 +171,14 @@ class ConsentLedger:
         self._clock = clock or SystemClock()
         self._audit = AuditLog(engine, clock=self._clock)
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._secret: bytes | None = None
+
+    def _audit_target(self, profile_id: str) -> str:
+        """The profile as the audit log names it: a keyed hash (the log outlives an
+        erasure; the hash of a profile id names nobody once the profile is gone)."""
+        if self._secret is None:
+            self._secret = handle_secret(self._engine, self._clock)
+        return keyed_digest(self._secret, profile_id)
 
     @property
     def engine(self) -> Engine:
@@ -213,13 +222,14 @@ class ConsentLedger:
             )
             for purpose, granted in sorted(states.items())
         ]
+        target = self._audit_target(profile_id)  # before the write lock: it may write
         with immediate(self._engine) as conn:
             written = self.record(conn, profile_id, records, always=True)
             self._audit.append(
                 conn,
                 actor=actor,
                 action="consent.set",
-                target=profile_id,
+                target=target,
                 details={
                     "purposes": {r.purpose: r.state for r in records},
                     "source": source,

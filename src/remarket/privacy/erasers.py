@@ -8,12 +8,15 @@ a state table with an indexed ``profile_id`` column needs only
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
 from sqlalchemy import Engine, Table, func, select
+from sqlalchemy.exc import OperationalError
 
 from remarket.privacy.erasure import ID_KINDS, PII_VALUE, ErasureRegistry, Identifier
 from remarket.privacy.keyring import Keyring
@@ -46,6 +49,7 @@ __all__ = [
     "KeyEraser",
     "ParquetEraser",
     "QuarantineEraser",
+    "SQLiteScrubber",
     "TableEraser",
     "WarehouseEraser",
     "needles",
@@ -80,6 +84,10 @@ PERSONAL_TABLES: Final[tuple[Table, ...]] = (
 _CHUNK: Final = 500
 _PAGE: Final = 1000
 _LOG_PAGE: Final = 20_000
+# A truncating checkpoint: up to 40 tries of 50 ms each, 20 ms apart (about 3 s at most).
+_SCRUB_ATTEMPTS: Final = 40
+_SCRUB_WAIT_MS: Final = 50
+_SCRUB_PAUSE_S: Final = 0.02
 
 
 def _chunks(items: Collection[str]) -> Iterable[list[str]]:
@@ -162,6 +170,37 @@ class KeyEraser:
 
     def residue(self, profile_ids: Collection[str], identities: Collection[Identifier]) -> int:
         return self._keyring.count(self._handles(identities))
+
+
+class SQLiteScrubber:
+    """The SQLite state store, keys included. A deletion zeroes the rows in place
+    (``secure_delete``, set on every connection), but the write-ahead log keeps the
+    pages as they were until a checkpoint: a truncating one copies the current pages
+    into the database file and empties the log.
+
+    Such a checkpoint must wait for every reader and holds the write lock meanwhile: it
+    waits briefly, so that the workers' transactions are not stalled, and tries again.
+    """
+
+    name = "state.sqlite"
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+
+    def scrub(self) -> bool:
+        with self._engine.connect() as conn:
+            patience = conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one()
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={_SCRUB_WAIT_MS}")
+            try:
+                for _ in range(_SCRUB_ATTEMPTS):
+                    with contextlib.suppress(OperationalError):  # locked: busy too
+                        busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+                        if not busy:
+                            return True
+                    time.sleep(_SCRUB_PAUSE_S)
+                return False
+            finally:
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={int(patience)}")
 
 
 class QuarantineEraser:
@@ -253,6 +292,8 @@ def standard_erasers(
     registry.register(WarehouseEraser(warehouse))
     for folder in parquet_dirs:
         registry.register(ParquetEraser(folder))
+    if engine.dialect.name == "sqlite":
+        registry.scrub_with(SQLiteScrubber(engine))
     return registry
 
 

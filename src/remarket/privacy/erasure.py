@@ -14,13 +14,16 @@ them in raw payloads). Each store has an :class:`Eraser` in an :class:`ErasureRe
    process to drop cached keys;
 2. :meth:`Erasure.sweep` runs every eraser (run it again once the workers have applied
    what was in flight: rows written from events decrypted just before step 1);
-3. :meth:`Erasure.finish` completes the record (counts per store) and appends it to the
+3. every :class:`Scrubber` makes what was deleted unrecoverable from its store's files
+   (write-ahead logs keep old page versions until a checkpoint);
+4. :meth:`Erasure.finish` completes the record (counts per store) and appends it to the
    audit log. No step keeps PII: the record names the profile by a keyed hash.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -44,6 +47,7 @@ __all__ = [
     "ErasureRegistry",
     "Identifier",
     "Recipient",
+    "Scrubber",
     "Subject",
 ]
 
@@ -54,6 +58,7 @@ identity graph, but searched for in raw payloads (quarantine, log)."""
 ID_KINDS: Final = ("anonymous_id", "user_id")
 """The identifier kinds that name encryption keys (an event's anonymousId or userId)."""
 _CHUNK: Final = 500
+_log = logging.getLogger(__name__)
 
 
 class Eraser(Protocol):
@@ -69,6 +74,17 @@ class Eraser(Protocol):
 
     def residue(self, profile_ids: Collection[str], identities: Collection[Identifier]) -> int:
         """How many of the person's rows remain (0 after :meth:`erase`)."""
+        ...
+
+
+class Scrubber(Protocol):
+    """Removes from one store's files what its erasers deleted: a deleted row may linger
+    in a write-ahead log or in free space until it is overwritten."""
+
+    name: str
+
+    def scrub(self) -> bool:
+        """Whether the store's files are now free of deleted rows (False: it was busy)."""
         ...
 
 
@@ -114,6 +130,7 @@ class ErasureRegistry:
     def __init__(self, erasers: Iterable[Eraser] = ()) -> None:
         self._erasers: list[Eraser] = []
         self._recipients: list[Recipient] = []
+        self._scrubbers: list[Scrubber] = []
         for eraser in erasers:
             self.register(eraser)
 
@@ -128,12 +145,20 @@ class ErasureRegistry:
             raise ValueError(f"a recipient named {recipient.name!r} is registered already")
         self._recipients.append(recipient)
 
+    def scrub_with(self, scrubber: Scrubber) -> None:
+        """Run ``scrubber`` after the erasers of every erasure from now on."""
+        self._scrubbers.append(scrubber)
+
     def __iter__(self) -> Iterator[Eraser]:
         return iter(list(self._erasers))
 
     @property
     def recipients(self) -> list[Recipient]:
         return list(self._recipients)
+
+    @property
+    def scrubbers(self) -> list[Scrubber]:
+        return list(self._scrubbers)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +385,16 @@ class Erasure:
             for name, more in self.sweep(subject).items():
                 counts[name] = counts.get(name, 0) + more
         counts["pii_keys"] = counts.get("pii_keys", 0) + keys
+        self.scrub()
         return self.finish(record_id, subject, actor, counts)
+
+    def scrub(self) -> list[str]:
+        """Run every scrubber; the names of those that could not finish (busy: the rows
+        are deleted, and go from the files at the store's next checkpoint)."""
+        unfinished = [s.name for s in self._registry.scrubbers if not s.scrub()]
+        for name in unfinished:
+            _log.warning("erasure: %s was busy; deleted rows leave its files later", name)
+        return unfinished
 
     # -- check ----------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ from remarket.clock import Clock, SystemClock
 from remarket.storage.state.bulk import bulk_insert
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 
-__all__ = ["HANDLE_PREFIX", "Keyring"]
+__all__ = ["HANDLE_PREFIX", "Keyring", "handle_secret", "keyed_digest"]
 
 HANDLE_PREFIX: Final = "h_"
 """Handles start with it, so an id in the log that is a handle is recognisable."""
@@ -60,6 +60,29 @@ _INDEX_BATCH: Final = 20_000
 # Indexing and erasure take turns on PostgreSQL (SQLite has one writer anyway): an erasure
 # reading the handle index while rows are being moved into it could miss them.
 _PG_LOCK: Final = text("SELECT pg_advisory_xact_lock(7262715263)")
+
+
+def handle_secret(engine: Engine, clock: Clock) -> bytes:
+    """The HMAC secret of handles and digests, made once per state store (every process
+    must share it)."""
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    with engine.begin() as conn:
+        conn.execute(
+            insert(privacy_secrets)
+            .values(name=_SECRET_NAME, value=secrets.token_bytes(32), created_at=clock.now())
+            .on_conflict_do_nothing(index_elements=[privacy_secrets.c.name])
+        )
+        value = conn.scalar(
+            select(privacy_secrets.c.value).where(privacy_secrets.c.name == _SECRET_NAME)
+        )
+    assert value is not None  # inserted above if missing
+    return bytes(value)
+
+
+def keyed_digest(secret: bytes, text: str) -> str:
+    """HMAC-SHA256 (hex) of ``text`` under the handle secret: how records that outlive a
+    person (erasures, the audit log) name their profile."""
+    return hmac.new(secret, text.encode(), hashlib.sha256).hexdigest()
 
 
 class Keyring:
@@ -93,7 +116,7 @@ class Keyring:
         self._clock = clock or SystemClock()
         self._postgresql = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
-        self._secret = self._load_secret()
+        self._secret = handle_secret(engine, self._clock)
         self._mac = hmac.new(self._secret, digestmod=hashlib.sha256)
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
@@ -114,24 +137,6 @@ class Keyring:
         self._refresh_interval = refresh_interval
         self._refreshed_at = time.monotonic()
 
-    # -- the handle secret --------------------------------------------------------
-
-    def _load_secret(self) -> bytes:
-        """The HMAC secret, made once per state store (every process must share it)."""
-        with self._engine.begin() as conn:
-            conn.execute(
-                self._insert(privacy_secrets)
-                .values(
-                    name=_SECRET_NAME, value=secrets.token_bytes(32), created_at=self._clock.now()
-                )
-                .on_conflict_do_nothing(index_elements=[privacy_secrets.c.name])
-            )
-            value = conn.scalar(
-                select(privacy_secrets.c.value).where(privacy_secrets.c.name == _SECRET_NAME)
-            )
-        assert value is not None  # inserted above if missing
-        return bytes(value)
-
     def handle(self, kind: str, value: str) -> str:
         """The handle of an identifier: ``h_`` and 32 hex digits of its HMAC-SHA256."""
         text = f"{kind}:{value}"
@@ -148,7 +153,7 @@ class Keyring:
 
     def digest(self, text: str) -> str:
         """A keyed SHA-256 (hex) of ``text``: how erasure records name a profile."""
-        return hmac.new(self._secret, text.encode(), hashlib.sha256).hexdigest()
+        return keyed_digest(self._secret, text)
 
     # -- sealing (collect) ----------------------------------------------------------
 

@@ -21,6 +21,9 @@ def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA busy_timeout=10000")
+    # Deleted rows are overwritten with zeros, not left in free space: erasure destroys
+    # keys and personal rows, and a copy of the file must not bring them back.
+    cursor.execute("PRAGMA secure_delete=ON")
     cursor.close()
 
 
