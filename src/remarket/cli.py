@@ -28,7 +28,7 @@ from remarket.config import Settings, load_settings, reference_table
 from remarket.errors import ConflictError, RemarketError
 from remarket.journeys import JourneyCatalog
 from remarket.privacy import AuditLog, RetentionJob, RetentionReport, RetentionRules
-from remarket.privacy.erasers import needles, scan_log
+from remarket.privacy.erasers import compact_after_erasures, needles, scan_log
 from remarket.privacy.export import export_document
 from remarket.privacy.keyring import Keyring
 from remarket.privacy.rights import Rights, build_rights
@@ -342,6 +342,7 @@ def _rights(settings: Settings) -> tuple[Any, Rights, Any]:
     """(engine, rights, warehouse) for the privacy commands; close the warehouse after."""
     engine = _engine(settings)
     warehouse = open_warehouse(settings)
+    compact_after_erasures(engine, warehouse)  # as the server does when it starts
     rights = build_rights(settings, engine, warehouse, Keyring(engine))
     rights.erasers.inform(AudienceRemovals(engine))
     return engine, rights, warehouse
@@ -357,13 +358,15 @@ def privacy_erase(
     erasing through the API (DELETE /v1/profiles/…) also sweeps what workers had in flight.
     """
     settings = _settings()
-    _, rights, warehouse = _rights(settings)
+    engine, rights, warehouse = _rights(settings)
     try:
         subject = subject_for_value(rights.erasure, value)
         if not rights.erasure.known(subject):
             err.print(f"[red]no profile holds {value!r}[/]")
             raise typer.Exit(1)
         record = rights.erasure.erase(subject, "cli")
+        # Nothing else has the embedded warehouse open: its file is compacted at once.
+        compact_after_erasures(engine, warehouse)
     finally:
         warehouse.close()
     table = Table("store", "rows removed")

@@ -267,10 +267,10 @@ def test_erasure_on_embedded_stores(tmp_path: Path) -> None:
 
 
 def test_erased_data_is_gone_from_the_embedded_files(tmp_path: Path) -> None:
-    """Physically: deleted rows linger in files (SQLite's write-ahead log and free pages)
-    until overwritten. After an erasure no file holds the person's destroyed keys, and
-    only DuckDB's holds their ids: it keeps deleted rows in its blocks until the file is
-    compacted (a copy of the database), which erasure does not do."""
+    """Physically: deleted rows linger in files (SQLite's write-ahead log and free pages,
+    DuckDB's blocks) until overwritten. After an erasure no file holds the person's
+    destroyed keys, and only DuckDB's holds their ids: the next start compacts it (a copy
+    of the database, too slow for the erasure itself), after which no file holds them."""
     data_dir = tmp_path / "var"
     settings = Settings(data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01)
     with TestClient(create_app(settings)) as client:
@@ -290,11 +290,15 @@ def test_erased_data_is_gone_from_the_embedded_files(tmp_path: Path) -> None:
         server.drain()
 
         assert _files_holding(data_dir, ann_keys) == {}
-        assert set(_files_holding(data_dir, ann_ids)) <= {
-            "warehouse.duckdb",
-            "warehouse.duckdb.wal",
-        }
+        in_duckdb = {"warehouse.duckdb", "warehouse.duckdb.wal"}
+        assert set(_files_holding(data_dir, ann_ids)) <= in_duckdb
         assert sum(_files_holding(data_dir, bob_keys).values()) == len(bob_keys)
+        bob_before = _snapshot(server, ids["bob"])
+
+    with TestClient(create_app(settings)) as client:
+        runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        assert _files_holding(data_dir, ann_ids) == {}
+        assert _snapshot(Server(client, runtime, write_key, admin_key), ids["bob"]) == bob_before
 
 
 @pytest.fixture

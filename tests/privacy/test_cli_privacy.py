@@ -64,6 +64,11 @@ def test_erase_then_verify_then_export(env: dict[str, str], tmp_path: Path) -> N
     erased = runner.invoke(app, ["privacy", "erase", "u-cli-1"], env=env)
     assert erased.exit_code == 0, erased.output
     assert "pii_keys" in erased.output
+    # Gone from the files too: the state store is scrubbed, the warehouse compacted.
+    files = [p for p in (tmp_path / "var").rglob("*") if p.is_file()]
+    for value in (b"u-cli-1", b"a-cli-1", b"cli@example.com", profile_id.encode()):
+        assert [p.name for p in files if value in p.read_bytes()] == [], value
+    assert any(b"a-cli-2" in p.read_bytes() for p in files)
     for value in ("u-cli-1", "a-cli-1", "cli@example.com", profile_id):
         after = runner.invoke(app, ["privacy", "verify-erased", value], env=env)
         assert after.exit_code == 0, after.output

@@ -21,6 +21,7 @@ from remarket.collect import Collector, QuarantineStore, SourceRegistry
 from remarket.collect.protection import Protection
 from remarket.collect.seal import SealPII
 from remarket.config import Settings
+from remarket.privacy.erasers import compact_after_erasures
 from remarket.privacy.keyring import Keyring
 from remarket.privacy.rights import Rights, build_rights
 from remarket.privacy.seal import Sealer
@@ -74,7 +75,11 @@ class Runtime:
         log = await open_log(settings)
         process = WorkerProcess(settings) if workers == "process" else None
         # The child takes its own copy of the settings and serves the warehouse to us.
-        warehouse = process.start() if process is not None else open_warehouse(settings)
+        if process is not None:
+            warehouse = process.start()  # which compacts it (run_workers)
+        else:
+            warehouse = open_warehouse(settings)
+            compact_after_erasures(engine, warehouse)
         quarantine = QuarantineStore(engine, clock=clock)
         keyring = Keyring(engine, clock=clock)
         sealer = Sealer(keyring, settings.pii_fields) if settings.pii_encryption else None

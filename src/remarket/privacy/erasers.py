@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import time
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -26,6 +27,7 @@ from remarket.storage.state.tables import (
     channel_suppressions,
     consent_history,
     consents,
+    erasures,
     guard_anomalies,
     identities,
     journey_assignments,
@@ -41,7 +43,7 @@ from remarket.storage.state.tables import (
     segment_states,
     segment_timers,
 )
-from remarket.storage.warehouse import Warehouse
+from remarket.storage.warehouse import DuckDBWarehouse, Warehouse
 from remarket.storage.warehouse.parquet import erase_parquet, parquet_residue
 
 __all__ = [
@@ -52,6 +54,7 @@ __all__ = [
     "SQLiteScrubber",
     "TableEraser",
     "WarehouseEraser",
+    "compact_after_erasures",
     "needles",
     "scan_log",
     "standard_erasers",
@@ -84,6 +87,7 @@ PERSONAL_TABLES: Final[tuple[Table, ...]] = (
 _CHUNK: Final = 500
 _PAGE: Final = 1000
 _LOG_PAGE: Final = 20_000
+_log = logging.getLogger(__name__)
 # A truncating checkpoint: up to 40 tries of 50 ms each, 20 ms apart (about 3 s at most).
 _SCRUB_ATTEMPTS: Final = 40
 _SCRUB_WAIT_MS: Final = 50
@@ -277,6 +281,23 @@ class ParquetEraser:
 
     def residue(self, profile_ids: Collection[str], identities: Collection[Identifier]) -> int:
         return parquet_residue(self._folder, _ids(identities), sorted(profile_ids))
+
+
+def compact_after_erasures(engine: Engine, warehouse: Warehouse) -> bool:
+    """Compact an embedded DuckDB warehouse if an erasure was recorded since its last
+    compaction (erasure deletes rows; only a compaction takes them out of the file's
+    blocks); whether it did. At start-up, before anything else uses the warehouse."""
+    if not isinstance(warehouse, DuckDBWarehouse):
+        return False
+    with engine.connect() as conn:
+        latest = int(conn.scalar(select(func.max(erasures.c.id))) or 0)
+    if latest <= warehouse.compacted_through():
+        return False
+    _log.info("compacting the warehouse: erasures up to #%d leave its file", latest)
+    started = time.monotonic()
+    warehouse.compact(latest)
+    _log.info("warehouse compacted in %.1f s", time.monotonic() - started)
+    return True
 
 
 def standard_erasers(

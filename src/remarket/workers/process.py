@@ -31,6 +31,7 @@ from pydantic import SecretStr
 
 from remarket.config import Settings
 from remarket.errors import StorageError
+from remarket.privacy.erasers import compact_after_erasures
 from remarket.storage.state import connect_state
 from remarket.storage.warehouse import Warehouse, open_warehouse
 from remarket.storage.warehouse.remote import RemoteWarehouse, WarehouseServer
@@ -41,6 +42,7 @@ __all__ = ["WorkerProcess", "run_worker_process", "run_workers"]
 _PR_SET_PDEATHSIG: Final = 1
 _SOCKET: Final = "warehouse.sock"
 _SPEC: Final = "spec.json"
+_SERVE_WITHIN_S: Final = 600.0
 
 
 def _plain(settings: Settings) -> dict[str, Any]:
@@ -83,8 +85,13 @@ class WorkerProcess:
         if not _owns_warehouse(self._settings):
             return open_warehouse(self._settings)
         try:
+            # Before it serves, the child may compact the warehouse after an erasure
+            # (about a second per million events): wait for it while it lives.
             return RemoteWarehouse(
-                str(self._dir / _SOCKET), authkey, owner_alive=lambda: process.poll() is None
+                str(self._dir / _SOCKET),
+                authkey,
+                timeout=_SERVE_WITHIN_S,
+                owner_alive=lambda: process.poll() is None,
             )
         except StorageError:
             self.stop()
@@ -116,6 +123,7 @@ def run_workers(settings: Settings, *, serve: tuple[str, bytes] | None = None) -
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     engine = connect_state(settings.resolved_database_url())
     warehouse = open_warehouse(settings)
+    compact_after_erasures(engine, warehouse)
     server = WarehouseServer(warehouse, *serve) if serve is not None else None
     if server is not None:
         server.start()

@@ -479,3 +479,34 @@ def test_a_stale_writer_is_refused_and_changes_nothing(warehouse: Warehouse) -> 
     assert (warehouse.count_events(), warehouse.committed("w")) == (2, 2)
     warehouse.write_events("w", [(3, track())], 3, expected=2)
     assert (warehouse.count_events(), warehouse.committed("w")) == (3, 3)
+
+
+def test_compaction_takes_erased_rows_out_of_the_file(tmp_path: Path) -> None:
+    """DuckDB keeps a few deleted rows in their row group's blocks; a compaction copies the
+    database without them, keeps everything else, and the warehouse goes on working."""
+    path = tmp_path / "warehouse.duckdb"
+    wh = DuckDBWarehouse(path)
+    rows = [(n, track(anonymous_id=f"kept-{n % 50}")) for n in range(1, 3001)]
+    rows.append((3001, track(anonymous_id="gone-a", user_id="gone-u")))
+    wh.write_events("w", rows, 3001, expected=0)
+    wh.upsert_identities([("anonymous_id", "gone-a", "p-gone"), ("anonymous_id", "kept-1", "p-1")])
+    wh.query("CHECKPOINT")
+    assert wh.erase(["gone-a", "gone-u"], ["p-gone"]) == 2
+    wh.query("CHECKPOINT")
+    assert b"gone-a" in path.read_bytes()  # deleted, but still in the file
+    everything = 'SELECT * FROM events ORDER BY "offset"'
+    before = (wh.query(everything), wh.query("SELECT * FROM identities"), wh.committed("w"))
+    path.with_name("warehouse.duckdb.compacting").write_bytes(b"a crashed compaction's copy")
+    assert wh.compacted_through() == 0
+
+    wh.compact(7)
+
+    assert b"gone-a" not in path.read_bytes() and b"gone-u" not in path.read_bytes()
+    assert (wh.query(everything), wh.query("SELECT * FROM identities"), wh.committed("w")) == before
+    assert wh.compacted_through() == 7
+    assert [p.name for p in tmp_path.iterdir()] == ["warehouse.duckdb"]
+    wh.write_events("w", [(3002, track())], 3002, expected=3001)
+    wh.close()
+    reopened = DuckDBWarehouse(path)
+    assert reopened.count_events() == 3001 and reopened.compacted_through() == 7
+    reopened.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Sequence
 from datetime import datetime
@@ -38,7 +39,9 @@ DDL: Final = (
         PRIMARY KEY (kind, value))""",
     """CREATE TABLE IF NOT EXISTS consumer_offsets (
         consumer VARCHAR PRIMARY KEY, "offset" BIGINT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS maintenance (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)""",
 )
+_COMPACTED: Final = "compacted_through"
 _SELECT_COLUMNS: Final = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 # Column ← (key in the canonical message JSON, DuckDB type). DuckDB parses each message
 # once, in C++, which is several times faster than building the columns in Python.
@@ -85,6 +88,11 @@ def _subject(ids: Sequence[str], profile_ids: Sequence[str]) -> list[tuple[str, 
     ]
 
 
+def _literal(path: Path) -> str:
+    """A path inside a SQL string literal (COPY and ATTACH take no parameter for it)."""
+    return str(path).replace("'", "''")
+
+
 def _count(cur: duckdb.DuckDBPyConnection) -> int:
     row = cur.fetchone()
     return int(row[0]) if row else 0
@@ -108,12 +116,17 @@ class DuckDBWarehouse:
     def __init__(self, path: Path | None) -> None:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = duckdb.connect(str(path) if path is not None else ":memory:")
-        self._db.execute("SET TimeZone = 'UTC'")
+        self._path = path
+        self._db = self._open()
         self._events_lock = threading.Lock()
         self._identities_lock = threading.Lock()
+
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        db = duckdb.connect(str(self._path) if self._path is not None else ":memory:")
+        db.execute("SET TimeZone = 'UTC'")
         for statement in DDL:
-            self._db.execute(statement)
+            db.execute(statement)
+        return db
 
     def _cursor(self) -> duckdb.DuckDBPyConnection:
         return self._db.cursor()
@@ -258,9 +271,53 @@ class DuckDBWarehouse:
         folder.mkdir(parents=True, exist_ok=True)
         cur = self._cursor()
         for table in ("events", "identities"):
-            # COPY takes no parameter for its target: quote it as a string literal.
-            target = str(folder / f"{table}.parquet").replace("'", "''")
-            cur.execute(f"COPY {table} TO '{target}' (FORMAT parquet)")
+            cur.execute(
+                f"COPY {table} TO '{_literal(folder / f'{table}.parquet')}' (FORMAT parquet)"
+            )
+
+    def compacted_through(self) -> int:
+        """The mark the last :meth:`compact` recorded (0: never compacted)."""
+        row = (
+            self._cursor()
+            .execute("SELECT value FROM maintenance WHERE name = ?", [_COMPACTED])
+            .fetchone()
+        )
+        return int(row[0]) if row else 0
+
+    def compact(self, through: int) -> None:
+        """Rewrite the file as a fresh copy of the database and record ``through``.
+
+        DuckDB keeps deleted rows in its file's blocks (a checkpoint does not rewrite a
+        row group for a few deletions, and freed blocks keep their bytes until reused):
+        only a copy leaves them behind. The copy is made beside the file and renamed over
+        it, so a crash leaves either file whole. Reopens the connection: call it while no
+        other thread uses the warehouse (at start-up).
+        """
+        with self._events_lock, self._identities_lock:
+            if self._path is None:
+                self._mark(self._db, through)
+                return
+            copy = self._path.with_name(f"{self._path.name}.compacting")
+            for leftover in (copy, copy.with_name(f"{copy.name}.wal")):
+                leftover.unlink(missing_ok=True)
+            db = self._db
+            db.execute("CHECKPOINT")
+            (source,) = db.execute("SELECT current_database()").fetchone() or ("",)
+            db.execute(f"ATTACH '{_literal(copy)}' AS compacting")
+            try:
+                db.execute(f'COPY FROM DATABASE "{source}" TO compacting')
+                self._mark(db, through, schema="compacting")
+            finally:
+                db.execute("DETACH compacting")
+            db.close()
+            os.replace(copy, self._path)
+            self._db = self._open()
+
+    @staticmethod
+    def _mark(db: duckdb.DuckDBPyConnection, through: int, *, schema: str = "main") -> None:
+        db.execute(
+            f"INSERT OR REPLACE INTO {schema}.maintenance VALUES (?, ?)", [_COMPACTED, through]
+        )
 
     def close(self) -> None:
         self._db.close()
