@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from remarket.api import Runtime, create_app
+from remarket.api import create_app
 from remarket.config import Settings
 from tests.api.harness import Server
 
@@ -28,7 +28,4 @@ def settings(tmp_path: Path) -> Settings:
 @pytest.fixture
 def server(settings: Settings) -> Iterator[Server]:
     with TestClient(create_app(settings)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create("web")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        yield Server(client, runtime, write_key, admin_key)
+        yield Server.of(client)

@@ -18,6 +18,15 @@ class Server:
     write_key: str
     admin_key: str
 
+    @classmethod
+    def of(cls, client: TestClient, source: str = "web") -> Server:
+        """The app that ``client`` started, with a new source's write key and an admin
+        API key."""
+        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        _, write_key = runtime.sources.create(source)
+        _, admin_key = runtime.keys.create("tests", "admin")
+        return cls(client, runtime, write_key, admin_key)
+
     @property
     def admin(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.admin_key}"}

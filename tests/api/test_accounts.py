@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from remarket.api import ROLES, Runtime, create_app
+from remarket.api import ROLES, create_app
 from remarket.api.accounts import Role
 from remarket.api.auth import SESSION_COOKIE
 from remarket.api.passwords import Passwords
@@ -48,10 +48,7 @@ def server(tmp_path: Path, clock: ManualClock) -> Iterator[Server]:
         login_failure_window_s=int(WINDOW.total_seconds()),
     )
     with TestClient(create_app(settings, clock=clock, workers=False)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create("web")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        yield Server(client, runtime, write_key, admin_key)
+        yield Server.of(client)
 
 
 def login(server: Server, email: str, password: str = PASSWORD) -> Any:

@@ -253,10 +253,7 @@ def test_erasure_on_embedded_stores(tmp_path: Path) -> None:
         parquet_export_dirs=[parquet],
     )
     with TestClient(create_app(settings)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create("web")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        server = Server(client, runtime, write_key, admin_key)
+        server = Server.of(client)
         ids, bob_before = _scenario(server, tmp_path, parquet=parquet)
         state_url = settings.resolved_database_url()
     # The log holds neither of them in the clear (sealed), and Parquet lost only Ann.
@@ -274,10 +271,8 @@ def test_erased_data_is_gone_from_the_embedded_files(tmp_path: Path) -> None:
     data_dir = tmp_path / "var"
     settings = Settings(data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01)
     with TestClient(create_app(settings)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create("web")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        server = Server(client, runtime, write_key, admin_key)
+        server = Server.of(client)
+        runtime = server.runtime
         ids = _populate(server)
         ann_keys, bob_keys = _key_secrets(runtime, ANN), _key_secrets(runtime, BOB)
         ann_ids = [ANN["anonymousId"].encode(), ANN["userId"].encode(), ids["ann"].encode()]
@@ -295,10 +290,11 @@ def test_erased_data_is_gone_from_the_embedded_files(tmp_path: Path) -> None:
         assert sum(_files_holding(data_dir, bob_keys).values()) == len(bob_keys)
         bob_before = _snapshot(server, ids["bob"])
 
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings)) as client:  # a restart, with the same keys
         runtime = client.app.state.runtime  # type: ignore[attr-defined]
+        again = Server(client, runtime, server.write_key, server.admin_key)
         assert _files_holding(data_dir, ann_ids) == {}
-        assert _snapshot(Server(client, runtime, write_key, admin_key), ids["bob"]) == bob_before
+        assert _snapshot(again, ids["bob"]) == bob_before
 
 
 @pytest.fixture
@@ -325,10 +321,7 @@ def scaled_settings(pg_database: str, nats_url: str, unique_name: str) -> Iterat
 @pytest.mark.nats
 def test_erasure_on_postgres_and_jetstream(scaled_settings: Settings, tmp_path: Path) -> None:
     with TestClient(create_app(scaled_settings)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create("web")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        server = Server(client, runtime, write_key, admin_key)
+        server = Server.of(client)
         ids, bob_before = _scenario(server, tmp_path, parquet=None)
     assert _scan_log(scaled_settings, [*ANN.values(), *BOB.values(), ids["ann"]]) == 0
     live_state = connect_state(scaled_settings.resolved_database_url())

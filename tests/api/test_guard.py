@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from remarket.api import Runtime, create_app
+from remarket.api import create_app
 from remarket.config import Settings
 from tests.api.harness import Server
 
@@ -41,10 +41,7 @@ def settings(tmp_path: Path) -> Settings:
 def server(settings: Settings) -> Iterator[Server]:
     # The peer is a reverse proxy, so X-Forwarded-For picks the client of each request.
     with TestClient(create_app(settings), client=(PROXY, 40_000)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create("web")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        yield Server(client, runtime, write_key, admin_key)
+        yield Server.of(client)
 
 
 def events(n: int, user: str = "u1", **fields: Any) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from remarket.api import Runtime, create_app
+from remarket.api import create_app
 from remarket.config import Settings
 from tests.api.harness import Server
 
@@ -26,10 +26,7 @@ def scaled(pg_database: str, nats_url: str, unique_name: str) -> Iterator[Server
         worker_poll_interval_s=0.05,
     )
     with TestClient(create_app(settings)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create("web")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        yield Server(client, runtime, write_key, admin_key)
+        yield Server.of(client)
     import asyncio
 
     import nats

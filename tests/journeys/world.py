@@ -14,7 +14,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import func, or_, select
 
-from remarket.api import Runtime, create_app
+from remarket.api import create_app
 from remarket.channels import Delivery
 from remarket.channels.registry import ProviderStore
 from remarket.channels.secrets import SecretBox, load_key
@@ -179,7 +179,5 @@ def journey_world(data_dir: Path, clock: ManualClock, **settings: Any) -> Iterat
         data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01, **settings
     )
     with TestClient(create_app(config, clock=clock)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create(f"web-{uuid.uuid4().hex[:8]}")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        yield JourneyWorld(Server(client, runtime, write_key, admin_key), clock)
+        server = Server.of(client, f"web-{uuid.uuid4().hex[:8]}")
+        yield JourneyWorld(server, clock)

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from remarket.api import Runtime, create_app
+from remarket.api import create_app
 from remarket.cli import app
 from remarket.config import Settings
 from tests.api.harness import Server
@@ -27,10 +27,8 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 def _populate(data_dir: Path) -> str:
     settings = Settings(data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01)
     with TestClient(create_app(settings)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-        _, write_key = runtime.sources.create("web")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        server = Server(client, runtime, write_key, admin_key)
+        server = Server.of(client)
+        runtime = server.runtime
         batch = [
             {"type": "track", "anonymousId": "a-cli-1", "event": "Viewed", "messageId": "m1"},
             {
@@ -89,10 +87,7 @@ def test_verify_erased_reports_pending_platform_removals_apart(
 
     with ad_platforms() as platforms:
         with TestClient(create_app(settings)) as client:
-            runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
-            _, write_key = runtime.sources.create("web")
-            _, admin_key = runtime.keys.create("tests", "admin")
-            server = Server(client, runtime, write_key, admin_key)
+            server = Server.of(client)
             ids = shop(server, platforms, {"ann": (ann, "pro", True)})
         # The server is down: the erasure's removals wait in the outbox.
         erased = runner.invoke(app, ["privacy", "erase", ann["userId"]], env=env)

@@ -6,12 +6,20 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, select
 
-from remarket.privacy.erasers import PERSONAL_TABLES, SQLiteScrubber, TableEraser
+from remarket.privacy.erasers import (
+    PERSONAL_TABLES,
+    SQLiteScrubber,
+    TableEraser,
+    compact_after_erasures,
+)
 from remarket.privacy.keyring import Keyring
+from remarket.schema.events import Track
 from remarket.storage.state import connect_state, upgrade_state
-from remarket.storage.state.tables import guard_anomalies, metadata, pii_keys
+from remarket.storage.state.tables import erasures, guard_anomalies, metadata, pii_keys
+from remarket.storage.warehouse import DuckDBWarehouse
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -83,3 +91,32 @@ def test_scrubbing_empties_the_write_ahead_log_and_gives_way_to_writers(tmp_path
 def _secrets(engine: Engine) -> list[bytes]:
     with engine.connect() as conn:
         return [bytes(secret) for secret in conn.scalars(select(pii_keys.c.secret))]
+
+
+def test_compaction_runs_once_per_erasure_and_a_failure_keeps_the_warehouse(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = connect_state(f"sqlite:///{tmp_path / 'state.db'}")
+    upgrade_state(engine)
+    warehouse = DuckDBWarehouse(tmp_path / "warehouse.duckdb")
+    viewed = Track(event="Viewed", anonymous_id="a-1", timestamp=AT, received_at=AT)
+    warehouse.write_events("w", [(1, viewed)], 1, expected=0)
+    assert compact_after_erasures(engine, warehouse) is False  # no erasure yet
+    with engine.begin() as conn:
+        conn.execute(
+            erasures.insert().values(
+                profile_hash="h", actor="t", requested_at=AT, completed_at=AT, counts={}
+            )
+        )
+    (tmp_path / "warehouse.duckdb.compacting").mkdir()  # in the way of the copy
+
+    assert compact_after_erasures(engine, warehouse) is False
+    assert "compacting the warehouse failed" in caplog.text
+    assert warehouse.count_events() == 1 and warehouse.compacted_through() == 0
+
+    (tmp_path / "warehouse.duckdb.compacting").rmdir()
+    assert compact_after_erasures(engine, warehouse) is True
+    assert warehouse.compacted_through() == 1 and warehouse.count_events() == 1
+    assert compact_after_erasures(engine, warehouse) is False  # done for that erasure
+    warehouse.close()
+    engine.dispose()

@@ -112,8 +112,6 @@ def running(data_dir: Path, clock: ManualClock) -> Iterator[World]:
     """A server on ``data_dir``: a second one on the same folder is a restart."""
     settings = Settings(data_dir=data_dir, log_fsync="normal", worker_poll_interval_s=0.01)
     with TestClient(create_app(settings, clock=clock)) as client:
-        runtime: Runtime = client.app.state.runtime  # type: ignore[attr-defined]
         # Fresh keys each start (on a restart the old ones would do as well).
-        _, write_key = runtime.sources.create(f"web-{uuid.uuid4().hex[:8]}")
-        _, admin_key = runtime.keys.create("tests", "admin")
-        yield World(Server(client, runtime, write_key, admin_key), clock)
+        server = Server.of(client, f"web-{uuid.uuid4().hex[:8]}")
+        yield World(server, clock)

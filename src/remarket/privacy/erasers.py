@@ -16,6 +16,7 @@ from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Final, Literal
 
+import duckdb
 from sqlalchemy import Engine, Table, func, select
 from sqlalchemy.exc import OperationalError
 
@@ -295,7 +296,12 @@ def compact_after_erasures(engine: Engine, warehouse: Warehouse) -> bool:
         return False
     _log.info("compacting the warehouse: erasures up to #%d leave its file", latest)
     started = time.monotonic()
-    warehouse.compact(latest)
+    try:
+        warehouse.compact(latest)
+    except (duckdb.Error, OSError):
+        # The warehouse is as it was (the copy is dropped): serve it, and try next time.
+        _log.exception("compacting the warehouse failed; the erased rows stay in its file")
+        return False
     _log.info("warehouse compacted in %.1f s", time.monotonic() - started)
     return True
 

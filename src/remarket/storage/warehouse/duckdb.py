@@ -307,8 +307,12 @@ class DuckDBWarehouse:
             try:
                 db.execute(f'COPY FROM DATABASE "{source}" TO compacting')
                 self._mark(db, through, schema="compacting")
-            finally:
+            except BaseException:
                 db.execute("DETACH compacting")
+                for partial in (copy, copy.with_name(f"{copy.name}.wal")):
+                    partial.unlink(missing_ok=True)
+                raise
+            db.execute("DETACH compacting")
             db.close()
             os.replace(copy, self._path)
             self._db = self._open()
