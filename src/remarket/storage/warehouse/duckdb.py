@@ -93,6 +93,12 @@ def _literal(path: Path) -> str:
     return str(path).replace("'", "''")
 
 
+def _remove(database: Path) -> None:
+    """Delete a database file and its write-ahead log, if there."""
+    for path in (database, database.with_name(f"{database.name}.wal")):
+        path.unlink(missing_ok=True)
+
+
 def _count(cur: duckdb.DuckDBPyConnection) -> int:
     row = cur.fetchone()
     return int(row[0]) if row else 0
@@ -298,8 +304,7 @@ class DuckDBWarehouse:
                 self._mark(self._db, through)
                 return
             copy = self._path.with_name(f"{self._path.name}.compacting")
-            for leftover in (copy, copy.with_name(f"{copy.name}.wal")):
-                leftover.unlink(missing_ok=True)
+            _remove(copy)  # what a crash left
             db = self._db
             db.execute("CHECKPOINT")
             (source,) = db.execute("SELECT current_database()").fetchone() or ("",)
@@ -309,8 +314,7 @@ class DuckDBWarehouse:
                 self._mark(db, through, schema="compacting")
             except BaseException:
                 db.execute("DETACH compacting")
-                for partial in (copy, copy.with_name(f"{copy.name}.wal")):
-                    partial.unlink(missing_ok=True)
+                _remove(copy)
                 raise
             db.execute("DETACH compacting")
             db.close()
