@@ -15,6 +15,7 @@ from remarket.privacy.erasers import (
     TableEraser,
     compact_after_erasures,
 )
+from remarket.privacy.erasure import Erasure, ErasureRegistry
 from remarket.privacy.keyring import Keyring
 from remarket.schema.events import Track
 from remarket.storage.state import connect_state, upgrade_state
@@ -120,3 +121,25 @@ def test_compaction_runs_once_per_erasure_and_a_failure_keeps_the_warehouse(
     assert compact_after_erasures(engine, warehouse) is False  # done for that erasure
     warehouse.close()
     engine.dispose()
+
+
+def test_erasure_runs_every_scrubber_and_names_the_busy_ones(
+    state_engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    ran: list[str] = []
+
+    class Scrubbed:
+        def __init__(self, name: str, done: bool) -> None:
+            self.name, self._done = name, done
+
+        def scrub(self) -> bool:
+            ran.append(self.name)
+            return self._done
+
+    registry = ErasureRegistry()
+    registry.scrub_with(Scrubbed("busy-store", False))
+    registry.scrub_with(Scrubbed("quiet-store", True))
+    erasure = Erasure(state_engine, Keyring(state_engine), registry, pii_fields=["email"])
+    assert erasure.scrub() == ["busy-store"]
+    assert ran == ["busy-store", "quiet-store"]
+    assert "busy-store was busy" in caplog.text
