@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from remarket.cli import app
+from remarket.cli import app, server_logging
 from remarket.config import Settings
 
 runner = CliRunner()
@@ -88,3 +89,18 @@ def test_demo_sends_traffic_and_exits_with_no_serve(env: dict[str, str]) -> None
     assert "What landed" in result.output
     assert "devices merged on sign-in" in result.output
     assert "segment cart-abandoners" in result.output
+
+
+def test_servers_show_remarkets_own_log_once(capsys: pytest.CaptureFixture[str]) -> None:
+    logger = logging.getLogger("remarket")
+    try:
+        server_logging()
+        server_logging()  # a second call adds no second handler
+        logging.getLogger("remarket.privacy.erasers").info("warehouse compacted in 1.0 s")
+        logging.getLogger("remarket.privacy.erasers").debug("not shown")
+        err = capsys.readouterr().err
+        assert err == "INFO:     remarket.privacy.erasers: warehouse compacted in 1.0 s\n"
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.setLevel(logging.NOTSET)

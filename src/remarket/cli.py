@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import sys
 import threading
@@ -567,6 +568,7 @@ def serve(
 ) -> None:
     """Run the API and (by default) the workers."""
     settings = _settings()
+    server_logging()
     uvicorn.run(
         create_app(settings, workers=workers),
         host=host or settings.host,
@@ -581,11 +583,24 @@ def worker(
     spec: Annotated[Path | None, typer.Option(hidden=True, help="Set by `serve`.")] = None,
 ) -> None:
     """Run only the workers (scale-out: the API runs elsewhere)."""
+    server_logging()
     if spec is not None:
         run_worker_process(spec)
         return
     console.print("workers running; Ctrl+C to stop")
     run_workers(_settings())
+
+
+def server_logging() -> None:
+    """Show remarket's own log (INFO and up) on stderr, as uvicorn shows its own: what a
+    server does at start-up (a warehouse compaction after erasures) or now and then."""
+    logger = logging.getLogger("remarket")
+    if logger.handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s:     %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
 
 
 def _free_port(host: str, wanted: int) -> int:
