@@ -64,17 +64,19 @@ _PG_LOCK: Final = text("SELECT pg_advisory_xact_lock(7262715263)")
 
 def handle_secret(engine: Engine, clock: Clock) -> bytes:
     """The HMAC secret of handles and digests, made once per state store (every process
-    must share it)."""
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-    with engine.begin() as conn:
-        conn.execute(
-            insert(privacy_secrets)
-            .values(name=_SECRET_NAME, value=secrets.token_bytes(32), created_at=clock.now())
-            .on_conflict_do_nothing(index_elements=[privacy_secrets.c.name])
-        )
-        value = conn.scalar(
-            select(privacy_secrets.c.value).where(privacy_secrets.c.name == _SECRET_NAME)
-        )
+    must share it). A read, but the first time."""
+    query = select(privacy_secrets.c.value).where(privacy_secrets.c.name == _SECRET_NAME)
+    with engine.connect() as conn:
+        value = conn.scalar(query)
+    if value is None:
+        insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        with engine.begin() as conn:
+            conn.execute(
+                insert(privacy_secrets)
+                .values(name=_SECRET_NAME, value=secrets.token_bytes(32), created_at=clock.now())
+                .on_conflict_do_nothing(index_elements=[privacy_secrets.c.name])
+            )
+            value = conn.scalar(query)  # ours, or the one another process made first
     assert value is not None  # inserted above if missing
     return bytes(value)
 
