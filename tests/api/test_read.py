@@ -127,6 +127,15 @@ def test_duplicate_source_name_is_409(server: Server) -> None:
     assert reply.json()["field"] == "name"
 
 
+@pytest.mark.parametrize("name", ["\r", "  ", "\u00a0\t"])
+def test_blank_source_name_is_refused_naming_the_field(server: Server, name: str) -> None:
+    """Found by schemathesis: a name of white space passed validation, then the registry
+    stripped it to nothing and answered 500."""
+    reply = server.client.post("/v1/sources", json={"name": name}, headers=server.admin)
+    assert reply.status_code in (400, 422), reply.text
+    assert reply.json()["field"] == "name"
+
+
 def test_quarantined_events_can_be_replayed_after_a_fix(server: Server) -> None:
     batch = [event("track", T0, userId="u-4", event="Fine"), event("track", T0, event="No id")]
     reply = server.send("/v1/batch", {"batch": batch}).json()

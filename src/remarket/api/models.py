@@ -77,7 +77,8 @@ class EventPageOut(BaseModel):
 
 
 class SourceIn(BaseModel):
-    name: str = Field(min_length=1, max_length=200)
+    # Stored stripped: blank is no name (a pattern search: any non-space character).
+    name: str = Field(min_length=1, max_length=200, pattern=r"\S")
 
 
 class SourceOut(BaseModel):
