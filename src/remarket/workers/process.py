@@ -43,6 +43,7 @@ _PR_SET_PDEATHSIG: Final = 1
 _SOCKET: Final = "warehouse.sock"
 _SPEC: Final = "spec.json"
 _SERVE_WITHIN_S: Final = 600.0
+_OWNER_GONE_WITHIN_S: Final = 60.0
 
 
 def _plain(settings: Settings) -> dict[str, Any]:
@@ -122,7 +123,9 @@ def run_workers(settings: Settings, *, serve: tuple[str, bytes] | None = None) -
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     engine = connect_state(settings.resolved_database_url())
-    warehouse = open_warehouse(settings)
+    # The workers of a server that was killed close the warehouse on their own, a moment
+    # later: a new server started at once waits for them.
+    warehouse = open_warehouse(settings, lock_wait_s=_OWNER_GONE_WITHIN_S)
     compact_after_erasures(engine, warehouse)
     server = WarehouseServer(warehouse, *serve) if serve is not None else None
     if server is not None:

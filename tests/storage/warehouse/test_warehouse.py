@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -510,3 +513,34 @@ def test_compaction_takes_erased_rows_out_of_the_file(tmp_path: Path) -> None:
     reopened = DuckDBWarehouse(path)
     assert reopened.count_events() == 3001 and reopened.compacted_through() == 7
     reopened.close()
+
+
+_HOLD = """
+import sys, time, duckdb
+db = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.close()
+"""
+
+
+def test_opening_waits_for_another_processs_lock_only_when_asked(tmp_path: Path) -> None:
+    """A worker process that went down with its server still closes the file for a
+    moment: the next one waits for it; anything else (a CLI command) fails at once."""
+    path = tmp_path / "warehouse.duckdb"
+    DuckDBWarehouse(path).close()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(path), "1.5"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        with pytest.raises(duckdb.IOException, match="lock"):
+            DuckDBWarehouse(path)
+        started = time.monotonic()
+        waited = DuckDBWarehouse(path, lock_wait_s=30)
+        assert 0.5 < time.monotonic() - started < 30
+        assert waited.count_events() == 0
+        waited.close()
+    finally:
+        holder.kill()
+        holder.communicate()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -42,6 +44,8 @@ DDL: Final = (
     """CREATE TABLE IF NOT EXISTS maintenance (name VARCHAR PRIMARY KEY, value BIGINT NOT NULL)""",
 )
 _COMPACTED: Final = "compacted_through"
+_LOCK_POLL_S: Final = 0.1
+_log = logging.getLogger(__name__)
 _SELECT_COLUMNS: Final = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 # Column ← (key in the canonical message JSON, DuckDB type). DuckDB parses each message
 # once, in C++, which is several times faster than building the columns in Python.
@@ -119,13 +123,29 @@ class DuckDBWarehouse:
 
     dialect = "duckdb"
 
-    def __init__(self, path: Path | None) -> None:
+    def __init__(self, path: Path | None, *, lock_wait_s: float = 0.0) -> None:
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
         self._path = path
-        self._db = self._open()
+        self._db = self._open_when_free(lock_wait_s)
         self._events_lock = threading.Lock()
         self._identities_lock = threading.Lock()
+
+    def _open_when_free(self, wait_s: float) -> duckdb.DuckDBPyConnection:
+        """Open the file, waiting up to ``wait_s`` for another process's lock on it to go
+        (a worker process that went down with its server may still be closing it)."""
+        deadline = time.monotonic() + wait_s
+        waiting = False
+        while True:
+            try:
+                return self._open()
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                if not waiting:
+                    _log.warning("%s is locked by another process; waiting for it", self._path)
+                    waiting = True
+                time.sleep(_LOCK_POLL_S)
 
     def _open(self) -> duckdb.DuckDBPyConnection:
         db = duckdb.connect(str(self._path) if self._path is not None else ":memory:")

@@ -11,11 +11,12 @@ from remarket.storage.warehouse.duckdb import DuckDBWarehouse
 __all__ = ["open_warehouse"]
 
 
-def open_warehouse(settings: Settings) -> Warehouse:
-    """DuckDB for ``duckdb:///PATH`` (the default), PostgreSQL for ``postgresql://``."""
+def open_warehouse(settings: Settings, *, lock_wait_s: float = 0.0) -> Warehouse:
+    """DuckDB for ``duckdb:///PATH`` (the default; waiting up to ``lock_wait_s`` while
+    another process holds the file), PostgreSQL for ``postgresql://``."""
     url = settings.resolved_warehouse_url()
     if url.startswith("duckdb:///"):
-        return DuckDBWarehouse(Path(url.removeprefix("duckdb:///")))
+        return DuckDBWarehouse(Path(url.removeprefix("duckdb:///")), lock_wait_s=lock_wait_s)
     if url.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
         from remarket.storage.warehouse.postgres import PostgresWarehouse
 
