@@ -29,11 +29,15 @@ demo: $(STAMP)
 services:
 	bash scripts/ensure-services.sh
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist; every test has its own
+# files, PostgreSQL database and JetStream stream); TEST_WORKERS=0 runs it in one.
+TEST_WORKERS ?= 2
+
 test: $(DEV_STAMP) services
 	$(BIN)/ruff format --check src tests $(wildcard benchmarks)
 	$(BIN)/ruff check src tests $(wildcard benchmarks)
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 bench: $(DEV_STAMP)
 	bash scripts/ensure-bench-tools.sh

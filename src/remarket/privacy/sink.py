@@ -24,6 +24,7 @@ empty stores rebuilds the whole ledger, API choices included.
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any, Final
@@ -50,6 +51,10 @@ __all__ = ["ConsentSink", "consents_in"]
 
 _log = logging.getLogger(__name__)
 _OBJECT: Final = msgspec.json.Decoder(dict[str, Any])
+# Searched in the raw JSON without copying it: most events carry no consent at all, and
+# the sink sees every event.
+_IN_CONTEXT: Final = re.compile(b"consent").search
+_IN_TRAITS: Final = re.compile(b'"consent"').search
 
 
 def _object(raw: msgspec.Raw) -> dict[str, Any]:
@@ -79,10 +84,9 @@ def consents_in(message: Message) -> list[tuple[str, bool, str]]:
     [('email', True, 'identify')]
     """
     found: list[tuple[str, bool, str]] = []
-    if isinstance(message, Identify) and b'"consent"' in bytes(message.traits):
+    if isinstance(message, Identify) and _IN_TRAITS(message.traits) is not None:
         found += _booleans(_object(message.traits).get("consent"), "identify")
-    raw = bytes(message.context)
-    if b"consent" not in raw:
+    if _IN_CONTEXT(message.context) is None:
         return found
     context = _object(message.context)
     consent = context.get("consent")
@@ -143,7 +147,15 @@ class ConsentSink:
             return committed_offset(conn, self.name)
 
     def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
-        found = [(message, choices) for _, message in rows if (choices := _choices(message))]
+        found = [
+            (message, choices)
+            for _, message in rows
+            if (
+                _IN_CONTEXT(message.context) is not None
+                or (type(message) is Identify and _IN_TRAITS(message.traits) is not None)
+            )
+            and (choices := _choices(message))
+        ]
         with immediate(self._engine) as conn:
             claim_offset(conn, self.name, through, expected)
             if not found:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import msgspec
@@ -24,9 +23,11 @@ class LogEntry(msgspec.Struct, frozen=True, gc=False):
     dedupe_key: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class LogRecord:
-    """An event read back, with the offset the log gave it (offsets only grow)."""
+class LogRecord(msgspec.Struct, frozen=True, gc=False):
+    """An event read back, with the offset the log gave it (offsets only grow).
+
+    A msgspec struct for the same reason as :class:`LogEntry`: workers build one per event.
+    """
 
     offset: int
     partition: int
