@@ -19,15 +19,19 @@
       stores it);
     - CPU per event of the segments sink itself (`LiveSegments.apply` on a SQLite state
       store: identities, states, memberships, timers, outbox) on the serve stream below;
-    - end to end through a real `remarket serve` (API + workers in one process): the 50
-      segments created through `POST /v1/segments`, events offered at 20,000/s in
-      batches of 100 from an async client; one event in 100 is the first `Order
-      Completed` (revenue 1,000) of a new visitor, which enters `high_value_0` at once.
-      Latency: from the HTTP 200 of its batch (the event is durably in the log) to the
-      moment a reader polling the log file every 20 ms sees that visitor's `Segment
-      Entered`.
+    - end to end through a real `remarket serve` (the API, and the workers in their own
+      process, as it runs by default): the 50 segments created through `POST
+      /v1/segments`; a warm-up (not measured, same rate) gives each of the 20,000
+      returning visitors three views and waits until the workers have applied it and
+      published its transitions (`--cold`: none, see `serve`); then events are offered at
+      20,000/s in batches of 100 from an async client for 30 s; one event in 100 is the
+      first `Order Completed` (revenue 1,000) of a new visitor, which enters
+      `high_value_0` at once. Latency: from the HTTP 200 of its batch (the event is
+      durably in the log) to the moment a reader polling the log file every 20 ms sees
+      that visitor's `Segment Entered`.
 
-    .venv/bin/python benchmarks/segments.py [--quick] [--rate 20000] [--part realtime|evaluator]
+    .venv/bin/python benchmarks/segments.py [--quick] [--rate 20000] [--cold]
+        [--part realtime|evaluator]
 """
 
 from __future__ import annotations
@@ -83,11 +87,14 @@ CATEGORIES: Final = (
     "shorts", "glasses", "wallets",
 )  # fmt: skip
 PG_ADMIN: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
+TARGET_RATE: Final = 20_000
+"""Events/s offered to `remarket serve`: the latency target holds at this rate."""
 TARGETS: Final[dict[str, object]] = {
     "sql_ratio_max": 1.25,
     "sql_compiled_s_max": 2.0,
     "realtime_event_p99_ms": 1.0,
     "serve_entered_p99_s": 1.0,
+    "serve_offered_per_s": TARGET_RATE,
 }
 
 # -- the data ------------------------------------------------------------------------
@@ -719,7 +726,7 @@ def _body(run: str, j: int) -> bytes:
         {
             "type": "track",
             "event": "Product Viewed",
-            "anonymousId": f"{run}-v{(j * 100 + n) % 20_000}",
+            "anonymousId": f"{run}-v{(j * 100 + n) % _POOL}",
             "messageId": f"{run}-{j}-{n}",
             "properties": {"product_id": f"P{n}", "category": CATEGORIES[n % 20], "price": 9.99},
         }
@@ -739,11 +746,19 @@ def _body(run: str, j: int) -> bytes:
 
 
 async def _offer(
-    url: str, write_key: str, rate: float, seconds: float, run: str, accepted: dict[str, float]
+    url: str,
+    write_key: str,
+    rate: float,
+    seconds: float,
+    run: str,
+    accepted: dict[str, float],
+    first: int = 0,
 ) -> ServeResult:
+    """Batches ``first``, ``first + 1``, ... of `_body` at ``rate`` events/s for ``seconds``."""
     batches = int(rate * seconds / 100)
     interval = 100 / rate
-    bodies = [_body(run, j) for j in range(batches)]  # built ahead: the client must keep pace
+    # Built ahead: the client must keep pace.
+    bodies = [_body(run, j) for j in range(first, first + batches)]
     errors = 0
     ok = 0
     limit = asyncio.Semaphore(64)
@@ -759,7 +774,7 @@ async def _offer(
                 return
         if response.status_code == 200:
             ok += 1
-            accepted[_buyer(run, j)] = time.time()
+            accepted[_buyer(run, first + j)] = time.time()
         else:
             errors += 1
 
@@ -776,8 +791,37 @@ async def _offer(
     return ServeResult(batches * 100 / elapsed, ok * 100 / elapsed, errors, ok)
 
 
-def serve(rate: float, seconds: float, wait: float) -> ServeResult:
-    """50 segments through the API of a real `remarket serve`, then the offered load."""
+_POOL: Final = 20_000
+"""The returning visitors of `_body`."""
+_WARM_VIEWS: Final = 3
+"""Views per returning visitor before the measured load (see `serve`)."""
+
+
+def _drained(client: httpx.Client, timeout: float) -> float:
+    """Wait until every consumer has the whole log and the log has stopped growing (the
+    transitions of what was applied are published too); the seconds it took."""
+    start = last_change = time.monotonic()
+    end = -1
+    while time.monotonic() - start < timeout:
+        health = client.get("/healthz").json()
+        if health["log_end_offset"] != end:
+            end, last_change = health["log_end_offset"], time.monotonic()
+        elif not any(health["lag"].values()) and time.monotonic() - last_change >= 2.0:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise RuntimeError(f"the workers did not catch up within {timeout:.0f} s: {health}")
+
+
+def serve(rate: float, seconds: float, wait: float, *, warm: bool = True) -> ServeResult:
+    """50 segments through the API of a real `remarket serve`, then the offered load.
+
+    With ``warm``, the returning visitors are returning ones: a warm-up first offers each
+    of them three views (same rate, not measured) and waits until the workers have
+    applied everything and published every transition. Without it, the measured load is
+    also the first sight of 20,000 visitors by 50 new segments: a burst of first entries
+    (~2.5 transitions per event, each a logged event that goes through every worker
+    again) that a running shop sees once, when its segments go live.
+    """
     with (
         common.tmp_dir("segments") as data_dir,
         common.remarket_server(data_dir) as server,
@@ -793,6 +837,8 @@ def serve(rate: float, seconds: float, wait: float) -> ServeResult:
         )
         api_key = created.stdout.split()[-1]
         headers = {"Authorization": f"Bearer {api_key}"}
+        run = uuid.uuid4().hex[:8]
+        first = 0
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
             for v in range(5):
                 for data in definitions(v):
@@ -802,12 +848,22 @@ def serve(rate: float, seconds: float, wait: float) -> ServeResult:
                 if time.monotonic() > deadline:
                     raise RuntimeError("segments not live after 120 s")
                 time.sleep(0.2)
-        common.progress(f"50 segments live; offering {rate:,.0f} events/s for {seconds:.0f} s")
+            if warm:
+                first = _POOL * _WARM_VIEWS // 99 + 1
+                common.progress(
+                    f"50 segments live; warm-up: {first * 100:,} events at {rate:,.0f}/s"
+                )
+                asyncio.run(_offer(server.url, server.write_key, rate, first * 100 / rate, run, {}))
+                drained = _drained(client, 1800)
+                common.progress(f"warm-up applied and published {drained:.0f} s after it ended")
+        common.progress(f"offering {rate:,.0f} events/s for {seconds:.0f} s")
         accepted: dict[str, float] = {}
-        run = uuid.uuid4().hex[:8]
-        names = _sealed_names(data_dir, [_buyer(run, j) for j in range(int(rate * seconds / 100))])
+        buyers = [_buyer(run, first + j) for j in range(int(rate * seconds / 100))]
+        names = _sealed_names(data_dir, buyers)
         with LogWatcher(data_dir / "log.db", names) as watcher:
-            result = asyncio.run(_offer(server.url, server.write_key, rate, seconds, run, accepted))
+            result = asyncio.run(
+                _offer(server.url, server.write_key, rate, seconds, run, accepted, first)
+            )
             end = time.monotonic()
             while time.monotonic() - end < wait and len(watcher.seen) < len(accepted):
                 time.sleep(0.1)
@@ -828,7 +884,12 @@ def serve(rate: float, seconds: float, wait: float) -> ServeResult:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
-    parser.add_argument("--rate", type=float, default=20_000, help="events/s offered to serve")
+    parser.add_argument("--rate", type=float, default=TARGET_RATE, help="events/s offered to serve")
+    parser.add_argument(
+        "--cold",
+        action="store_true",
+        help="no warm-up before the serve load (--quick has none either)",
+    )
     parser.add_argument(
         "--part",
         choices=["all", "realtime", "evaluator"],
@@ -856,8 +917,12 @@ def main() -> None:
     p99 = _report_evaluator(ev, sunk, figures)
     met = met and p99 <= 1.0
     if args.part != "evaluator":
-        served = serve(args.rate, 2 if quick else 30, 3 if quick else 120)
+        warm = not (args.cold or quick)
+        served = serve(args.rate, 2 if quick else 30, 3 if quick else 120, warm=warm)
+        figures["serve_warm_up"] = warm
+        # The latency target holds at the target's rate, not at a lower one.
         met = met and _report_serve(served, figures) <= 1.0
+        met = met and args.rate >= TARGET_RATE
     common.final_line("segments", figures, TARGETS, met)
 
 
