@@ -202,3 +202,33 @@ def test_a_republished_transition_is_dropped(tmp_path: Path) -> None:
     assert len(ids) == 1
     with engine.connect() as conn:
         assert conn.execute(select(segment_outbox)).all() == []
+
+
+def test_one_publish_appends_and_clears_an_outbox_of_thousands(tmp_path: Path) -> None:
+    """More transitions than one IN list holds: every one reaches the log once and
+    leaves the outbox."""
+    settings = Settings(data_dir=tmp_path, log_fsync="off")
+    engine = connect_state(settings.resolved_database_url())
+    upgrade_state(engine)
+    people = [f"p_{n}" for n in range(1_200)]
+    with engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO identities (kind, value, profile_id) VALUES ('user_id', ?, ?)",
+            [(f"u{pid}", pid) for pid in people],
+        )
+        write_transitions(conn, [Transition("carts", 1, pid, True, T0) for pid in people])
+
+    async def scenario() -> tuple[int, list[str]]:
+        log = SQLiteLog(tmp_path / "log.db", fsync="off")
+        try:
+            published = await SegmentPublisher(engine, log, settings).publish()
+            records = await log.read(0, 10_000)
+            return published, [str(decode_log_message(r.payload).user_id) for r in records]
+        finally:
+            await log.close()
+
+    published, senders = asyncio.run(scenario())
+    assert published == len(people)
+    assert sorted(senders) == sorted(f"u{pid}" for pid in people)
+    with engine.connect() as conn:
+        assert conn.execute(select(segment_outbox)).all() == []

@@ -26,6 +26,7 @@ from remarket.segments.live import LiveSegments
 from remarket.segments.membership import CONSUMER, PUBLISHER_SOURCE
 from remarket.storage.log import EventLog, LogEntry
 from remarket.storage.state import segment_outbox
+from remarket.storage.state.published import chunks
 
 __all__ = ["SegmentLoop", "SegmentPublisher", "SegmentsSink"]
 
@@ -36,6 +37,11 @@ _CHUNK: Final = 1_000
 """Most records per transaction: at a few hundred µs per event with 50 live segments, a
 worker's whole batch (10,000) would hold the state store's write lock for seconds, and
 on SQLite everything else that writes there waits (collect's new keys, the API)."""
+_PUBLISH: Final = 10_000
+"""Most transitions per append: each append waits twice for the state store's write lock
+(the keys sealing them, then the outbox rows it deletes), which the sink holds most of
+the time under load; 1,000 per append made transitions wait ~2x longer when segments
+go live on a busy shop (`benchmarks/segments.py --cold --rate 2000`, session 7)."""
 
 
 class SegmentsSink:
@@ -88,9 +94,10 @@ class SegmentPublisher:
 
     def _done(self, ids: Sequence[int]) -> None:
         with self._engine.begin() as conn:
-            conn.execute(segment_outbox.delete().where(segment_outbox.c.id.in_(ids)))
+            for chunk in chunks(ids):  # one transaction, IN lists of a bound length
+                conn.execute(segment_outbox.delete().where(segment_outbox.c.id.in_(chunk)))
 
-    async def publish(self, limit: int = 1000) -> int:
+    async def publish(self, limit: int = _PUBLISH) -> int:
         """Publish up to ``limit`` pending transitions; how many left the outbox."""
         rows = await asyncio.to_thread(self._pending, limit)
         if not rows:
