@@ -47,6 +47,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remarket.clock import Clock, SystemClock
 from remarket.storage.state.bulk import bulk_insert
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
+from remarket.storage.state.turns import write_turn
 
 __all__ = ["HANDLE_PREFIX", "Keyring", "handle_secret", "keyed_digest"]
 
@@ -230,7 +231,8 @@ class Keyring:
             try:
                 if batch:
                     now = self._clock.now()
-                    with self._engine.begin() as conn:
+                    # Collect waits for these rows: a turn, not a chance at the lock.
+                    with write_turn(self._engine), self._engine.begin() as conn:
                         # Through the driver: SQLAlchemy's per-row work would cost more
                         # than the rest of making a key.
                         bulk_insert(
@@ -318,7 +320,7 @@ class Keyring:
         wanted = sorted(set(handles))
         self.flush()  # a key still in memory would be written after its erasure
         deleted = 0
-        with self._engine.begin() as conn:
+        with write_turn(self._engine), self._engine.begin() as conn:
             self._take_turn(conn)
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]

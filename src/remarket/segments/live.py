@@ -81,6 +81,7 @@ from remarket.storage.state import (
 )
 from remarket.storage.state.offsets import claim_offset, committed_offset
 from remarket.storage.state.tables import erasures
+from remarket.storage.state.turns import write_turn
 from remarket.storage.warehouse import Warehouse
 
 __all__ = ["SEGMENT_ERRORS", "SEGMENT_TRANSITIONS", "LiveSegments"]
@@ -208,7 +209,12 @@ class LiveSegments:
 
     def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
         """Apply a batch and move the offset from ``expected`` to ``through`` (fenced)."""
-        with self._lock, self._dropping_cache_on_failure(), self._engine.begin() as conn:
+        with (
+            self._lock,
+            write_turn(self._engine),
+            self._dropping_cache_on_failure(),
+            self._engine.begin() as conn,
+        ):
             claim_offset(conn, CONSUMER, through, expected)
             live = self._refresh(conn)
             if not live:
@@ -472,7 +478,12 @@ class LiveSegments:
 
     def run_timers(self, limit: int = 1000) -> int:
         """Re-check the profiles whose timer is due at the clock's now; how many."""
-        with self._lock, self._dropping_cache_on_failure(), self._engine.begin() as conn:
+        with (
+            self._lock,
+            write_turn(self._engine),
+            self._dropping_cache_on_failure(),
+            self._engine.begin() as conn,
+        ):
             hold_offset(conn)
             live = self._refresh(conn)
             now = self._clock.now()

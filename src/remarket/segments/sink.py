@@ -27,6 +27,7 @@ from remarket.segments.membership import CONSUMER, PUBLISHER_SOURCE
 from remarket.storage.log import EventLog, LogEntry
 from remarket.storage.state import segment_outbox
 from remarket.storage.state.published import chunks
+from remarket.storage.state.turns import step_aside, write_turn
 
 __all__ = ["SegmentLoop", "SegmentPublisher", "SegmentsSink"]
 
@@ -60,6 +61,8 @@ class SegmentsSink:
 
     def apply(self, rows: Sequence[tuple[int, Message]], through: int, expected: int) -> None:
         for start in range(0, len(rows), self._chunk) or [0]:  # an empty batch moves too
+            if start:
+                step_aside()  # a writer waiting for its turn goes between two chunks
             chunk = rows[start : start + self._chunk]
             last = start + self._chunk >= len(rows)
             end = through if last else chunk[-1][0]
@@ -93,7 +96,7 @@ class SegmentPublisher:
             return [(r.id, r.message_id, bytes(r.payload)) for r in rows]
 
     def _done(self, ids: Sequence[int]) -> None:
-        with self._engine.begin() as conn:
+        with write_turn(self._engine), self._engine.begin() as conn:
             for chunk in chunks(ids):  # one transaction, IN lists of a bound length
                 conn.execute(segment_outbox.delete().where(segment_outbox.c.id.in_(chunk)))
 
