@@ -321,7 +321,7 @@ class Keyring:
         self.flush()  # a key still in memory would be written after its erasure
         deleted = 0
         with write_turn(self._engine), self._engine.begin() as conn:
-            self._take_turn(conn)
+            self._index_lock(conn)
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
                 indexed = select(pii_key_handles.c.key_id, pii_key_handles.c.handle).where(
@@ -354,7 +354,7 @@ class Keyring:
             if conn.scalar(select(pii_keys.c.key_id).where(_unindexed()).limit(1)) is None:
                 return 0
         with self._engine.begin() as conn:
-            self._take_turn(conn)
+            self._index_lock(conn)
             oldest = (
                 select(pii_keys.c.key_id)
                 .where(_unindexed())
@@ -376,7 +376,9 @@ class Keyring:
                 )
         return len(rows)
 
-    def _take_turn(self, conn: Connection) -> None:
+    def _index_lock(self, conn: Connection) -> None:
+        """PostgreSQL: the lock that indexing and key destruction share (on SQLite, the
+        write lock already keeps them apart)."""
         if self._postgresql:
             conn.execute(_PG_LOCK)
 
