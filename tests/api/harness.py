@@ -7,8 +7,10 @@ from dataclasses import dataclass
 
 import httpx2
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from remarket.api import Runtime
+from remarket.storage.state import segment_outbox
 
 
 @dataclass
@@ -35,12 +37,25 @@ class Server:
         return self.client.post(path, json=body, auth=(self.write_key, ""), **kwargs)  # type: ignore[arg-type]
 
     def drain(self, timeout: float = 20.0) -> None:
-        """Wait until the workers have applied everything in the log."""
+        """Wait until the workers have applied everything in the log, and what they and
+        the API queued for it (segment transitions, consent changes) is in it and applied
+        too: caught up, then an empty outbox, then still caught up at the same end."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            health = self.client.get("/healthz").json()
-            lag = health["lag"]
-            if health["log_end_offset"] == 0 or (len(lag) == 5 and not any(lag.values())):
+            health = self._caught_up()
+            if health is not None and self._outbox_empty() and self._caught_up() == health:
                 return
             time.sleep(0.02)
-        raise AssertionError(f"workers did not catch up: {health}")
+        raise AssertionError(f"workers did not catch up: {self.client.get('/healthz').json()}")
+
+    def _caught_up(self) -> dict[str, object] | None:
+        health: dict[str, object] = self.client.get("/healthz").json()
+        lag = health["lag"]
+        assert isinstance(lag, dict)
+        if health["log_end_offset"] == 0 or (len(lag) == 5 and not any(lag.values())):
+            return health
+        return None
+
+    def _outbox_empty(self) -> bool:
+        with self.runtime.engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(segment_outbox)) == 0
