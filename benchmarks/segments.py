@@ -802,6 +802,7 @@ def _drained(client: httpx.Client, timeout: float) -> float:
     transitions of what was applied are published too); the seconds it took."""
     start = last_change = time.monotonic()
     end = -1
+    health: dict[str, Any] = {}
     while time.monotonic() - start < timeout:
         health = client.get("/healthz").json()
         if health["log_end_offset"] != end:
