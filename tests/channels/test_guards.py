@@ -3,15 +3,16 @@ failures retried with backoff, then dead letters that can be replayed."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
-from remarket.channels import delivery_counts
+from remarket.channels import delivery, delivery_counts
 from remarket.channels.dead_letters import add_suppression, dead_letters, replay_dead_letters
 from remarket.privacy import ConsentLedger
 from tests.channels.sinks import HttpSink, http_server
@@ -152,6 +153,31 @@ def test_journey_daily_limit_and_pause(world: World, sms: HttpSink) -> None:
     world.clock.advance(timedelta(seconds=1))
     world.deliver()
     assert world.row("j2-0").status == "sent"
+
+
+def test_journey_daily_limit_holds_when_sends_finish_while_the_count_is_read(
+    world: World, sms: HttpSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A send recorded and released while another reservation reads the day's count must
+    still be counted once: a slow read widens the window a CI run once hit by chance."""
+    real = delivery.journey_sent_today
+
+    def slow(conn: Connection, journey_id: str, now: datetime) -> int:
+        sent = real(conn, journey_id, now)
+        time.sleep(0.05)
+        return sent
+
+    monkeypatch.setattr(delivery, "journey_sent_today", slow)
+    world.limits["j1"] = 2
+    for i in range(6):
+        world.profile(f"p_{i}", consent=("sms",), phone=f"+1555123000{i}")
+        world.enqueue(f"j1-{i}", f"p_{i}", "sms", journey_id="j1", node_id="send")
+
+    world.deliver()
+
+    assert len(sms.requests) == 2
+    counts = delivery_counts(world.engine, "j1")["send"]
+    assert (counts.sent, counts.skipped) == (2, {"journey_daily_limit": 4})
 
 
 def test_failures_back_off_then_dead_letter_then_replay_sends_once(

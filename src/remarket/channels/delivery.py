@@ -442,8 +442,10 @@ class Delivery:
         limit = self._daily_limit(journey_id)
         if limit is None:
             return True
-        sent = journey_sent_today(conn, journey_id, now)
+        # The count is read under the lock: a send recorded and released between the
+        # read and the check would otherwise be counted neither as sent nor in flight.
         with self._in_flight_lock:
+            sent = journey_sent_today(conn, journey_id, now)
             if sent + self._in_flight.get(journey_id, 0) >= limit:
                 return False
             self._in_flight[journey_id] = self._in_flight.get(journey_id, 0) + 1
