@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +20,7 @@ import msgspec
 from remarket.collect.dedupe import Deduper, dedupe_keys
 from remarket.collect.quarantine import Rejection
 from remarket.collect.sources import Source
+from remarket.entropy import random_uuid
 from remarket.schema.events import (
     EMPTY_OBJECT,
     Alias,
@@ -267,7 +267,7 @@ class Dedupe:
 class Enrich:
     """Stamp what the server knows: receivedAt, source, messageId, corrected timestamp."""
 
-    def __init__(self, new_id: Callable[[], str] = lambda: str(uuid.uuid4())) -> None:
+    def __init__(self, new_id: Callable[[], str] = random_uuid) -> None:
         self._new_id = new_id
 
     def __call__(self, batch: InFlight) -> None:

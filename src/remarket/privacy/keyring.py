@@ -23,7 +23,6 @@ import asyncio
 import hashlib
 import hmac
 import itertools
-import os
 import secrets
 import threading
 import time
@@ -45,6 +44,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from remarket.clock import Clock, SystemClock
+from remarket.entropy import random_bytes
 from remarket.storage.state.bulk import bulk_insert
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 from remarket.storage.state.turns import write_turn
@@ -187,7 +187,7 @@ class Keyring:
             if found is not None:
                 return found
             key_id = f"{self._key_prefix}{next(self._key_ids) & 0xFFFFFFFF:08x}"
-            secret = os.urandom(32)
+            secret = random_bytes(32)
             found = (key_id, AESGCM(secret))
             if len(self._sealing) >= _CACHE_LIMIT:
                 self._sealing.clear()
