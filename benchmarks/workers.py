@@ -13,6 +13,14 @@ devices so profiles merge). Then each consumer set drains the whole log into emp
   warehouse     the warehouse sink alone
   profiles      the profile sink alone (it mirrors identity changes into the warehouse)
   profiles (no mirror)   the profile store alone, to split the mirror's cost out
+  one process   `remarket serve`'s worker child (`WorkerProcess`), every sink
+  two processes the same with ``REMARKET_WORKER_SPLIT``: the warehouse's part and the
+                people's part in two children (the people's part mirrors identities
+                into the warehouse through the first)
+
+The worker-process phases are timed from their progress (the slower of the warehouse's
+and the profiles' offsets) between 10 % and 90 % of the log, so that starting Python
+in the children is not counted; CPU is the children's over the same stretch.
 
     .venv/bin/python benchmarks/workers.py [--quick] [--events N] [--profile]
 """
@@ -46,10 +54,21 @@ from remarket.sim import Shop
 from remarket.storage.log import EventLog, LogRecord, SQLiteLog
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import open_warehouse
-from remarket.workers import ProfilesSink, Runner, Sink, WarehouseSink, build_runner
+from remarket.workers import (
+    ProfilesSink,
+    Runner,
+    Sink,
+    WarehouseSink,
+    WorkerProcess,
+    build_runner,
+)
 
 TARGETS: Final[dict[str, float]] = {"both_sinks_events_per_s": 100_000}
 _REQUEST: Final = 100
+_PROCESS_PHASES: Final = {
+    "one_process": ("one_process", "one worker process", False),
+    "two_processes": ("two_processes", "two worker processes (split)", True),
+}
 
 
 @dataclass
@@ -205,6 +224,60 @@ async def run_sinks(
     return phase, counts
 
 
+def _offsets(engine: Any, warehouse: Any) -> int:
+    """How far both the warehouse and the profiles are."""
+    return min(warehouse.committed("warehouse"), ProfileStore(engine).committed("profiles"))
+
+
+def run_processes(
+    root: Path, key: str, label: str, split: bool, end: int, args: argparse.Namespace
+) -> tuple[Phase, dict[str, int]]:
+    """Drain the log with `remarket serve`'s worker child(ren) into fresh stores."""
+    with _stores(root, key) as base:
+        settings = base.model_copy(update={"worker_split": split})
+        engine = connect_state(settings.resolved_database_url())
+        upgrade_state(engine)
+        low, high = end // 10, end - end // 10
+        process = WorkerProcess(settings)
+        common.progress(f"{label}: starting")
+        warehouse = process.start()
+        marks: dict[str, tuple[float, float, int]] = {}
+        children: dict[str, list[float]] = {}
+        complete = True
+        try:
+            started = time.perf_counter()
+            while (done := _offsets(engine, warehouse)) < end:
+                now = time.perf_counter()
+                for name, threshold in (("low", low), ("high", high)):
+                    if name not in marks and done >= threshold:
+                        each = [common.cpu_seconds(pid) for pid in process.pids]
+                        marks[name] = (now, sum(each), done)
+                        children[name] = each
+                if now - started > args.phase_timeout:
+                    common.progress(f"{label}: stopped after {args.phase_timeout:.0f} s")
+                    complete = False
+                    break
+                time.sleep(0.02)
+            counts = {"warehouse_events": warehouse.count_events()}
+        finally:
+            process.stop()
+            warehouse.close()
+        counts["profiles"] = ProfileStore(engine).count()
+        engine.dispose()
+    if "low" not in marks or "high" not in marks:
+        raise RuntimeError(f"{label}: the log is too small to time (--events)")
+    (t0, c0, e0), (t1, c1, e1) = marks["low"], marks["high"]
+    phase = Phase(key, label, e1 - e0, t1 - t0, c1 - c0, complete)
+    busy = ", ".join(
+        f"{(b - a) / (t1 - t0):.0%}" for a, b in zip(children["low"], children["high"], strict=True)
+    )
+    common.progress(
+        f"{label}: {phase.rate:,.0f} events/s, {phase.cpu_rate:,.0f} per CPU s; "
+        f"each child busy {busy} of the time"
+    )
+    return phase, counts
+
+
 def _warehouse_only(settings: Settings, engine: Any, warehouse: Any) -> list[Sink]:
     return [WarehouseSink(warehouse)]
 
@@ -253,6 +326,11 @@ async def measure(args: argparse.Namespace, root: Path) -> tuple[list[Phase], di
         if key == "both_sinks":
             facts["both_sinks_warehouse_events"] = counts["warehouse_events"]
             facts["both_sinks_profiles"] = counts["profiles"]
+    for key, label, split in _PROCESS_PHASES.values():
+        phase, counts = run_processes(root, key, label, split, total, args)
+        phases.append(phase)
+        facts[f"{key}_warehouse_events"] = counts["warehouse_events"]
+        facts[f"{key}_profiles"] = counts["profiles"]
     facts["load"] = [round(x, 2) for x in os.getloadavg()]
     return phases, facts
 
@@ -295,6 +373,8 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
     if args.profile:
         print("\n(profiled with py-spy: figures above are disturbed by the sampler)")
         for p in phases[2:]:
+            if p.key in _PROCESS_PHASES:
+                continue  # not sampled: the sinks run in child processes
             own, _ = common.top_frames(
                 common.BENCH_DIR / "out" / "workers-profile" / f"{p.key}.collapsed", 12
             )
@@ -310,8 +390,12 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
     both = by_key["both_sinks"]
     figures["both_sinks_ratio_to_decode"] = round(both.rate / baseline.rate, 3)
     figures["both_sinks_complete"] = all(p.complete for p in phases)
-    figures["both_sinks_warehouse_events"] = facts["both_sinks_warehouse_events"]
-    figures["both_sinks_profiles"] = facts["both_sinks_profiles"]
+    for key in ("both_sinks", "one_process", "two_processes"):
+        figures[f"{key}_warehouse_events"] = facts[f"{key}_warehouse_events"]
+        figures[f"{key}_profiles"] = facts[f"{key}_profiles"]
+    figures["two_processes_ratio_to_one"] = round(
+        by_key["two_processes"].rate / by_key["one_process"].rate, 3
+    )
     return figures
 
 
@@ -334,10 +418,19 @@ def main() -> int:
     with common.tmp_dir("workers") as root:
         phases, facts = asyncio.run(measure(args, root))
     figures = report(phases, facts, args)
+    # Every deployment leaves the same stores: each event in the warehouse once, the
+    # same profiles.
+    same = all(
+        figures[f"{key}_warehouse_events"] == figures["events"]
+        and figures[f"{key}_profiles"] == figures["both_sinks_profiles"]
+        for key in ("both_sinks", *_PROCESS_PHASES)
+    )
+    if not same:
+        common.progress("the deployments left different stores: see the figures")
     met = (
         figures["both_sinks_events_per_s"] >= TARGETS["both_sinks_events_per_s"]
         and figures["both_sinks_complete"]
-        and figures["both_sinks_warehouse_events"] == figures["events"]
+        and same
     )
     common.final_line("workers", figures, TARGETS, met)
     return 0

@@ -70,6 +70,14 @@ def test_keys_create_checks_the_role(env: dict[str, str]) -> None:
     assert bad.exit_code == 2
 
 
+def test_worker_refuses_the_people_part_on_the_embedded_warehouse(env: dict[str, str]) -> None:
+    result = runner.invoke(app, ["worker", "--part", "people"], env=env)
+    assert result.exit_code == 2
+    assert "PostgreSQL" in result.output and "REMARKET_WORKER_SPLIT" in result.output
+    unknown = runner.invoke(app, ["worker", "--part", "everything"], env=env)
+    assert unknown.exit_code == 2
+
+
 def test_db_upgrade_is_idempotent(env: dict[str, str]) -> None:
     assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0
     assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0

@@ -40,7 +40,7 @@ from remarket.segments.membership import MembershipReader
 from remarket.storage.log import open_log
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import open_warehouse
-from remarket.workers import run_worker_process, run_workers
+from remarket.workers import WorkerPart, check_part, run_worker_process, run_workers
 
 __all__ = ["app", "main"]
 
@@ -580,15 +580,31 @@ def serve(
 
 @app.command()
 def worker(
+    part: Annotated[
+        WorkerPart,
+        typer.Option(
+            help="What this process runs: 'all', or one of two parts that run side by side "
+            "(scale-out over cores or machines): 'events' (the warehouse sink, retention) "
+            "and 'people' (profiles, segments, consent, journeys, delivery; it follows "
+            "the warehouse sink, and needs a warehouse that both can open: PostgreSQL)."
+        ),
+    ] = "all",
     spec: Annotated[Path | None, typer.Option(hidden=True, help="Set by `serve`.")] = None,
 ) -> None:
     """Run only the workers (scale-out: the API runs elsewhere)."""
-    server_logging()
     if spec is not None:
+        server_logging()
         run_worker_process(spec)
         return
-    console.print("workers running; Ctrl+C to stop")
-    run_workers(_settings())
+    settings = _settings()
+    try:
+        check_part(settings, part)
+    except ValueError as exc:
+        err.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    server_logging()
+    console.print(f"workers ({part}) running; Ctrl+C to stop")
+    run_workers(settings, part=part)
 
 
 def server_logging() -> None:

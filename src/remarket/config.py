@@ -98,6 +98,12 @@ class Settings(BaseSettings):
     worker_poll_interval_s: float = Field(
         0.05, gt=0, description="How often an idle worker looks for new log records."
     )
+    worker_split: bool = Field(
+        False,
+        description="`remarket serve`: run the workers in two processes, the warehouse's "
+        "part (events) and the people's part (profiles, segments, consent, journeys, "
+        "delivery), each on its own core; for machines with cores to spare beside the API.",
+    )
 
     channels_key: SecretStr | None = Field(
         None,

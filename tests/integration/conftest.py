@@ -58,9 +58,10 @@ class ServerProcess:
     Each start picks a new free port, so a restart never races the dying process for it.
     """
 
-    def __init__(self, data_dir: Path, api_key: str) -> None:
+    def __init__(self, data_dir: Path, api_key: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.api_key = api_key
+        self.env = env or {}
         self.write_key = ""
         self.output = data_dir.parent / "server.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -82,7 +83,7 @@ class ServerProcess:
             out.flush()
             self._process = subprocess.Popen(
                 [str(REMARKET), "serve", "--host", "127.0.0.1", "--port", str(port)],
-                env=server_env(self.data_dir),
+                env=server_env(self.data_dir) | self.env,
                 cwd=self.data_dir.parent,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -165,8 +166,9 @@ class ServerProcess:
         raise AssertionError(f"workers did not catch up within {timeout} s: {health}")
 
 
-def start_new_server(root: Path) -> ServerProcess:
-    """A running server over a fresh data dir under ``root``, with an admin key and a source.
+def start_new_server(root: Path, env: dict[str, str] | None = None) -> ServerProcess:
+    """A running server over a fresh data dir under ``root``, with an admin key and a source
+    (``env``: settings of its own, as REMARKET_* variables).
 
     The admin key comes from the CLI (run before the server, as an operator would); the
     source from ``POST /v1/sources``. The caller must ``stop()`` the server.
@@ -176,7 +178,7 @@ def start_new_server(root: Path) -> ServerProcess:
     api_key = _cli(data_dir, "keys", "create", "--role", "admin", "--name", "integration")
     if not api_key.startswith("rk_"):
         raise RuntimeError(f"unexpected API key from the CLI: {api_key!r}")
-    server = ServerProcess(data_dir, api_key)
+    server = ServerProcess(data_dir, api_key, env)
     try:
         server.start()
         server.create_source()

@@ -1,14 +1,18 @@
 """`remarket serve` runs its workers in a child process that owns the warehouse, answers
-the API's reads through it, and never outlives the server."""
+the API's reads through it, and never outlives the server; split, in two children (the
+warehouse's part and the people's part, which reaches the warehouse through the first)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
 import pytest
+
+from tests.integration.conftest import start_new_server
 
 if TYPE_CHECKING:
     from tests.integration.conftest import ServerProcess
@@ -40,14 +44,35 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def _worker_of(server: ServerProcess) -> int:
-    workers = [
+def _workers_of(server: ServerProcess) -> list[int]:
+    return [
         pid
         for pid in _children(server.pid)
         if b"worker" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     ]
+
+
+def _worker_of(server: ServerProcess) -> int:
+    workers = _workers_of(server)
     assert len(workers) == 1, f"expected one worker process, found {workers}"
     return workers[0]
+
+
+def _wait_dead(pids: list[int], timeout: float = 30.0) -> list[int]:
+    """The processes still alive after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+@pytest.fixture
+def split(tmp_path: Path) -> Iterator[ServerProcess]:
+    server = start_new_server(tmp_path, {"REMARKET_WORKER_SPLIT": "true"})
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def _send(server: ServerProcess, anonymous_id: str, count: int) -> None:
@@ -95,10 +120,7 @@ def test_the_worker_process_dies_with_a_killed_server_and_a_restart_takes_over(
     server.wait_for_lag_zero()
     worker = _worker_of(server)
     server.kill()
-    deadline = time.monotonic() + 30
-    while _alive(worker) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(worker), "the worker process outlived its SIGKILLed server"
+    assert not _wait_dead([worker]), "the worker process outlived its SIGKILLed server"
 
     server.start()  # the new worker process must be able to open the warehouse file
     _send(server, "wp-restart", 3)
@@ -119,3 +141,80 @@ def test_erasure_reaches_the_warehouse_the_worker_process_owns(server: ServerPro
         stats = api.get("/v1/stats").json()
     assert stats["warehouse_events"] == 1
     assert _events_of(server, "wp-kept") == ["wp-kept-0"]
+
+
+_BUYERS = {
+    "name": "buyers",
+    "entry": "o",
+    "nodes": [{"id": "o", "type": "performed", "event": "Order Completed"}],
+}
+
+
+def _segment_size(server: ServerProcess, name: str, timeout: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout
+    with server.api() as api:
+        while time.monotonic() < deadline:
+            body = api.get(f"/v1/segments/{name}").json()
+            if body["status"] == "live":
+                return int(body["size"])
+            time.sleep(0.05)
+    raise AssertionError(f"segment {name} did not go live")
+
+
+def test_split_workers_run_both_parts_and_every_event_lands_once(split: ServerProcess) -> None:
+    assert len(_workers_of(split)) == 2
+    _send(split, "sp-anon", 3)
+    identify = {
+        "type": "identify",
+        "anonymousId": "sp-anon",
+        "userId": "sp-user",
+        "messageId": "sp-identify",
+        "traits": {"plan": "pro"},
+    }
+    orders = [
+        {"type": "track", "event": "Order Completed", "userId": f"sp-buyer-{i}"}
+        | {"messageId": f"sp-order-{i}"}
+        for i in range(4)
+    ]
+    response = httpx.post(
+        f"{split.base_url}/v1/batch",
+        json={"batch": [identify, *orders]},
+        auth=(split.write_key, ""),
+    )
+    assert response.status_code == 200, response.text
+    split.wait_for_lag_zero()
+    # Events in the warehouse (the events part), on the profile that identify made (the
+    # people part), read by the API through the warehouse's owner.
+    assert _events_of(split, "sp-anon") == ["sp-anon-0", "sp-anon-1", "sp-anon-2", "sp-identify"]
+    with split.api() as api:
+        profile = api.get("/v1/profiles", params={"user_id": "sp-user"}).json()
+        created = api.post("/v1/segments", json=_BUYERS)
+    assert profile["traits"] == {"plan": "pro"}
+    assert created.status_code == 201, created.text
+    # The people part backfills from the warehouse that the other process serves it.
+    assert _segment_size(split, "buyers") == 4
+    orders = [
+        {"type": "track", "event": "Order Completed", "userId": "sp-buyer-late"}
+        | {"messageId": "sp-order-late"}
+    ]
+    response = httpx.post(
+        f"{split.base_url}/v1/batch", json={"batch": orders}, auth=(split.write_key, "")
+    )
+    assert response.status_code == 200, response.text
+    deadline = time.monotonic() + 30
+    while _segment_size(split, "buyers") != 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _segment_size(split, "buyers") == 5
+
+
+def test_split_workers_die_with_a_killed_server_and_a_restart_takes_over(
+    split: ServerProcess,
+) -> None:
+    workers = _workers_of(split)
+    assert len(workers) == 2
+    split.kill()
+    assert not _wait_dead(workers), "a worker process outlived its SIGKILLed server"
+    split.start()
+    _send(split, "sp-restart", 2)
+    split.wait_for_lag_zero()
+    assert _events_of(split, "sp-restart") == ["sp-restart-0", "sp-restart-1"]

@@ -118,3 +118,34 @@ def test_an_undecodable_record_is_quarantined_and_the_rest_flows(tmp_path: Path)
     assert poisoned == [end]
     assert warehouse.count_events() == end - 1
     assert warehouse.committed("warehouse") == end
+
+
+def test_split_parts_follow_each_other_and_end_as_one_runner_does(tmp_path: Path) -> None:
+    """The people's part (profiles) never applies past the warehouse sink it follows, and
+    the two parts, run as they come, leave the stores as one runner with both sinks does."""
+    log = fill_log(tmp_path, visitors=80)
+    end = asyncio.run(log.end_offset())
+    engine = connect_state(f"sqlite:///{tmp_path / 'split-state.db'}")
+    upgrade_state(engine)
+    warehouse = DuckDBWarehouse(tmp_path / "split.duckdb")
+    events = Runner(log, [WarehouseSink(warehouse)], on_poison=lambda r, _: None, batch_size=700)
+    store = ProfileStore(engine)
+    people = Runner(
+        log,
+        [ProfilesSink(store, warehouse)],
+        on_poison=lambda r, _: None,
+        batch_size=1_000,
+        poll_interval=0.001,
+        ceiling=lambda: warehouse.committed("warehouse"),
+    )
+    assert asyncio.run(people.step()) == 0  # nothing in the warehouse yet: it waits
+    assert store.committed("profiles") == 0
+    while min(events.offsets.values()) < end or min(people.offsets.values()) < end:
+        asyncio.run(events.step())
+        asyncio.run(people.step())
+        assert store.committed("profiles") <= warehouse.committed("warehouse")
+    assert store.committed("profiles") == end
+
+    whole, whole_engine, whole_warehouse = build(tmp_path, log, "whole")
+    asyncio.run(whole.drain())
+    assert snapshot(engine, warehouse) == snapshot(whole_engine, whole_warehouse)

@@ -35,9 +35,9 @@ from remarket.privacy.erasers import compact_after_erasures
 from remarket.storage.state import connect_state
 from remarket.storage.warehouse import Warehouse, open_warehouse
 from remarket.storage.warehouse.remote import RemoteWarehouse, WarehouseServer
-from remarket.workers.service import build_workers
+from remarket.workers.service import WorkerPart, build_workers
 
-__all__ = ["WorkerProcess", "run_worker_process", "run_workers"]
+__all__ = ["WorkerProcess", "check_part", "run_worker_process", "run_workers"]
 
 _PR_SET_PDEATHSIG: Final = 1
 _SOCKET: Final = "warehouse.sock"
@@ -62,50 +62,75 @@ def _owns_warehouse(settings: Settings) -> bool:
 
 
 class WorkerProcess:
-    """The child process running the workers; ``start`` returns the API's warehouse."""
+    """The child process running the workers (two with ``worker_split``: the warehouse's
+    part, which serves the warehouse, then the people's part, which uses it); ``start``
+    returns the API's warehouse."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._dir = Path(tempfile.mkdtemp(prefix="remarket-"))  # mode 0700
-        self._process: subprocess.Popen[bytes] | None = None
+        self._processes: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> Warehouse:
         """Start the child (from the calling thread: the parent-death signal is bound to
-        it) and wait until it serves the warehouse."""
+        it) and wait until it serves the warehouse; then the people's part, if split."""
         authkey = secrets.token_bytes(32)
-        spec = self._dir / _SPEC
+        split = self._settings.worker_split
+        owner = self._spawn("events" if split else "all", authkey)
+        if _owns_warehouse(self._settings):
+            try:
+                # Before it serves, the child may compact the warehouse after an erasure
+                # (about a second per million events): wait for it while it lives.
+                warehouse: Warehouse = RemoteWarehouse(
+                    str(self._dir / _SOCKET),
+                    authkey,
+                    timeout=_SERVE_WITHIN_S,
+                    owner_alive=lambda: owner.poll() is None,
+                )
+            except StorageError:
+                self.stop()
+                raise
+        else:
+            warehouse = open_warehouse(self._settings)
+        if split:
+            self._spawn("people", authkey)
+        return warehouse
+
+    @property
+    def pids(self) -> list[int]:
+        """The children's process ids (the warehouse's owner first)."""
+        return [process.pid for process in self._processes]
+
+    def _spawn(self, part: WorkerPart, authkey: bytes) -> subprocess.Popen[bytes]:
+        spec = self._dir / f"{part}-{_SPEC}"
         spec.write_text(
             json.dumps(
-                {"settings": _plain(self._settings), "authkey": authkey.hex(), "ppid": os.getpid()}
+                {
+                    "settings": _plain(self._settings),
+                    "authkey": authkey.hex(),
+                    "ppid": os.getpid(),
+                    "part": part,
+                    "socket": str(self._dir / _SOCKET),
+                }
             )
         )
         spec.chmod(0o600)
-        process = self._process = subprocess.Popen(
+        process = subprocess.Popen(
             [sys.executable, "-m", "remarket.cli", "worker", "--spec", str(spec)]
         )
-        if not _owns_warehouse(self._settings):
-            return open_warehouse(self._settings)
-        try:
-            # Before it serves, the child may compact the warehouse after an erasure
-            # (about a second per million events): wait for it while it lives.
-            return RemoteWarehouse(
-                str(self._dir / _SOCKET),
-                authkey,
-                timeout=_SERVE_WITHIN_S,
-                owner_alive=lambda: process.poll() is None,
-            )
-        except StorageError:
-            self.stop()
-            raise
+        self._processes.append(process)
+        return process
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+        # The people's part first: it uses the warehouse that the other one serves.
+        for process in reversed(self._processes):
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 
@@ -117,22 +142,46 @@ def _die_with_parent(ppid: int) -> None:
         sys.exit(0)
 
 
-def run_workers(settings: Settings, *, serve: tuple[str, bytes] | None = None) -> None:
-    """Run the workers until SIGTERM or Ctrl+C; with ``serve`` (socket address, key),
-    also answer another process's warehouse calls."""
+def check_part(settings: Settings, part: WorkerPart) -> None:
+    """Refuse to run the people's part on a warehouse it cannot open beside the other's."""
+    if part == "people" and _owns_warehouse(settings):
+        raise ValueError(
+            "the people's part of the workers needs a warehouse that several processes can "
+            "open (PostgreSQL: REMARKET_WAREHOUSE_URL); with the embedded DuckDB file, "
+            "set REMARKET_WORKER_SPLIT=true and run `remarket serve`"
+        )
+
+
+def run_workers(
+    settings: Settings,
+    *,
+    serve: tuple[str, bytes] | None = None,
+    part: WorkerPart = "all",
+    remote: tuple[str, bytes] | None = None,
+) -> None:
+    """Run the workers (of one ``part``) until SIGTERM or Ctrl+C; with ``serve`` (socket
+    address, key), also answer other processes' warehouse calls; with ``remote``, use the
+    warehouse that another process serves there instead of opening it."""
+    if remote is None:
+        check_part(settings, part)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     engine = connect_state(settings.resolved_database_url())
-    # The workers of a server that was killed close the warehouse on their own, a moment
-    # later: a new server started at once waits for them.
-    warehouse = open_warehouse(settings, lock_wait_s=_OWNER_GONE_WITHIN_S)
-    compact_after_erasures(engine, warehouse)
+    warehouse: Warehouse
+    if remote is not None:
+        warehouse = RemoteWarehouse(*remote, timeout=_OWNER_GONE_WITHIN_S)
+    else:
+        # The workers of a server that was killed close the warehouse on their own, a
+        # moment later: a new server started at once waits for them.
+        warehouse = open_warehouse(settings, lock_wait_s=_OWNER_GONE_WITHIN_S)
+    if part != "people":
+        compact_after_erasures(engine, warehouse)
     server = WarehouseServer(warehouse, *serve) if serve is not None else None
     if server is not None:
         server.start()
 
     async def run() -> None:
-        workers = await build_workers(settings, engine, warehouse)
+        workers = await build_workers(settings, engine, warehouse, part=part)
         # What start-up built (modules, engines, caches) lives as long as the process:
         # keep it out of the collector's full passes, which otherwise walk it again and
         # again while batches allocate (a tenth of the workers' time, measured).
@@ -156,10 +205,16 @@ def run_workers(settings: Settings, *, serve: tuple[str, bytes] | None = None) -
 
 
 def run_worker_process(spec_path: Path) -> None:
-    """The main of the child that :class:`WorkerProcess` starts."""
+    """The main of a child that :class:`WorkerProcess` starts."""
     spec = json.loads(spec_path.read_text())
     spec_path.unlink()  # it holds secrets: read once
     _die_with_parent(int(spec["ppid"]))
     settings = Settings.model_validate(spec["settings"])
-    serve = (str(spec_path.with_name(_SOCKET)), bytes.fromhex(spec["authkey"]))
-    run_workers(settings, serve=serve if _owns_warehouse(settings) else None)
+    part: WorkerPart = spec["part"]
+    address = (str(spec["socket"]), bytes.fromhex(spec["authkey"]))
+    if not _owns_warehouse(settings):
+        run_workers(settings, part=part)
+    elif part == "people":
+        run_workers(settings, part=part, remote=address)
+    else:
+        run_workers(settings, part=part, serve=address)

@@ -21,6 +21,8 @@ _log = logging.getLogger(__name__)
 
 PoisonHandler = Callable[[LogRecord, str], None]
 Unsealer = Callable[[list[tuple[int, Message]]], list[tuple[int, Message]]]
+Ceiling = Callable[[], int]
+"""The log offset the sinks may apply up to (blocking: it runs in a thread)."""
 
 
 class Runner:
@@ -31,7 +33,8 @@ class Runner:
     of sinks applies its batch concurrently (for sinks that do not depend on each other:
     their database calls overlap). A record that
     cannot be decoded goes to ``on_poison`` (the quarantine) instead of stopping the
-    pipeline.
+    pipeline. With a ``ceiling``, no sink applies a record beyond it: the people part of
+    split workers follows the warehouse sink of another process, which it reads through.
     """
 
     def __init__(
@@ -43,6 +46,7 @@ class Runner:
         batch_size: int = 10_000,
         poll_interval: float = 0.05,
         unseal: Unsealer | None = None,
+        ceiling: Ceiling | None = None,
     ) -> None:
         if not sinks:
             raise ValueError("a runner needs at least one sink")
@@ -56,6 +60,7 @@ class Runner:
         self._poisoned_through = 0
         # Decrypts sealed events; those whose key erasure destroyed are left out.
         self._unseal = unseal
+        self._ceiling = ceiling
 
     @property
     def offsets(self) -> dict[str, int]:
@@ -65,6 +70,12 @@ class Runner:
         """Apply one batch to every sink; return how many records were read."""
         start = min(self._offsets.values())
         records = await self._log.read(start, self._batch, wait=wait)
+        if records and self._ceiling is not None:
+            ceiling = await asyncio.to_thread(self._ceiling)
+            if records[0].offset > ceiling:
+                await asyncio.sleep(self._poll)  # what it follows is behind: wait for it
+                return 0
+            records = [r for r in records if r.offset <= ceiling]
         if not records:
             return 0
         decoded = self._decode(records)

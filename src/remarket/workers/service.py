@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, Protocol
 
 from sqlalchemy import Engine
 
@@ -23,34 +25,46 @@ from remarket.segments.live import LiveSegments
 from remarket.segments.sink import SegmentLoop, SegmentPublisher, SegmentsSink
 from remarket.storage.log import EventLog, LogRecord, open_log
 from remarket.storage.warehouse import Warehouse
-from remarket.workers.runner import Runner
+from remarket.workers.runner import Ceiling, PoisonHandler, Runner
 from remarket.workers.sinks import ProfilesSink, Sink, WarehouseSink
 
-__all__ = ["WorkerThread", "Workers", "build_runner", "build_workers"]
+__all__ = ["WorkerPart", "WorkerThread", "Workers", "build_runner", "build_workers"]
 
 _log = logging.getLogger(__name__)
 
 
+WorkerPart = Literal["all", "events", "people"]
+"""What a worker process runs: everything; the warehouse's part (events into the warehouse,
+retention); or the people's part (profiles, segments, consent, journeys, delivery), which
+follows the warehouse sink (segment backfills and journey conditions read the warehouse)."""
+
+
+class _Loop(Protocol):
+    async def run(self, stop: threading.Event) -> None: ...
+
+
+class _Retention:
+    """The retention job as a loop."""
+
+    def __init__(self, job: RetentionJob) -> None:
+        self._job = job
+
+    async def run(self, stop: threading.Event) -> None:
+        await self._job.run_every(stop)
+
+
 @dataclass(frozen=True, slots=True)
 class Workers:
-    """The log runner, the segment worker's loop (backfills, timers, publishing) and the
-    journey worker's loop (schedules, timers), the deliverer and the periodic retention job."""
+    """The log runner and the loops beside it: the segment worker's (backfills, timers,
+    publishing), the journey worker's (schedules, timers), the deliverer and the periodic
+    retention job, as the part run here has them."""
 
     runner: Runner
     log: EventLog
-    segments: SegmentLoop
-    journeys: JourneyLoop
-    delivery: Delivery
-    retention: RetentionJob
+    loops: tuple[_Loop, ...]
 
     async def run(self, stop: threading.Event) -> None:
-        await asyncio.gather(
-            self.runner.run(stop),
-            self.segments.run(stop),
-            self.journeys.run(stop),
-            self.delivery.run(stop),
-            self.retention.run_every(stop),
-        )
+        await asyncio.gather(self.runner.run(stop), *(loop.run(stop) for loop in self.loops))
 
 
 async def build_runner(
@@ -68,10 +82,13 @@ async def build_workers(
     warehouse: Warehouse,
     clock: Clock | None = None,
     keyring: Keyring | None = None,
+    *,
+    part: WorkerPart = "all",
 ) -> Workers:
     """The runner (sinks in order: warehouse, profiles, segments, consent, journeys), the
-    segment and journey loops, the deliverer and retention. ``keyring``: the server's, so
-    that an erasure drops cached keys at once (one is made otherwise)."""
+    segment and journey loops, the deliverer and retention; or those of one ``part``.
+    ``keyring``: the server's, so that an erasure drops cached keys at once (one is made
+    otherwise)."""
     log = await open_log(settings)
     keyring = keyring or Keyring(engine, clock=clock)
     quarantine = QuarantineStore(engine)
@@ -87,26 +104,35 @@ async def build_workers(
         )
         quarantine.add("log", now(), [rejection])
 
+    events = WarehouseSink(warehouse)
+    retention = _Retention(RetentionJob(engine, warehouse, log, settings, clock))
+    if part == "events":
+        runner = _runner(settings, log, [events], poison, Opener(keyring))
+        return Workers(runner, log, (retention,))
     live = LiveSegments(engine, warehouse, clock)
     journeys = JourneyRuntime(engine, warehouse, clock)
     profiles = ProfileStore(engine)
-    sinks: list[Sink | tuple[Sink, ...]] = [
-        # Independent of each other: their database writes overlap.
-        (WarehouseSink(warehouse), ProfilesSink(profiles, warehouse)),
+    people: list[Sink] = [
         # After profiles: events are resolved to profiles through the identities it wrote.
         SegmentsSink(live),
         ConsentSink(ConsentLedger(engine, clock=clock)),
         # After segments: journeys enter on their published transitions.
         JourneysSink(journeys),
     ]
-    runner = Runner(
-        log,
-        sinks,
-        on_poison=poison,
-        batch_size=settings.worker_batch_size,
-        poll_interval=settings.worker_poll_interval_s,
-        unseal=Opener(keyring, on_erasure=[profiles.forget]),
-    )
+    mirror = ProfilesSink(profiles, warehouse)
+    opener = Opener(keyring, on_erasure=[profiles.forget])
+    if part == "people":
+        runner = _runner(
+            settings,
+            log,
+            [mirror, *people],
+            poison,
+            opener,
+            ceiling=lambda: warehouse.committed(events.name),
+        )
+    else:
+        # The warehouse and profiles are independent of each other: their writes overlap.
+        runner = _runner(settings, log, [(events, mirror), *people], poison, opener)
     # Segment transitions name the profile in their properties: sealed with the PII.
     sealer = Sealer(keyring, [*settings.pii_fields, "profile_id"])
     published = (
@@ -114,21 +140,35 @@ async def build_workers(
         if settings.pii_encryption
         else log
     )
-    loop = SegmentLoop(
-        live,
-        SegmentPublisher(engine, published, settings),
-        poll_interval=settings.worker_poll_interval_s,
-    )
-    return Workers(
-        runner,
-        log,
-        loop,
-        JourneyLoop(journeys, poll_interval=settings.worker_poll_interval_s),
+    poll = settings.worker_poll_interval_s
+    loops: tuple[_Loop, ...] = (
+        SegmentLoop(live, SegmentPublisher(engine, published, settings), poll_interval=poll),
+        JourneyLoop(journeys, poll_interval=poll),
         # The channel outbox: journeys' sends and audience uploads.
         Delivery(
             engine, settings, clock or SystemClock(), journeys.is_paused, journeys.daily_limit
         ),
-        RetentionJob(engine, warehouse, log, settings, clock),
+    )
+    return Workers(runner, log, loops if part == "people" else (*loops, retention))
+
+
+def _runner(
+    settings: Settings,
+    log: EventLog,
+    sinks: Sequence[Sink | tuple[Sink, ...]],
+    poison: PoisonHandler,
+    opener: Opener,
+    *,
+    ceiling: Ceiling | None = None,
+) -> Runner:
+    return Runner(
+        log,
+        sinks,
+        on_poison=poison,
+        batch_size=settings.worker_batch_size,
+        poll_interval=settings.worker_poll_interval_s,
+        unseal=opener,
+        ceiling=ceiling,
     )
 
 
