@@ -47,6 +47,7 @@ from remarket.storage.state import (
     profiles,
     segment_members,
 )
+from remarket.storage.state.reads import any_row
 
 __all__ = ["Delivery", "unsubscribe_url"]
 
@@ -239,11 +240,8 @@ class Delivery:
             & (channel_outbox.c.due_at <= now)
             & or_(channel_outbox.c.lease_until.is_(None), channel_outbox.c.lease_until <= now)
         )
-        # A read first: most polls find nothing due, and must not take the write lock
-        # (SQLite: BEGIN IMMEDIATE) that the workers' sinks queue for, 20 times a second.
-        with self._engine.connect() as conn:
-            if conn.execute(select(channel_outbox.c.id).where(due).limit(1)).first() is None:
-                return []
+        if not any_row(self._engine, select(channel_outbox.c.id).where(due)):
+            return []  # before BEGIN IMMEDIATE, which would take SQLite's write lock
         with immediate(self._engine) as conn:
             query = (
                 select(channel_outbox)

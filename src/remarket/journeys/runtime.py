@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 import msgspec
-from sqlalchemy import Connection, Engine, Select, func, select, update
+from sqlalchemy import Connection, Engine, func, select, update
 
 from remarket.channels.outbox import OutboxMessage, enqueue_many
 from remarket.clock import Clock, SystemClock
@@ -68,6 +68,7 @@ from remarket.storage.state import (
 from remarket.storage.state.bulk import bulk_insert, bulk_update
 from remarket.storage.state.offsets import claim_offset, committed_offset
 from remarket.storage.state.published import identify_rows
+from remarket.storage.state.reads import any_row
 from remarket.storage.warehouse import Warehouse
 
 __all__ = [
@@ -383,19 +384,12 @@ class JourneyRuntime:
 
     # -- timers ----------------------------------------------------------------------
 
-    def _any(self, query: Select[Any]) -> bool:
-        """Whether ``query`` finds a row: a read before the timers' write transactions,
-        which most rounds (20 a second) would take for nothing, queueing for the write lock
-        that the sinks hold."""
-        with self._engine.connect() as conn:
-            return conn.execute(query.limit(1)).first() is not None
-
     def run_due(self, limit: int = 2000) -> int:
         """Walk on every instance whose timer is due (up to ``limit``); how many."""
         due = (journey_instances.c.status == "active") & (
             journey_instances.c.due_at <= self._clock.now()
         )
-        if not self._any(select(journey_instances.c.id).where(due)):
+        if not any_row(self._engine, select(journey_instances.c.id).where(due)):
             return 0
         with self._lock, self._engine.begin() as conn:
             hold_offset(conn, CONSUMER)
@@ -527,7 +521,7 @@ class JourneyRuntime:
         """Enter the members of every due schedule's segment; how many entered."""
         entered = 0
         scheduled = (journeys.c.status == "active") & (journeys.c.next_run_at <= self._clock.now())
-        if not self._any(select(journeys.c.id).where(scheduled)):
+        if not any_row(self._engine, select(journeys.c.id).where(scheduled)):
             return 0
         with self._lock, self._engine.begin() as conn:
             hold_offset(conn, CONSUMER)

@@ -80,6 +80,7 @@ from remarket.storage.state import (
     segments,
 )
 from remarket.storage.state.offsets import claim_offset, committed_offset
+from remarket.storage.state.reads import any_row
 from remarket.storage.state.tables import erasures
 from remarket.storage.state.turns import write_turn
 from remarket.storage.warehouse import Warehouse
@@ -478,12 +479,9 @@ class LiveSegments:
 
     def run_timers(self, limit: int = 1000) -> int:
         """Re-check the profiles whose timer is due at the clock's now; how many."""
-        # A read first: most rounds find nothing due, and must not queue for the write
-        # lock that the sinks hold (20 times a second, at the worker's poll interval).
-        with self._engine.connect() as conn:
-            due_at = segment_timers.c.due_at <= self._clock.now()
-            if conn.scalar(select(segment_timers.c.segment).where(due_at).limit(1)) is None:
-                return 0
+        due_at = segment_timers.c.due_at <= self._clock.now()
+        if not any_row(self._engine, select(segment_timers.c.segment).where(due_at)):
+            return 0
         with (
             self._lock,
             write_turn(self._engine),
