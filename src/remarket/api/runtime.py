@@ -81,7 +81,7 @@ class Runtime:
             warehouse = open_warehouse(settings)
             compact_after_erasures(engine, warehouse)
         quarantine = QuarantineStore(engine, clock=clock)
-        keyring = Keyring(engine, clock=clock)
+        keyring = Keyring(engine, clock=clock, sync_commits=settings.log_fsync == "full")
         sealer = Sealer(keyring, settings.pii_fields) if settings.pii_encryption else None
         seal = SealPII(sealer, keyring)
         protection = Protection.build(settings, engine, clock)

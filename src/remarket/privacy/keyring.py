@@ -114,8 +114,14 @@ class Keyring:
         *,
         clock: Clock | None = None,
         refresh_interval: float = 2.0,
+        sync_commits: bool = False,
     ) -> None:
         self._engine = engine
+        # Keys must outlive a power loss whenever the events sealed under them do (the
+        # embedded log with fsync "full"); the state store's SQLite commits without an
+        # fsync otherwise (synchronous=NORMAL: a process crash loses nothing, a power
+        # loss may lose the last commits).
+        self._sync = sync_commits and engine.dialect.name == "sqlite"
         self._clock = clock or SystemClock()
         self._postgresql = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
@@ -230,24 +236,28 @@ class Keyring:
                 made = self._made
             try:
                 if batch:
-                    now = self._clock.now()
-                    # Collect waits for these rows: a turn, not a chance at the lock.
-                    with write_turn(self._engine), self._engine.begin() as conn:
-                        # Through the driver: SQLAlchemy's per-row work would cost more
-                        # than the rest of making a key.
-                        bulk_insert(
-                            conn,
-                            pii_keys,
-                            [
-                                {"handle": h, "key_id": k, "secret": s, "created_at": now}
-                                for h, k, s in batch
-                            ],
-                        )
+                    self._write(batch)
             except BaseException:
                 with self._lock:
                     self._pending = batch + self._pending
                 raise
             self._durable = made
+
+    def _write(self, batch: list[tuple[str, str, bytes]]) -> None:
+        now = self._clock.now()
+        rows = [{"handle": h, "key_id": k, "secret": s, "created_at": now} for h, k, s in batch]
+        # Collect waits for these rows: a turn, not a chance at the lock.
+        with write_turn(self._engine), self._engine.connect() as conn:
+            if self._sync:
+                _synchronous(conn, "FULL")
+            try:
+                with conn.begin():
+                    # Through the driver: SQLAlchemy's per-row work would cost more than
+                    # the rest of making a key.
+                    bulk_insert(conn, pii_keys, rows)
+            finally:
+                if self._sync:
+                    _synchronous(conn, "NORMAL")  # the pooled connection's usual mode
 
     # -- opening (workers) ------------------------------------------------------------
 
@@ -404,6 +414,12 @@ class Keyring:
                 ):
                     total += int(conn.scalar(query) or 0)
         return total
+
+
+def _synchronous(conn: Connection, mode: str) -> None:
+    """Set SQLite's ``synchronous`` on this connection (outside any transaction)."""
+    conn.exec_driver_sql(f"PRAGMA synchronous={mode}")
+    conn.commit()
 
 
 def _unindexed() -> ColumnElement[bool]:

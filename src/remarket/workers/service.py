@@ -90,7 +90,7 @@ async def build_workers(
     ``keyring``: the server's, so that an erasure drops cached keys at once (one is made
     otherwise)."""
     log = await open_log(settings)
-    keyring = keyring or Keyring(engine, clock=clock)
+    keyring = keyring or Keyring(engine, clock=clock, sync_commits=settings.log_fsync == "full")
     quarantine = QuarantineStore(engine)
     now = (clock or SystemClock()).now
 
