@@ -471,10 +471,12 @@ class Postgres:
     def __init__(self, url: str) -> None:
         self.warehouse = PostgresWarehouse(url)
         self.warehouse.query(PG_SCORES_DDL)
-        self.loaded: int | None = None
+        # The world loaded last, held (not its id: a new world may get a freed world's id,
+        # and would then be answered from the old one's rows).
+        self.loaded: World | None = None
 
     def load(self, world: World) -> None:
-        if self.loaded == id(world):
+        if self.loaded is world:
             return
         self.warehouse.query("TRUNCATE events, identities, scores, consumer_offsets")
         rows = _rows(world)
@@ -482,7 +484,7 @@ class Postgres:
         self.warehouse.upsert_identities(world.identity_rows())
         for row in world.scores:
             self.warehouse.query("INSERT INTO scores VALUES (%s, %s, %s, %s)", row)
-        self.loaded = id(world)
+        self.loaded = world
 
     def members(self, core: CoreSegment, world: World) -> set[str]:
         self.load(world)
