@@ -46,6 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remarket.clock import Clock, SystemClock
 from remarket.entropy import random_bytes
 from remarket.storage.state.bulk import bulk_insert
+from remarket.storage.state.engine import SQLITE_SYNCHRONOUS
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 from remarket.storage.state.turns import write_turn
 
@@ -257,7 +258,7 @@ class Keyring:
                     bulk_insert(conn, pii_keys, rows)
             finally:
                 if self._sync:
-                    _synchronous(conn, "NORMAL")  # the pooled connection's usual mode
+                    _synchronous(conn, SQLITE_SYNCHRONOUS)  # the pooled connection's usual mode
 
     # -- opening (workers) ------------------------------------------------------------
 

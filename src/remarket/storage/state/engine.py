@@ -11,15 +11,19 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-__all__ = ["connect_state", "upgrade_state"]
+__all__ = ["SQLITE_SYNCHRONOUS", "connect_state", "upgrade_state"]
 
 _MIGRATIONS = str(Path(__file__).with_name("migrations"))
+SQLITE_SYNCHRONOUS = "NORMAL"
+"""SQLite's ``synchronous`` for the state store's connections: in WAL mode a process crash
+loses no commit, a power loss may lose the last ones (writers that need more raise it for
+their own commits, as the keyring does)."""
 
 
 def _sqlite_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute(f"PRAGMA synchronous={SQLITE_SYNCHRONOUS}")
     cursor.execute("PRAGMA busy_timeout=10000")
     # Deleted rows are overwritten with zeros, not left in free space: erasure destroys
     # keys and personal rows, and a copy of the file must not bring them back.
