@@ -58,6 +58,18 @@ def _worker_of(server: ServerProcess) -> int:
     return workers[0]
 
 
+def _where(pid: int) -> str:
+    """What a live process's threads wait in (kernel wait channels), for a failure message."""
+    found = []
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        try:
+            name = (task / "comm").read_text().strip()
+            found.append(f"{name}:{(task / 'wchan').read_text().strip() or '-'}")
+        except OSError:
+            continue
+    return f"{pid} [{', '.join(found)}]"
+
+
 def _wait_dead(pids: list[int], timeout: float = 30.0) -> list[int]:
     """The processes still alive after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -120,7 +132,10 @@ def test_the_worker_process_dies_with_a_killed_server_and_a_restart_takes_over(
     server.wait_for_lag_zero()
     worker = _worker_of(server)
     server.kill()
-    assert not _wait_dead([worker]), "the worker process outlived its SIGKILLed server"
+    alive = _wait_dead([worker])
+    assert not alive, (
+        f"the worker process outlived its SIGKILLed server: {_where(worker)}\n{server.log_tail()}"
+    )
 
     server.start()  # the new worker process must be able to open the warehouse file
     _send(server, "wp-restart", 3)
@@ -213,7 +228,10 @@ def test_split_workers_die_with_a_killed_server_and_a_restart_takes_over(
     workers = _workers_of(split)
     assert len(workers) == 2
     split.kill()
-    assert not _wait_dead(workers), "a worker process outlived its SIGKILLed server"
+    alive = _wait_dead(workers)
+    assert not alive, (
+        f"worker processes outlived their SIGKILLed server: {list(map(_where, alive))}"
+    )
     split.start()
     _send(split, "sp-restart", 2)
     split.wait_for_lag_zero()

@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import gc
 import json
+import logging
 import os
 import secrets
 import shutil
@@ -38,6 +39,8 @@ from remarket.storage.warehouse.remote import RemoteWarehouse, WarehouseServer
 from remarket.workers.service import WorkerPart, build_workers
 
 __all__ = ["WorkerProcess", "check_part", "run_worker_process", "run_workers"]
+
+_log = logging.getLogger(__name__)
 
 _PR_SET_PDEATHSIG: Final = 1
 _SOCKET: Final = "warehouse.sock"
@@ -166,7 +169,12 @@ def run_workers(
     if remote is None:
         check_part(settings, part)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    def on_sigterm(*_: object) -> None:
+        _log.info("workers (%s) stopping: SIGTERM", part)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     engine = connect_state(settings.resolved_database_url())
     warehouse: Warehouse
     if remote is not None:
@@ -208,6 +216,7 @@ def run_workers(
             server.close()
         warehouse.close()
         engine.dispose()
+        _log.info("workers (%s) stopped", part)
 
 
 def run_worker_process(spec_path: Path) -> None:
