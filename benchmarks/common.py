@@ -229,15 +229,17 @@ def wrk(
     threads: int,
     batch: int = 100,
     new_device_every: int = 0,
+    device_seed: int | None = None,
 ) -> dict[str, float]:
     """Run wrk with batch.lua (``/v1/batch`` of ``batch`` events; with
-    ``new_device_every`` N, every Nth event from a device never seen before); the figures
-    its done() prints."""
+    ``new_device_every`` N, every Nth event from a device never seen before; runs with the
+    same ``device_seed`` send the same devices); the figures its done() prints."""
     if shutil.which("wrk") is None:
         raise RuntimeError("wrk is not installed: run `bash scripts/ensure-bench-tools.sh`")
     argv = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:g}s"]
     argv += ["--latency", "--timeout", "10s", "-s", str(WRK_BATCH_LUA), f"{url}/v1/batch"]
     argv += ["--", auth, nonce, str(batch), str(new_device_every)]
+    argv += [] if device_seed is None else [str(device_seed)]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 120)
     for line in done.stdout.splitlines():
         if line.startswith("WRK_JSON "):

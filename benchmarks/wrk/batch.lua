@@ -3,10 +3,12 @@
 -- thread, per-thread request counter, position in the batch), so dedupe keeps every one.
 --
 -- usage: wrk -s batch.lua URL -- "<Authorization header>" <run nonce> [events per batch]
---        [new device every N events]
+--        [new device every N events] [device seed]
 -- By default the events come from 20,000 devices per thread, met again and again; with N,
 -- every Nth event of a request comes from a device never seen before (its anonymousId is
--- its messageId), as a shop's new visitors do.
+-- its messageId), as a shop's new visitors do. Runs given the same device seed draw the
+-- same devices (a warm-up then meets the devices the measured run sends); without one,
+-- each run draws its own.
 -- done() prints one line: WRK_JSON {...} (counts, errors, latency percentiles in µs).
 
 local threads = {}
@@ -58,7 +60,7 @@ function init(args)
   nonce = args[2] or "run"
   per_batch = tonumber(args[3] or "100")
   new_every = tonumber(args[4] or "0")
-  math.randomseed(id * 7919 + os.time())
+  math.randomseed(id * 7919 + tonumber(args[5] or tostring(os.time())))
   local visitors, products = {}, {}
   for i = 1, 20000 do
     visitors[i] = uuid4()
