@@ -173,6 +173,7 @@ def load(
         connections=args.connections,
         threads=args.threads,
         batch=BATCH,
+        new_device_every=args.new_device_every,
         device_seed=devices,
     )
     common.progress(f"{label}: measuring {args.duration:g} s, {args.connections} connections")
@@ -188,6 +189,7 @@ def load(
             connections=args.connections,
             threads=args.threads,
             batch=BATCH,
+            new_device_every=args.new_device_every,
             device_seed=devices,
         )
     run = Run(
@@ -321,7 +323,8 @@ def report(runs: list[Run], args: argparse.Namespace, profile_dir: Path | None) 
     print(
         f"\nIngest: POST /v1/batch x {BATCH} events (~{ceiling.wrk['body_bytes'] / BATCH:.0f} B "
         f"each), {args.duration:g} s, wrk {args.threads} thread(s) x {args.connections} "
-        f"connections, log fsync={args.fsync}, dedupe on\n"
+        f"connections, log fsync={args.fsync}, dedupe on, new device every "
+        f"{args.new_device_every or '-'} events\n"
     )
     print(common.table([*headers, "ratio to ceiling"], rows))
     for run in runs[1:]:
@@ -347,6 +350,7 @@ def figures_of(runs: list[Run], args: argparse.Namespace) -> dict[str, object]:
         "batch_events": BATCH,
         "event_bytes": round(ceiling.wrk["body_bytes"] / BATCH),
         "log_fsync": args.fsync,
+        "new_device_every": args.new_device_every,
     }
     for run in runs:
         out[f"{run.key}_events_per_s"] = round(run.events_per_s)
@@ -373,6 +377,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=float, help="warm-up seconds per server")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections")
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
+    parser.add_argument(
+        "--new-device-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every Nth event from a device never seen before (default: none, returning ones)",
+    )
     parser.add_argument("--fsync", choices=["full", "normal", "off"], default="full")
     parser.add_argument(
         "--catch-up-timeout", type=float, help="seconds the workers get to apply the log"

@@ -229,7 +229,7 @@ def _key_secrets(runtime: Runtime, person: dict[str, str]) -> list[bytes]:
         runtime.keyring.handle("anonymous_id", person["anonymousId"]),
         runtime.keyring.handle("user_id", person["userId"]),
     ]
-    with runtime.engine.connect() as conn:
+    with runtime.keyring.store.connect() as conn:
         rows = conn.execute(select(pii_keys.c.secret).where(pii_keys.c.handle.in_(handles)))
         return [bytes(secret) for (secret,) in rows]
 

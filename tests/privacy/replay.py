@@ -11,6 +11,7 @@ from sqlalchemy import Engine, select
 from remarket.config import Settings
 from remarket.privacy.keyring import Keyring
 from remarket.storage.state import connect_state, upgrade_state
+from remarket.storage.state.keystore import key_store
 from remarket.storage.state.tables import pii_keys, privacy_secrets
 from remarket.storage.warehouse import DuckDBWarehouse
 from remarket.workers import build_workers
@@ -24,8 +25,11 @@ def replay_log(
     folder.mkdir(parents=True, exist_ok=True)
     engine = connect_state(f"sqlite:///{folder / 'state.db'}")
     upgrade_state(engine)
-    with live_state.connect() as source, engine.begin() as target:
-        for table in (privacy_secrets, pii_keys):
+    for table, source_engine, target_engine in (
+        (privacy_secrets, live_state, engine),
+        (pii_keys, key_store(live_state), key_store(engine)),
+    ):
+        with source_engine.connect() as source, target_engine.begin() as target:
             rows = [dict(r._mapping) for r in source.execute(select(table))]
             if rows:
                 target.execute(table.insert(), rows)

@@ -11,15 +11,21 @@ from sqlalchemy import Engine, select
 
 from remarket.privacy.erasers import (
     PERSONAL_TABLES,
-    SQLiteScrubber,
     TableEraser,
     compact_after_erasures,
+    standard_erasers,
 )
 from remarket.privacy.erasure import Erasure, ErasureRegistry
 from remarket.privacy.keyring import Keyring
 from remarket.schema.events import Track
 from remarket.storage.state import connect_state, upgrade_state
-from remarket.storage.state.tables import erasures, guard_anomalies, metadata, pii_keys
+from remarket.storage.state.tables import (
+    erasures,
+    guard_anomalies,
+    metadata,
+    pii_key_handles,
+    pii_keys,
+)
 from remarket.storage.warehouse import DuckDBWarehouse
 
 AT = datetime(2026, 11, 1, tzinfo=UTC)
@@ -63,29 +69,37 @@ def test_every_state_table_naming_a_profile_is_erased() -> None:
 def test_scrubbing_empties_the_write_ahead_log_and_gives_way_to_writers(tmp_path: Path) -> None:
     """A truncating checkpoint holds the write lock while it waits for readers: it waits
     briefly, so that a transaction that read and then writes is not stalled (it would
-    fail with "database is locked" after its own 10 s), and succeeds once it is done."""
+    fail with "database is locked" after its own 10 s), and succeeds once it is done.
+    Keys are in the key file beside the state store: its scrubber is registered too."""
     engine = connect_state(f"sqlite:///{tmp_path / 'state.db'}")
     upgrade_state(engine)
-    wal = tmp_path / "state.db-wal"
+    wal = tmp_path / "state.keys.db-wal"
     ring = Keyring(engine)
+    assert ring.store is not engine
     handle = ring.handle("anonymous_id", "a-1")
     ring.key_for(handle)
     ring.flush()
-    (secret,) = _secrets(engine)
+    (secret,) = _secrets(ring.store)
     ring.destroy([handle])
     assert secret in wal.read_bytes()  # the page as it was, before the deletion
-    scrubber = SQLiteScrubber(engine)
-    with engine.connect() as busy:
+    (scrubber,) = [
+        s
+        for s in standard_erasers(engine, ring, DuckDBWarehouse(None)).scrubbers
+        if s.name == "keys.sqlite"
+    ]
+    with ring.store.connect() as busy:
         busy.exec_driver_sql("BEGIN")
-        busy.execute(select(guard_anomalies.c.id)).all()  # a reader ...
+        busy.execute(select(pii_keys.c.key_id)).all()  # a reader ...
         started = time.monotonic()
         assert scrubber.scrub() is False
         assert time.monotonic() - started < 5
-        busy.execute(guard_anomalies.insert(), [_anomaly("a-1")])  # ... that writes
+        busy.execute(
+            pii_key_handles.insert(), [{"handle": "h_x", "key_id": "k"}]
+        )  # ... that writes
         busy.exec_driver_sql("COMMIT")
     assert scrubber.scrub() is True
     assert wal.stat().st_size == 0
-    assert secret not in (tmp_path / "state.db").read_bytes()
+    assert secret not in (tmp_path / "state.keys.db").read_bytes()
     engine.dispose()
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import Engine, event, select
 
 from remarket.privacy.keyring import Keyring
 from remarket.storage.state import connect_state, upgrade_state
+from remarket.storage.state.keystore import key_store
 from remarket.storage.state.tables import pii_keys
 
 
@@ -29,19 +30,20 @@ def _synchronous_at_key_inserts(engine: Engine, sync_commits: bool) -> list[int]
         if statement.startswith('INSERT INTO "pii_keys"'):
             seen.append(cursor.connection.execute("PRAGMA synchronous").fetchone()[0])
 
-    event.listen(engine, "before_cursor_execute", before)
+    keys = key_store(engine)
+    event.listen(keys, "before_cursor_execute", before)
     try:
         ring = Keyring(engine, sync_commits=sync_commits)
         ring.key_for(ring.handle("anonymous_id", "a-1"))
         ring.flush()
     finally:
-        event.remove(engine, "before_cursor_execute", before)
+        event.remove(keys, "before_cursor_execute", before)
     return seen
 
 
 def test_key_commits_fsync_when_the_log_does(engine: Engine) -> None:
     assert _synchronous_at_key_inserts(engine, sync_commits=True) == [2]  # FULL
-    with engine.connect() as conn:  # the pooled connection is back to its usual mode
+    with key_store(engine).connect() as conn:  # the pooled connection is back to its usual mode
         assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 1  # NORMAL
         assert len(conn.execute(select(pii_keys)).all()) == 1
 

@@ -148,7 +148,7 @@ def test_keys_are_per_identity_and_group_committed(ring: Keyring, engine: Engine
     ring.key_for(ring.handle("anonymous_id", "a-2"))
 
     def stored() -> int:
-        with engine.connect() as conn:
+        with ring.store.connect() as conn:
             return int(conn.scalar(select(func.count()).select_from(pii_keys)) or 0)
 
     assert stored() == 0
@@ -178,10 +178,10 @@ def test_keys_are_found_by_handle_before_and_after_indexing(
     messages = {user: _sealed(ring, user) for user in ("ann", "bob", "cy")}
     handles = {user: ring.handle("user_id", user) for user in messages}
     pairs = sorted(_key_pair(ring, user, m) for user, m in messages.items())
-    assert _indexed(engine) == []
+    assert _indexed(ring.store) == []
     if indexed_first:
         assert ring.index_pending() == 3
-        assert _indexed(engine) == pairs
+        assert _indexed(ring.store) == pairs
         assert ring.index_pending() == 0
     assert ring.count([handles["ann"]]) == (2 if indexed_first else 1)
     assert ring.destroy([handles["ann"]]) == 1
@@ -191,15 +191,15 @@ def test_keys_are_found_by_handle_before_and_after_indexing(
     assert dropped == 1 and sorted(m.user_id or "" for _, m in rows) == ["bob", "cy"]
     # Indexing after the erasure enters the survivors only.
     ring.index_pending()
-    assert _indexed(engine) == [p for p in pairs if p[0] != handles["ann"]]
+    assert _indexed(ring.store) == [p for p in pairs if p[0] != handles["ann"]]
 
 
 def test_a_worker_batch_indexes_the_keys_made_since_the_last(ring: Keyring, engine: Engine) -> None:
     sealed = _sealed(ring, "ann")
     pair = _key_pair(ring, "ann", sealed)
-    assert _indexed(engine) == []
+    assert _indexed(ring.store) == []
     assert len(Opener(Keyring(engine))([(1, sealed)])) == 1
-    assert _indexed(engine) == [pair]
+    assert _indexed(ring.store) == [pair]
 
 
 def test_a_handle_is_the_keyed_sha256_of_the_identifier(ring: Keyring, engine: Engine) -> None:
@@ -340,7 +340,7 @@ def test_collect_seals_before_the_log_and_refuses_client_seals(
     # The partition follows the device: every event of a-1 lands in one partition.
     assert record.partition == partition_of(stored, 16)
     if encrypt:
-        with engine.connect() as conn:  # the key was committed before the append returned
+        with ring.store.connect() as conn:  # the key was committed before the append returned
             assert conn.scalar(select(func.count()).select_from(pii_keys)) == 1
         (opened,), _ = Opener(ring).open([(1, stored)])
         assert opened[1].anonymous_id == "a-1"

@@ -178,7 +178,7 @@ class KeyEraser:
 
 
 class SQLiteScrubber:
-    """The SQLite state store, keys included. A deletion zeroes the rows in place
+    """A SQLite file of the state store (or its key file). A deletion zeroes the rows in place
     (``secure_delete``, set on every connection), but the write-ahead log keeps the
     pages as they were until a checkpoint: a truncating one copies the current pages
     into the database file and empties the log.
@@ -187,10 +187,9 @@ class SQLiteScrubber:
     waits briefly, so that the workers' transactions are not stalled, and tries again.
     """
 
-    name = "state.sqlite"
-
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, name: str = "state.sqlite") -> None:
         self._engine = engine
+        self.name = name
 
     def scrub(self) -> bool:
         with self._engine.connect() as conn:
@@ -321,6 +320,8 @@ def standard_erasers(
         registry.register(ParquetEraser(folder))
     if engine.dialect.name == "sqlite":
         registry.scrub_with(SQLiteScrubber(engine))
+    if keyring.store is not engine:
+        registry.scrub_with(SQLiteScrubber(keyring.store, "keys.sqlite"))
     return registry
 
 

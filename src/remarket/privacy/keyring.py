@@ -2,7 +2,8 @@
 
 At collect time an event's profile is not known yet, so keys belong to identifiers: the
 key of ``("anonymous_id", "a-1")`` is named by its *handle*, an HMAC of the identifier
-under a server secret, and stored in the state store (``pii_keys``). Erasure computes
+under a server secret, and stored in the key store (``pii_keys``: a file of its own
+beside an embedded state store, :mod:`remarket.storage.state.keystore`). Erasure computes
 the handles of every identifier of the profile and deletes their keys; events sealed
 under them (:mod:`remarket.privacy.seal`) can then be neither read nor linked again.
 
@@ -47,6 +48,7 @@ from remarket.clock import Clock, SystemClock
 from remarket.entropy import random_bytes
 from remarket.storage.state.bulk import bulk_insert
 from remarket.storage.state.engine import SQLITE_SYNCHRONOUS
+from remarket.storage.state.keystore import key_store, sqlite_synchronous
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 from remarket.storage.state.turns import write_turn
 
@@ -118,11 +120,12 @@ class Keyring:
         sync_commits: bool = False,
     ) -> None:
         self._engine = engine
+        self._keys = key_store(engine)
         # Keys must outlive a power loss whenever the events sealed under them do (the
         # embedded log with fsync "full"); the state store's SQLite commits without an
         # fsync otherwise (synchronous=NORMAL: a process crash loses nothing, a power
         # loss may lose the last commits).
-        self._sync = sync_commits and engine.dialect.name == "sqlite"
+        self._sync = sync_commits and self._keys.dialect.name == "sqlite"
         self._clock = clock or SystemClock()
         self._postgresql = engine.dialect.name == "postgresql"
         self._insert = postgresql.insert if self._postgresql else sqlite.insert
@@ -146,6 +149,11 @@ class Keyring:
         self._epoch = self.epoch()
         self._refresh_interval = refresh_interval
         self._refreshed_at = time.monotonic()
+
+    @property
+    def store(self) -> Engine:
+        """The engine the keys are in: the state store's, or that of its key file."""
+        return self._keys
 
     def handle(self, kind: str, value: str) -> str:
         """The handle of an identifier: ``h_`` and 32 hex digits of its HMAC-SHA256."""
@@ -248,9 +256,9 @@ class Keyring:
         now = self._clock.now()
         rows = [{"handle": h, "key_id": k, "secret": s, "created_at": now} for h, k, s in batch]
         # Collect waits for these rows: a turn, not a chance at the lock.
-        with write_turn(self._engine), self._engine.connect() as conn:
+        with write_turn(self._keys), self._keys.connect() as conn:
             if self._sync:
-                _synchronous(conn, "FULL")
+                sqlite_synchronous(conn, "FULL")
             try:
                 with conn.begin():
                     # Through the driver: SQLAlchemy's per-row work would cost more than
@@ -258,7 +266,7 @@ class Keyring:
                     bulk_insert(conn, pii_keys, rows)
             finally:
                 if self._sync:
-                    _synchronous(conn, SQLITE_SYNCHRONOUS)  # the pooled connection's usual mode
+                    sqlite_synchronous(conn, SQLITE_SYNCHRONOUS)  # the pool's usual mode
 
     # -- opening (workers) ------------------------------------------------------------
 
@@ -275,7 +283,7 @@ class Keyring:
         if missing:
             if len(self._opening) + len(missing) > _CACHE_LIMIT:
                 self._opening.clear()
-            with self._engine.connect() as conn:
+            with self._keys.connect() as conn:
                 for start in range(0, len(missing), _LOOKUP_CHUNK):
                     chunk = missing[start : start + _LOOKUP_CHUNK]
                     # By key id (the primary key's first column; a pair list is a scan
@@ -331,7 +339,7 @@ class Keyring:
         wanted = sorted(set(handles))
         self.flush()  # a key still in memory would be written after its erasure
         deleted = 0
-        with write_turn(self._engine), self._engine.begin() as conn:
+        with write_turn(self._keys), self._keys.begin() as conn:
             self._index_lock(conn)
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
@@ -361,10 +369,10 @@ class Keyring:
         how many. Up to 20,000 per call: the rest wait for the next."""
         # A read first (the partial index of unindexed rows): most worker batches find
         # nothing, and must not take the write lock that collect's key commits wait on.
-        with self._engine.connect() as conn:
+        with self._keys.connect() as conn:
             if conn.scalar(select(pii_keys.c.key_id).where(_unindexed()).limit(1)) is None:
                 return 0
-        with self._engine.begin() as conn:
+        with self._keys.begin() as conn:
             self._index_lock(conn)
             oldest = (
                 select(pii_keys.c.key_id)
@@ -398,7 +406,7 @@ class Keyring:
         (residue after an erasure: 0)."""
         wanted = sorted(set(handles))
         total = 0
-        with self._engine.connect() as conn:
+        with self._keys.connect() as conn:
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
                 indexed = select(pii_key_handles.c.key_id, pii_key_handles.c.handle).where(
@@ -415,12 +423,6 @@ class Keyring:
                 ):
                     total += int(conn.scalar(query) or 0)
         return total
-
-
-def _synchronous(conn: Connection, mode: str) -> None:
-    """Set SQLite's ``synchronous`` on this connection (outside any transaction)."""
-    conn.exec_driver_sql(f"PRAGMA synchronous={mode}")
-    conn.commit()
 
 
 def _unindexed() -> ColumnElement[bool]:
