@@ -5,10 +5,11 @@ Collect acknowledges events only once the keys they are sealed under are committ
 the state store's SQLite file, every such commit queued for the one write lock behind the
 workers' transactions (profiles, segments: tens of milliseconds each): with a tenth of
 the events from new devices, `remarket serve` accepted 23,626 events/s at p99 350 ms,
-against 56,857 at 32 ms without workers (``benchmarks/ingest.py --new-device-every 10``,
-session 9). A file of its own has its own write lock, which only the key writer, the
-handle index and erasure take. PostgreSQL locks rows, not the database; an in-memory
-SQLite store has no other process: both keep the keys in the state store.
+against 56,857 at 32 ms without workers; with the keys in their own file, 41,631-42,757
+at 52 ms (``benchmarks/ingest.py --new-device-every 10``, session 9). A file of its
+own has its own write lock, which only the key writer, the handle index and erasure
+take. PostgreSQL locks rows, not the database; an in-memory SQLite store has no other
+process: both keep the keys in the state store.
 
 The file holds ``pii_keys`` and ``pii_key_handles`` as the state schema defines them
 (:mod:`remarket.storage.state.tables`), created from those definitions; ``PRAGMA
