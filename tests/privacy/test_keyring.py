@@ -12,7 +12,7 @@ from sqlalchemy import Engine, event, select
 from remarket.privacy.keyring import Keyring
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.state.keystore import key_store
-from remarket.storage.state.tables import pii_keys
+from remarket.storage.state.tables import pii_key_handles, pii_keys
 
 
 @pytest.fixture
@@ -50,3 +50,18 @@ def test_key_commits_fsync_when_the_log_does(engine: Engine) -> None:
 
 def test_key_commits_keep_the_state_stores_mode_otherwise(engine: Engine) -> None:
     assert _synchronous_at_key_inserts(engine, sync_commits=False) == [1]  # NORMAL
+
+
+def test_indexing_enters_every_pending_key_a_chunk_per_transaction(engine: Engine) -> None:
+    """Collect's key commits wait for the index's transactions: each is kept short."""
+    ring = Keyring(engine)
+    for n in range(1_200):
+        ring.key_for(ring.handle("anonymous_id", f"a-{n}"))
+    ring.flush()
+    commits: list[int] = []
+    event.listen(ring.store, "commit", lambda conn: commits.append(1))
+    assert ring.index_pending() == 1_200
+    assert len(commits) == 3  # 500 + 500 + 200
+    with ring.store.connect() as conn:
+        assert len(conn.execute(select(pii_key_handles)).all()) == 1_200
+    assert ring.index_pending() == 0

@@ -61,6 +61,7 @@ _SECRET_NAME: Final = "handle_hmac"
 _LOOKUP_CHUNK: Final = 400
 _CACHE_LIMIT: Final = 1_000_000
 _INDEX_BATCH: Final = 20_000
+_INDEX_CHUNK: Final = 500
 # Indexing and erasure take turns on PostgreSQL (SQLite has one writer anyway): an erasure
 # reading the handle index while rows are being moved into it could miss them.
 _PG_LOCK: Final = text("SELECT pg_advisory_xact_lock(7262715263)")
@@ -367,18 +368,30 @@ class Keyring:
     def index_pending(self) -> int:
         """Enter keys written since the last call into the handle index, in bulk (commits);
         how many. Up to 20,000 per call: the rest wait for the next."""
+        done = 0
+        while done < _INDEX_BATCH:
+            entered = self._index_chunk()
+            done += entered
+            if entered < _INDEX_CHUNK:
+                break
+        return done
+
+    def _index_chunk(self) -> int:
+        """Index up to 500 keys in one transaction, at a turn of the key store's write lock:
+        collect's key commits wait for one chunk at most (a few ms; 20,000 rows at once
+        held them up to 50 ms)."""
         # A read first (the partial index of unindexed rows): most worker batches find
         # nothing, and must not take the write lock that collect's key commits wait on.
         with self._keys.connect() as conn:
             if conn.scalar(select(pii_keys.c.key_id).where(_unindexed()).limit(1)) is None:
                 return 0
-        with self._keys.begin() as conn:
+        with write_turn(self._keys), self._keys.begin() as conn:
             self._index_lock(conn)
             oldest = (
                 select(pii_keys.c.key_id)
                 .where(_unindexed())
                 .order_by(pii_keys.c.key_id)
-                .limit(_INDEX_BATCH)
+                .limit(_INDEX_CHUNK)
             )
             # Marked first: the rows are then this transaction's, and only rows that
             # still exist are entered.
