@@ -3,9 +3,13 @@ DuckDB warehouse and the SQLite profile store, against reading and decoding the 
 records (what any consumer pays before doing anything), in the same run.
 
 The log is filled first through `remarket.collect.Collector` (validate, dedupe, enrich,
-append; fsync off since filling is not measured) with a synthetic shop's traffic
+seal, append; fsync off since filling is not measured) with a synthetic shop's traffic
 (`remarket.sim.Shop`: many anonymous visitors, about a third identify, some on two
-devices so profiles merge). Then each consumer set drains the whole log into empty stores:
+devices so profiles merge). Events are sealed under per-device keys as `remarket serve`
+seals them by default (PII encryption on), and every phase starts with a copy of those
+keys, so the workers open each event as they would in production; `--plain` fills the
+log unsealed (encryption off; what this benchmark measured before session 9). Then each
+consumer set drains the whole log into empty stores:
 
   read          `SQLiteLog.read_sync` in batches of `worker_batch_size`
   read+decode   the same plus `decode_log_message` per record (the baseline)
@@ -22,7 +26,7 @@ The worker-process phases are timed from their progress (the slower of the wareh
 and the profiles' offsets) between 10 % and 90 % of the log, so that starting Python
 in the children is not counted; CPU is the children's over the same stretch.
 
-    .venv/bin/python benchmarks/workers.py [--quick] [--events N] [--profile]
+    .venv/bin/python benchmarks/workers.py [--quick] [--events N] [--plain] [--profile]
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import contextlib
 import gc
 import itertools
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -47,7 +52,10 @@ from pydantic import SecretStr
 import common
 from remarket.clock import SystemClock
 from remarket.collect import Collector, QuarantineStore, SourceRegistry
+from remarket.collect.seal import SealPII
 from remarket.config import Settings
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.seal import Opener, Sealer
 from remarket.profiles import ProfileStore
 from remarket.schema.events import Batch, decode_log_message
 from remarket.sim import Shop
@@ -64,6 +72,7 @@ from remarket.workers import (
 )
 
 TARGETS: Final[dict[str, float]] = {"both_sinks_events_per_s": 100_000}
+_KEYS: Final = "state.keys.db"
 _REQUEST: Final = 100
 _PROCESS_PHASES: Final = {
     "one_process": ("one_process", "one worker process", False),
@@ -94,14 +103,24 @@ class Phase:
 # -- filling the log -------------------------------------------------------------
 
 
-async def fill(log_dir: Path, events: int, seed: int) -> int:
-    """Append ``events`` shop events to ``log_dir/log.db`` through the collector."""
+async def fill(log_dir: Path, events: int, seed: int, *, sealed: bool) -> int:
+    """Append ``events`` shop events to ``log_dir/log.db`` through the collector (sealed
+    under keys in ``log_dir/state.keys.db``, or not)."""
     settings = Settings(data_dir=log_dir, log_fsync="off")
     engine = connect_state(settings.resolved_database_url())
     upgrade_state(engine)
     log = SQLiteLog(log_dir / "log.db", fsync="off")
+    keyring = Keyring(engine)
+    seal = SealPII(Sealer(keyring, settings.pii_fields) if sealed else None, keyring)
     try:
-        collector = Collector(settings, log, QuarantineStore(engine), SystemClock())
+        collector = Collector(
+            settings,
+            log,
+            QuarantineStore(engine),
+            SystemClock(),
+            extra_stages=[seal],
+            barriers=[seal.durable],
+        )
         source, _ = SourceRegistry(engine).create("bench")
         shop = Shop(visitors=max(events // 4, 10), end=datetime(2026, 1, 1, tzinfo=UTC), seed=seed)
         stream = (msgspec.json.encode(e) for e in itertools.islice(shop.events(), events))
@@ -121,6 +140,7 @@ async def fill(log_dir: Path, events: int, seed: int) -> int:
         return appended
     finally:
         await log.close()
+        keyring.store.dispose()
         engine.dispose()
 
 
@@ -172,8 +192,14 @@ def _poison(record: LogRecord, reason: str) -> None:
 
 @contextlib.contextmanager
 def _stores(root: Path, name: str) -> Iterator[Settings]:
+    """A phase's empty stores, with a copy of the keys the log was sealed under."""
     phase_dir = root / name
     phase_dir.mkdir()
+    with (
+        contextlib.closing(sqlite3.connect(root / "log" / _KEYS)) as keys,
+        contextlib.closing(sqlite3.connect(phase_dir / _KEYS)) as copy,
+    ):
+        keys.backup(copy)
     yield Settings(data_dir=phase_dir, log_url=SecretStr(f"sqlite:///{root / 'log' / 'log.db'}"))
 
 
@@ -199,7 +225,13 @@ async def run_sinks(
         else:
             log = SQLiteLog(root / "log" / "log.db", fsync="off")
             sinks = make(settings, engine, warehouse)
-            runner = Runner(log, sinks, on_poison=_poison, batch_size=settings.worker_batch_size)
+            runner = Runner(
+                log,
+                sinks,
+                on_poison=_poison,
+                batch_size=settings.worker_batch_size,
+                unseal=Opener(Keyring(engine)),
+            )
         # As `remarket worker` and `remarket serve` do after start-up.
         gc.collect()
         gc.freeze()
@@ -246,13 +278,16 @@ def run_processes(
         complete = True
         try:
             started = time.perf_counter()
-            while (done := _offsets(engine, warehouse)) < end:
+            while True:
+                done = _offsets(engine, warehouse)
                 now = time.perf_counter()
                 for name, threshold in (("low", low), ("high", high)):
                     if name not in marks and done >= threshold:
                         each = [common.cpu_seconds(pid) for pid in process.pids]
                         marks[name] = (now, sum(each), done)
                         children[name] = each
+                if done >= end:
+                    break
                 if now - started > args.phase_timeout:
                     common.progress(f"{label}: stopped after {args.phase_timeout:.0f} s")
                     complete = False
@@ -294,7 +329,7 @@ async def measure(args: argparse.Namespace, root: Path) -> tuple[list[Phase], di
     (root / "log").mkdir()
     common.progress(f"filling the log with {args.events:,} shop events")
     start = time.perf_counter()
-    total = await fill(root / "log", args.events, args.seed)
+    total = await fill(root / "log", args.events, args.seed, sealed=not args.plain)
     common.progress(f"filled: {total:,} events in {time.perf_counter() - start:.1f} s")
 
     log = SQLiteLog(root / "log" / "log.db", fsync="off")
@@ -352,8 +387,9 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
         for p in phases
     ]
     print(
-        f"\nWorkers: {facts['events']:,} shop events, SQLite log -> DuckDB warehouse + "
-        "SQLite profiles, empty stores\n"
+        f"\nWorkers: {facts['events']:,} shop events "
+        f"({'unsealed' if args.plain else 'sealed, as collect seals them by default'}), "
+        "SQLite log -> DuckDB warehouse + SQLite profiles, empty stores\n"
     )
     print(
         common.table(
@@ -383,6 +419,7 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
                 print(f"  {share:6.1%}  {frame}")
     print(f"\nload average (1, 5, 15 min) at the end: {facts['load']}\n")
     figures: dict[str, Any] = {"events": facts["events"], "load_average": facts["load"]}
+    figures["sealed"] = not args.plain
     for p in phases:
         figures[f"{p.key}_events_per_s"] = round(p.rate)
         figures[f"{p.key}_seconds"] = round(p.seconds, 2)
@@ -402,6 +439,9 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="50k events instead of 500k")
+    parser.add_argument(
+        "--plain", action="store_true", help="fill the log unsealed (PII encryption off)"
+    )
     parser.add_argument("--events", type=int, help="events to put in the log")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(

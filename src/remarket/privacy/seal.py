@@ -180,13 +180,17 @@ class Sealer:
         return key
 
 
-def _parse(sealed: bytes) -> tuple[str, str, bytes, bytes] | None:
-    """(key handle, key id, nonce, ciphertext), or None if this is no sealed blob."""
+def _header(sealed: bytes) -> bytes | None:
+    """The key's handle and id as a blob names them (24 bytes), or None if this is no
+    sealed blob."""
     if len(sealed) <= _HEADER + _NONCE or sealed[:1] != _VERSION:
         return None
-    handle = HANDLE_PREFIX + sealed[1 : 1 + _HANDLE_BYTES].hex()
-    key_id = sealed[1 + _HANDLE_BYTES : _HEADER].hex()
-    return handle, key_id, sealed[_HEADER : _HEADER + _NONCE], sealed[_HEADER + _NONCE :]
+    return sealed[1:_HEADER]
+
+
+def _pair(header: bytes) -> tuple[str, str]:
+    """(key handle, key id) of a blob's header."""
+    return HANDLE_PREFIX + header[:_HANDLE_BYTES].hex(), header[_HANDLE_BYTES:].hex()
 
 
 class Opener:
@@ -198,6 +202,11 @@ class Opener:
         # Unknown until the first batch: keys cached before this opener existed are
         # dropped then, whatever was erased meanwhile.
         self._epoch: tuple[int, str] | None = None
+        # The cipher and the tail of the authenticated data of each key met so far, by
+        # the blob header naming it: one slice and one lookup per event. Dropped whenever
+        # the keyring drops keys (its generation grows: an erasure).
+        self._keys: dict[bytes, tuple[AESGCM, bytes]] = {}
+        self._generation = keyring.generation
 
     def __call__(self, rows: Sequence[tuple[int, Message]]) -> list[tuple[int, Message]]:
         """For a worker, per batch: look for erasures first (any process's); after one,
@@ -221,27 +230,27 @@ class Opener:
 
         Messages that were never sealed pass through unchanged.
         """
-        parsed: dict[int, tuple[str, str, bytes, bytes] | None] = {}
-        for index, (_, m) in enumerate(rows):
-            if m.sealed is not None:
-                parsed[index] = _parse(m.sealed)
-        if not parsed:
-            return list(rows), 0
-        ciphers = self._ring.lookup({(p[0], p[1]) for p in parsed.values() if p is not None})
+        keys = self._ciphers(rows)
         kept: list[tuple[int, Message]] = []
         dropped = 0
-        for index, row in enumerate(rows):
-            if index not in parsed:
+        for row in rows:
+            m = row[1]
+            sealed = m.sealed
+            if sealed is None:
                 kept.append(row)
                 continue
-            found = parsed[index]
-            cipher = ciphers.get((found[0], found[1])) if found is not None else None
-            if found is None or cipher is None:
+            header = _header(sealed)
+            key = keys.get(header) if header is not None else None
+            if key is None:
                 dropped += 1
                 continue
-            m = row[1]
+            cipher, aad_tail = key
             try:
-                plain = cipher.decrypt(found[2], found[3], _aad(m.message_id, found[0]))
+                plain = cipher.decrypt(
+                    sealed[_HEADER : _HEADER + _NONCE],
+                    sealed[_HEADER + _NONCE :],
+                    (m.message_id or "").encode() + aad_tail,
+                )
                 secret = _SECRET.decode(plain)
             except (InvalidTag, msgspec.MsgspecError):
                 dropped += 1
@@ -249,6 +258,28 @@ class Opener:
             _restore(m, secret)
             kept.append(row)
         return kept, dropped
+
+    def _ciphers(self, rows: Sequence[tuple[int, Message]]) -> dict[bytes, tuple[AESGCM, bytes]]:
+        """The cache of keys, holding every existing key these rows' blobs name."""
+        ring = self._ring
+        if ring.generation != self._generation:
+            self._keys.clear()
+            self._generation = ring.generation
+        keys = self._keys
+        missing = {
+            header
+            for _, m in rows
+            if m.sealed is not None
+            and (header := _header(m.sealed)) is not None
+            and header not in keys
+        }
+        if missing:
+            if len(keys) + len(missing) > _KEY_CACHE:
+                keys.clear()
+            pairs = {_pair(header): header for header in missing}
+            for pair, cipher in ring.lookup(set(pairs)).items():
+                keys[pairs[pair]] = (cipher, _aad("", pair[0]))
+        return keys
 
 
 def _restore(m: Message, secret: _Secret) -> None:
