@@ -23,6 +23,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Final
 
+from sqlalchemy import Engine
+
+from remarket.clock import SystemClock
+from remarket.collect import Collector, QuarantineStore
+from remarket.collect.seal import SealPII
+from remarket.config import Settings
+from remarket.privacy.keyring import Keyring
+from remarket.privacy.seal import Sealer
+from remarket.storage.log import EventLog
+
 __all__ = [
     "BENCH_DIR",
     "REPO",
@@ -347,3 +357,24 @@ def top_frames(
         [(f, c / total) for f, c in own.most_common(n)],
         [(f, c / total) for f, c in inclusive.most_common(n)],
     )
+
+
+# -- collect -------------------------------------------------------------------
+
+
+def sealing_collector(
+    settings: Settings, engine: Engine, log: EventLog, *, sealed: bool
+) -> tuple[Collector, Keyring]:
+    """A collector with the sealing stage (encryption on when ``sealed``), as `remarket
+    serve` builds it without the guard: ``(collector, keyring)``."""
+    keyring = Keyring(engine)
+    stage = SealPII(Sealer(keyring, settings.pii_fields) if sealed else None, keyring)
+    collector = Collector(
+        settings,
+        log,
+        QuarantineStore(engine),
+        SystemClock(),
+        extra_stages=[stage],
+        barriers=[stage.durable],
+    )
+    return collector, keyring

@@ -54,9 +54,7 @@ import msgspec
 
 import common
 from remarket.api import Runtime
-from remarket.clock import SystemClock
-from remarket.collect import Collector, QuarantineStore, Source, SourceRegistry
-from remarket.collect.seal import SealPII
+from remarket.collect import Collector, Source, SourceRegistry
 from remarket.config import Settings
 from remarket.privacy.erasers import compact_after_erasures, needles, scan_log
 from remarket.privacy.keyring import Keyring
@@ -248,16 +246,8 @@ async def _collector(
     engine = connect_state(settings.resolved_database_url())
     upgrade_state(engine)
     log = SQLiteLog(root / "log.db", fsync="normal")
-    keyring = Keyring(engine)
-    sealer = Sealer(keyring, settings.pii_fields) if settings.pii_encryption else None
-    stage = SealPII(sealer, keyring)
-    collector = Collector(
-        settings,
-        log,
-        QuarantineStore(engine),
-        SystemClock(),
-        extra_stages=[stage],
-        barriers=[stage.durable],
+    collector, keyring = common.sealing_collector(
+        settings, engine, log, sealed=settings.pii_encryption
     )
     try:
         yield collector, keyring, SourceRegistry(engine).create("bench")[0]

@@ -50,12 +50,10 @@ import msgspec
 from pydantic import SecretStr
 
 import common
-from remarket.clock import SystemClock
-from remarket.collect import Collector, QuarantineStore, SourceRegistry
-from remarket.collect.seal import SealPII
+from remarket.collect import SourceRegistry
 from remarket.config import Settings
 from remarket.privacy.keyring import Keyring
-from remarket.privacy.seal import Opener, Sealer
+from remarket.privacy.seal import Opener
 from remarket.profiles import ProfileStore
 from remarket.schema.events import Batch, decode_log_message
 from remarket.sim import Shop
@@ -110,17 +108,8 @@ async def fill(log_dir: Path, events: int, seed: int, *, sealed: bool) -> int:
     engine = connect_state(settings.resolved_database_url())
     upgrade_state(engine)
     log = SQLiteLog(log_dir / "log.db", fsync="off")
-    keyring = Keyring(engine)
-    seal = SealPII(Sealer(keyring, settings.pii_fields) if sealed else None, keyring)
+    collector, keyring = common.sealing_collector(settings, engine, log, sealed=sealed)
     try:
-        collector = Collector(
-            settings,
-            log,
-            QuarantineStore(engine),
-            SystemClock(),
-            extra_stages=[seal],
-            barriers=[seal.durable],
-        )
         source, _ = SourceRegistry(engine).create("bench")
         shop = Shop(visitors=max(events // 4, 10), end=datetime(2026, 1, 1, tzinfo=UTC), seed=seed)
         stream = (msgspec.json.encode(e) for e in itertools.islice(shop.events(), events))
@@ -258,7 +247,7 @@ async def run_sinks(
 
 def _offsets(engine: Any, warehouse: Any) -> int:
     """How far both the warehouse and the profiles are."""
-    return min(warehouse.committed("warehouse"), ProfileStore(engine).committed("profiles"))
+    return int(min(warehouse.committed("warehouse"), ProfileStore(engine).committed("profiles")))
 
 
 def run_processes(
