@@ -196,9 +196,18 @@ def _pair(header: bytes) -> tuple[str, str]:
 class Opener:
     """Unseals messages read from the log; those whose key is gone are dropped."""
 
-    def __init__(self, keyring: Keyring, *, on_erasure: Sequence[Callable[[], None]] = ()) -> None:
+    def __init__(
+        self,
+        keyring: Keyring,
+        *,
+        on_erasure: Sequence[Callable[[], None]] = (),
+        indexes: bool = True,
+    ) -> None:
         self._ring = keyring
         self._on_erasure = list(on_erasure)
+        # Whether this worker fills the handle index (one worker process of several is
+        # enough: they would take turns at the key file to enter the same keys).
+        self._indexes = indexes
         # Unknown until the first batch: keys cached before this opener existed are
         # dropped then, whatever was erased meanwhile.
         self._epoch: tuple[int, str] | None = None
@@ -212,8 +221,10 @@ class Opener:
         """For a worker, per batch: look for erasures first (any process's); after one,
         drop cached keys and call ``on_erasure`` (caches of the stores that the worker
         fills, e.g. identity mappings); enter the keys made since the last batch into the
-        handle index (bulk work kept off the collect path); then open."""
-        self._ring.index_pending()
+        handle index (bulk work kept off the collect path) unless another worker does;
+        then open."""
+        if self._indexes:
+            self._ring.index_pending()
         epoch = self._ring.epoch()
         if epoch != self._epoch:
             self._epoch = epoch

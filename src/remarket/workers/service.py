@@ -120,7 +120,8 @@ async def build_workers(
         JourneysSink(journeys),
     ]
     mirror = ProfilesSink(profiles, warehouse)
-    opener = Opener(keyring, on_erasure=[profiles.forget])
+    # Split, the events' part fills the keys' handle index; the people's part needs not.
+    opener = Opener(keyring, on_erasure=[profiles.forget], indexes=part != "people")
     if part == "people":
         runner = _runner(
             settings,
