@@ -123,6 +123,17 @@ def _sealed(ring: Keyring, user: str = "u-1", message_id: str = "m-1") -> Messag
     return decode_log_message(encode_message(message))
 
 
+def test_an_opener_forgets_the_keys_an_erasure_destroys(ring: Keyring) -> None:
+    """The opener caches ciphers by blob header: an erasure in this process drops them."""
+    opener = Opener(ring)
+    ann, bob = _sealed(ring, "ann"), _sealed(ring, "bob")
+    ann_again = decode_log_message(encode_message(ann))
+    assert opener.open([(1, ann), (2, bob)])[1] == 0  # both keys cached now
+    assert ring.destroy([ring.handle("user_id", "ann")]) == 1
+    rows, dropped = opener.open([(3, ann_again)])
+    assert dropped == 1 and rows == []
+
+
 def test_a_destroyed_key_leaves_its_events_unreadable_and_others_readable(ring: Keyring) -> None:
     ann, bob = _sealed(ring, "ann"), _sealed(ring, "bob")
     assert ring.destroy([ring.handle("user_id", "ann")]) == 1
