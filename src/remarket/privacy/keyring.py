@@ -47,10 +47,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from remarket.clock import Clock, SystemClock
 from remarket.entropy import random_bytes
 from remarket.storage.state.bulk import bulk_insert
-from remarket.storage.state.engine import SQLITE_SYNCHRONOUS
-from remarket.storage.state.keystore import key_store, sqlite_synchronous
+from remarket.storage.state.keystore import key_store, key_write
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
-from remarket.storage.state.turns import write_turn
 
 __all__ = ["HANDLE_PREFIX", "Keyring", "handle_secret", "keyed_digest"]
 
@@ -257,17 +255,10 @@ class Keyring:
         now = self._clock.now()
         rows = [{"handle": h, "key_id": k, "secret": s, "created_at": now} for h, k, s in batch]
         # Collect waits for these rows: a turn, not a chance at the lock.
-        with write_turn(self._keys), self._keys.connect() as conn:
-            if self._sync:
-                sqlite_synchronous(conn, "FULL")
-            try:
-                with conn.begin():
-                    # Through the driver: SQLAlchemy's per-row work would cost more than
-                    # the rest of making a key.
-                    bulk_insert(conn, pii_keys, rows)
-            finally:
-                if self._sync:
-                    sqlite_synchronous(conn, SQLITE_SYNCHRONOUS)  # the pool's usual mode
+        with key_write(self._keys, fsync=self._sync) as conn:
+            # Through the driver: SQLAlchemy's per-row work would cost more than the rest
+            # of making a key.
+            bulk_insert(conn, pii_keys, rows)
 
     # -- opening (workers) ------------------------------------------------------------
 
@@ -340,7 +331,7 @@ class Keyring:
         wanted = sorted(set(handles))
         self.flush()  # a key still in memory would be written after its erasure
         deleted = 0
-        with write_turn(self._keys), self._keys.begin() as conn:
+        with key_write(self._keys, fsync=False) as conn:
             self._index_lock(conn)
             for start in range(0, len(wanted), _LOOKUP_CHUNK):
                 chunk = wanted[start : start + _LOOKUP_CHUNK]
@@ -385,7 +376,7 @@ class Keyring:
         with self._keys.connect() as conn:
             if conn.scalar(select(pii_keys.c.key_id).where(_unindexed()).limit(1)) is None:
                 return 0
-        with write_turn(self._keys), self._keys.begin() as conn:
+        with key_write(self._keys, fsync=False) as conn:
             self._index_lock(conn)
             oldest = (
                 select(pii_keys.c.key_id)

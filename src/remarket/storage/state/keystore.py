@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final
 
@@ -35,7 +37,7 @@ from remarket.storage.state.published import chunks
 from remarket.storage.state.tables import pii_key_handles, pii_keys
 from remarket.storage.state.turns import write_turn
 
-__all__ = ["key_store", "key_store_path", "sqlite_synchronous"]
+__all__ = ["key_store", "key_store_path", "key_write"]
 
 _LAYOUT: Final = 1
 _TABLES: Final = (pii_keys, pii_key_handles)
@@ -69,7 +71,23 @@ def key_store(state: Engine) -> Engine:
     return found
 
 
-def sqlite_synchronous(conn: Connection, mode: str) -> None:
+@contextmanager
+def key_write(keys: Engine, *, fsync: bool) -> Iterator[Connection]:
+    """A transaction on the key store, at a turn of its write lock; with ``fsync`` (SQLite
+    only), its commit is flushed to disk (``synchronous=FULL`` for that commit; the
+    pooled connection then goes back to the state store's usual mode)."""
+    with write_turn(keys), keys.connect() as conn:
+        if fsync:
+            _synchronous(conn, "FULL")
+        try:
+            with conn.begin():
+                yield conn
+        finally:
+            if fsync:
+                _synchronous(conn, SQLITE_SYNCHRONOUS)
+
+
+def _synchronous(conn: Connection, mode: str) -> None:
     """Set SQLite's ``synchronous`` on this connection (outside any transaction)."""
     conn.exec_driver_sql(f"PRAGMA synchronous={mode}")
     conn.commit()
@@ -111,10 +129,5 @@ def _move_keys(state: Engine, keys: Engine) -> None:
 
 
 def _copy(keys: Engine, table: Table, rows: list[dict[str, object]]) -> None:
-    with write_turn(keys), keys.connect() as conn:
-        sqlite_synchronous(conn, "FULL")
-        try:
-            with conn.begin():
-                conn.execute(insert(table).on_conflict_do_nothing(), rows)
-        finally:
-            sqlite_synchronous(conn, SQLITE_SYNCHRONOUS)
+    with key_write(keys, fsync=True) as conn:
+        conn.execute(insert(table).on_conflict_do_nothing(), rows)
