@@ -48,6 +48,7 @@ from remarket.clock import Clock, SystemClock
 from remarket.entropy import random_bytes
 from remarket.storage.state.bulk import bulk_insert
 from remarket.storage.state.keystore import key_store, key_write
+from remarket.storage.state.reads import any_row
 from remarket.storage.state.tables import erasures, pii_key_handles, pii_keys, privacy_secrets
 
 __all__ = ["HANDLE_PREFIX", "Keyring", "handle_secret", "keyed_digest"]
@@ -121,7 +122,7 @@ class Keyring:
         self._engine = engine
         self._keys = key_store(engine)
         # Keys must outlive a power loss whenever the events sealed under them do (the
-        # embedded log with fsync "full"); the state store's SQLite commits without an
+        # embedded log with fsync "full"); the key file's SQLite commits without an
         # fsync otherwise (synchronous=NORMAL: a process crash loses nothing, a power
         # loss may lose the last commits).
         self._sync = sync_commits and self._keys.dialect.name == "sqlite"
@@ -373,9 +374,8 @@ class Keyring:
         held them up to 50 ms)."""
         # A read first (the partial index of unindexed rows): most worker batches find
         # nothing, and must not take the write lock that collect's key commits wait on.
-        with self._keys.connect() as conn:
-            if conn.scalar(select(pii_keys.c.key_id).where(_unindexed()).limit(1)) is None:
-                return 0
+        if not any_row(self._keys, select(pii_keys.c.key_id).where(_unindexed())):
+            return 0
         with key_write(self._keys, fsync=False) as conn:
             self._index_lock(conn)
             oldest = (

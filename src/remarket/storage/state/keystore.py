@@ -34,6 +34,7 @@ from sqlalchemy.schema import CreateIndex, CreateTable
 from remarket.errors import StorageError
 from remarket.storage.state.engine import SQLITE_SYNCHRONOUS, connect_state
 from remarket.storage.state.published import chunks
+from remarket.storage.state.reads import any_row
 from remarket.storage.state.tables import pii_key_handles, pii_keys
 from remarket.storage.state.turns import write_turn
 
@@ -115,9 +116,8 @@ def _move_keys(state: Engine, keys: Engine) -> None:
     for table in _TABLES:
         order = list(table.primary_key.columns)
         while True:
-            with state.connect() as conn:  # a read first: mostly there is nothing
-                if conn.scalar(select(order[0]).limit(1)) is None:
-                    break
+            if not any_row(state, select(order[0])):  # a read first: mostly nothing
+                break
             with write_turn(state), state.begin() as source:
                 rows = source.execute(select(table).order_by(*order).limit(_MOVE_CHUNK)).all()
                 _copy(keys, table, [row._asdict() for row in rows])
