@@ -241,16 +241,17 @@ class Opener:
 
         Messages that were never sealed pass through unchanged.
         """
-        keys = self._ciphers(rows)
+        # Each blob's header once: it finds the keys to look up, then each event's key.
+        headers = [_header(m.sealed) if m.sealed is not None else None for _, m in rows]
+        keys = self._ciphers(headers)
         kept: list[tuple[int, Message]] = []
         dropped = 0
-        for row in rows:
+        for row, header in zip(rows, headers, strict=True):
             m = row[1]
             sealed = m.sealed
             if sealed is None:
                 kept.append(row)
                 continue
-            header = _header(sealed)
             key = keys.get(header) if header is not None else None
             if key is None:
                 dropped += 1
@@ -270,20 +271,14 @@ class Opener:
             kept.append(row)
         return kept, dropped
 
-    def _ciphers(self, rows: Sequence[tuple[int, Message]]) -> dict[bytes, tuple[AESGCM, bytes]]:
-        """The cache of keys, holding every existing key these rows' blobs name."""
+    def _ciphers(self, headers: Sequence[bytes | None]) -> dict[bytes, tuple[AESGCM, bytes]]:
+        """The cache of keys, holding every existing key these blob headers name."""
         ring = self._ring
         if ring.generation != self._generation:
             self._keys.clear()
             self._generation = ring.generation
         keys = self._keys
-        missing = {
-            header
-            for _, m in rows
-            if m.sealed is not None
-            and (header := _header(m.sealed)) is not None
-            and header not in keys
-        }
+        missing = {header for header in headers if header is not None and header not in keys}
         if missing:
             if len(keys) + len(missing) > _KEY_CACHE:
                 keys.clear()
