@@ -25,7 +25,8 @@ from remarket.schema.events import Alias, Identify, Message, Page, Track
 from remarket.schema.segment import SegmentDefinition, parse_segment
 from remarket.segments.compile import SCORES_DDL, compile_segment
 from remarket.segments.desugar import CoreSegment
-from remarket.segments.realtime import RealtimeSegment, view_of
+from remarket.segments.matchers import view_of
+from remarket.segments.realtime import RealtimeSegment
 from remarket.segments.spark import register_tables
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
 from remarket.storage.warehouse.postgres import PostgresWarehouse

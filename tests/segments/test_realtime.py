@@ -14,7 +14,8 @@ from remarket.schema.events import Identify, Message, Track
 from remarket.schema.segment import parse_segment
 from remarket.segments.compile import compile_segment
 from remarket.segments.desugar import desugar
-from remarket.segments.realtime import RealtimeSegment, view_of
+from remarket.segments.matchers import view_of
+from remarket.segments.realtime import RealtimeSegment
 from remarket.segments.values import micros_of
 from remarket.storage.warehouse.duckdb import DuckDBWarehouse
 from tests.segments.segment_world import REGISTRY, World, definitions, realtime_states, worlds

@@ -11,14 +11,9 @@ from remarket.segments.desugar import (
     consent_from_trait,
     desugar,
 )
-from remarket.segments.realtime import (
-    EventView,
-    ProfileState,
-    RealtimeSegment,
-    ScoreLookup,
-    bucket_of,
-    view_of,
-)
+from remarket.segments.leaves import ProfileState
+from remarket.segments.matchers import EventView, view_of
+from remarket.segments.realtime import RealtimeSegment, ScoreLookup, bucket_of
 
 __all__ = [
     "DIALECTS",

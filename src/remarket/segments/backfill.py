@@ -29,7 +29,9 @@ from remarket.schema.segment import (
 )
 from remarket.segments.compile import compile_segment
 from remarket.segments.desugar import CoreSegment
-from remarket.segments.realtime import EventView, ProfileState, RealtimeSegment
+from remarket.segments.leaves import ProfileState
+from remarket.segments.matchers import EventView
+from remarket.segments.realtime import RealtimeSegment
 from remarket.segments.values import micros_of
 from remarket.storage.warehouse import Warehouse
 

@@ -42,6 +42,8 @@ from remarket.profiles.identity import Identifier, identifiers_of
 from remarket.schema.events import Identify, Message, Track
 from remarket.segments.backfill import Reads, reads_of, replay_states, sql_members
 from remarket.segments.catalog import SegmentCatalog
+from remarket.segments.leaves import ProfileState
+from remarket.segments.matchers import EventTest, EventView, MatcherPool, view_of
 from remarket.segments.membership import (
     CONSUMER,
     PUBLISHER_SOURCE,
@@ -50,14 +52,7 @@ from remarket.segments.membership import (
     hold_offset,
     write_transitions,
 )
-from remarket.segments.realtime import (
-    EventTest,
-    EventView,
-    MatcherPool,
-    ProfileState,
-    RealtimeSegment,
-    view_of,
-)
+from remarket.segments.realtime import RealtimeSegment
 from remarket.segments.states import (
     COMBINED,
     Entries,
