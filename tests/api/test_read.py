@@ -142,6 +142,8 @@ def test_quarantined_events_can_be_replayed_after_a_fix(server: Server) -> None:
     assert reply["quarantined"] == 1
     entries = server.client.get("/v1/quarantine", headers=server.admin).json()["entries"]
     assert entries[0]["field"] == "userId"
+    # In UTC with its zone, as every other time the API answers with.
+    assert datetime.fromisoformat(entries[0]["received_at"]).utcoffset() == timedelta(0)
     # Still invalid: replay leaves it where it is.
     again = server.client.post("/v1/quarantine/replay", json={}, headers=server.admin).json()
     assert again == {

@@ -100,6 +100,14 @@ def test_invalid_definition_names_the_path(data: dict[str, Any], path: str) -> N
     assert caught.value.status == 422
 
 
+def test_bad_duration_says_what_a_duration_looks_like() -> None:
+    data = _definition({"id": "a", "type": "performed", "event": "E", "window": {"last": "2w"}})
+    with pytest.raises(DefinitionError, match=r"a duration such as 15m, 2h or 30d .*not '2w'"):
+        parse_segment(data)
+    # The published schema still states the rule, for editors and generated clients.
+    assert r"^[1-9][0-9]{0,4}[mhd]$" in str(segment_json_schema())
+
+
 def test_json_schema_lists_every_node_type() -> None:
     schema = segment_json_schema()
     text = str(schema)

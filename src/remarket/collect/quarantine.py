@@ -11,6 +11,7 @@ from sqlalchemy import Engine, func, select, update
 
 from remarket.clock import Clock
 from remarket.privacy import AuditLog
+from remarket.schema.events import as_utc
 from remarket.storage.state import quarantine
 
 __all__ = ["HELD", "QuarantineStore", "Quarantined", "Rejection"]
@@ -82,12 +83,13 @@ class QuarantineStore:
             Quarantined(
                 r.id,
                 r.source_id,
-                r.received_at,
+                # SQLite hands back the stored UTC time without its zone.
+                as_utc(r.received_at),
                 r.reason,
                 r.field,
                 r.detail,
                 bytes(r.payload),
-                r.replayed_at,
+                as_utc(r.replayed_at) if r.replayed_at is not None else None,
             )
             for r in rows
         ]

@@ -32,6 +32,7 @@ from pydantic import (
     Tag,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -84,7 +85,21 @@ __all__ = [
 _DURATION_RE: Final = r"^[1-9][0-9]{0,4}[mhd]$"
 _UNIT_SECONDS: Final = {"m": 60, "h": 3600, "d": 86400}
 
-Duration = Annotated[str, StringConstraints(pattern=_DURATION_RE)]
+
+def _duration(value: str) -> str:
+    if not re.fullmatch(_DURATION_RE, value):
+        raise _fail(
+            f"a duration such as 15m, 2h or 30d (1 to 99999 minutes, hours or days), not {value!r}"
+        )
+    return value
+
+
+Duration = Annotated[
+    str,
+    AfterValidator(_duration),
+    # The rule as the published schema states it; the validator says it in words.
+    WithJsonSchema({"type": "string", "pattern": _DURATION_RE, "examples": ["15m", "2h", "30d"]}),
+]
 """An exact length of time: ``15m``, ``2h``, ``30d`` (a day is 86,400 s: all in UTC)."""
 
 NodeId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
