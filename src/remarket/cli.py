@@ -26,7 +26,7 @@ from remarket.channels.removals import AudienceRemovals
 from remarket.clock import SystemClock
 from remarket.collect import SourceRegistry, replay_quarantined
 from remarket.config import Settings, load_settings, reference_table
-from remarket.errors import ConflictError, RemarketError
+from remarket.errors import ConflictError, RemarketError, StorageError
 from remarket.journeys import JourneyCatalog
 from remarket.privacy import AuditLog, RetentionJob, RetentionReport, RetentionRules
 from remarket.privacy.erasers import compact_after_erasures, needles, scan_log
@@ -39,7 +39,7 @@ from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import MembershipReader
 from remarket.storage.log import open_log
 from remarket.storage.state import connect_state, upgrade_state
-from remarket.storage.warehouse import open_warehouse
+from remarket.storage.warehouse import Warehouse, open_warehouse
 from remarket.workers import WorkerPart, check_part, run_worker_process, run_workers
 
 __all__ = ["app", "main"]
@@ -88,6 +88,17 @@ def _engine(settings: Settings) -> Any:
     engine = connect_state(settings.resolved_database_url())
     upgrade_state(engine)
     return engine
+
+
+def _warehouse(settings: Settings, *, instead: str) -> Warehouse:
+    """The warehouse, for a command that reads or changes it directly; if a running
+    server holds it (an embedded DuckDB file has one opener), say what to do ``instead``."""
+    try:
+        return open_warehouse(settings)
+    except StorageError as exc:
+        err.print(f"[red]{exc.detail}[/]")
+        err.print(f"Stop it first, or {instead}.")
+        raise typer.Exit(1) from exc
 
 
 @db_app.command("upgrade")
@@ -250,7 +261,7 @@ def segments_preview(
         core = catalog.compile(catalog.parse(definitions[0]))
     except DefinitionError as exc:
         raise _invalid(str(file), exc) from exc
-    warehouse = open_warehouse(settings)
+    warehouse = _warehouse(settings, instead="use POST /v1/segments/preview on the server")
     try:
         members = sorted(sql_members(warehouse, core, SystemClock().now()))
     finally:
@@ -342,7 +353,10 @@ def audit_list(
 def _rights(settings: Settings) -> tuple[Any, Rights, Any]:
     """(engine, rights, warehouse) for the privacy commands; close the warehouse after."""
     engine = _engine(settings)
-    warehouse = open_warehouse(settings)
+    warehouse = _warehouse(
+        settings,
+        instead="use the server's API (DELETE /v1/profiles/{id}, GET /v1/profiles/{id}/export)",
+    )
     compact_after_erasures(engine, warehouse)  # as the server does when it starts
     rights = build_rights(settings, engine, warehouse, Keyring(engine))
     rights.erasers.inform(AudienceRemovals(engine))
@@ -444,7 +458,9 @@ def retention_run() -> None:
     """Delete expired events from the warehouse, the quarantine and the embedded log."""
     settings = _settings()
     engine = _engine(settings)
-    warehouse = open_warehouse(settings)
+    warehouse = _warehouse(
+        settings, instead="let it run retention itself (REMARKET_RETENTION_INTERVAL_S)"
+    )
 
     async def run() -> RetentionReport:
         log = await open_log(settings)

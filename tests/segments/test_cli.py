@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from remarket.cli import app
+from remarket.storage.warehouse.duckdb import DuckDBWarehouse
 
 runner = CliRunner()
 
@@ -59,3 +62,31 @@ def test_preview_counts_members(env: dict[str, str], tmp_path: Path) -> None:
     result = runner.invoke(app, ["segments", "preview", "buyers.yaml"], env=env)
     assert result.exit_code == 0, result.output
     assert "buyers: 0 members" in result.output
+
+
+def test_preview_while_a_server_holds_the_warehouse_says_what_to_do(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "buyers.yaml").write_text(SEGMENTS_YAML)
+    path = tmp_path / "var" / "warehouse.duckdb"
+    DuckDBWarehouse(path).close()
+    # Another process holds the embedded warehouse, as `remarket serve`'s workers do.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+        result = runner.invoke(app, ["segments", "preview", "buyers.yaml"], env=env)
+    finally:
+        holder.communicate(b"")
+    assert result.exit_code == 1
+    assert f"in use by another process (PID {holder.pid})" in result.output
+    assert "POST /v1/segments/preview" in result.output
+
+
+HOLD = """
+import sys, duckdb
+db = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+sys.stdin.read()
+"""

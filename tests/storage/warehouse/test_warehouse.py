@@ -22,7 +22,7 @@ import sqlglot
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from remarket.errors import OffsetConflict
+from remarket.errors import OffsetConflict, StorageError
 from remarket.schema.events import Alias, Group, Identify, Message, Page, Screen, Track
 from remarket.storage.warehouse import EVENT_COLUMNS, DuckDBWarehouse, Warehouse
 from remarket.storage.warehouse.base import decode_cursor, encode_cursor
@@ -534,8 +534,9 @@ def test_opening_waits_for_another_processs_lock_only_when_asked(tmp_path: Path)
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        with pytest.raises(duckdb.IOException, match="lock"):
+        with pytest.raises(StorageError, match=r"in use by another process \(PID \d+\)") as busy:
             DuckDBWarehouse(path)
+        assert busy.value.field == "warehouse_url"
         started = time.monotonic()
         waited = DuckDBWarehouse(path, lock_wait_s=30)
         assert 0.5 < time.monotonic() - started < 30

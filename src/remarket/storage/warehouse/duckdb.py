@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ import duckdb
 import msgspec
 import pyarrow as pa
 
-from remarket.errors import OffsetConflict
+from remarket.errors import OffsetConflict, StorageError
 from remarket.schema.events import Message
 from remarket.storage.warehouse.base import (
     EventPage,
@@ -45,6 +46,7 @@ DDL: Final = (
 )
 _COMPACTED: Final = "compacted_through"
 _LOCK_POLL_S: Final = 0.1
+_HOLDER: Final = re.compile(r"PID \d+")
 _log = logging.getLogger(__name__)
 _SELECT_COLUMNS: Final = ", ".join(f'"{c}"' for c in EVENT_COLUMNS)
 # Column ← (key in the canonical message JSON, DuckDB type). DuckDB parses each message
@@ -140,8 +142,16 @@ class DuckDBWarehouse:
             try:
                 return self._open()
             except duckdb.IOException as exc:
-                if "lock" not in str(exc) or time.monotonic() >= deadline:
+                if "lock" not in str(exc):
                     raise
+                if time.monotonic() >= deadline:
+                    holder = _HOLDER.search(str(exc))
+                    raise StorageError(
+                        f"the warehouse {self._path} is in use by another process"
+                        f"{f' ({holder[0]})' if holder else ''}, a running server or worker: "
+                        "an embedded DuckDB warehouse has one opener at a time",
+                        field="warehouse_url",
+                    ) from exc
                 if not waiting:
                     _log.warning("%s is locked by another process; waiting for it", self._path)
                     waiting = True
