@@ -26,7 +26,12 @@ The worker-process phases are timed from their progress (the slower of the wareh
 and the profiles' offsets) between 10 % and 90 % of the log, so that starting Python
 in the children is not counted; CPU is the children's over the same stretch.
 
-    .venv/bin/python benchmarks/workers.py [--quick] [--events N] [--plain] [--profile]
+Every consumer runs ``--rounds`` times (default 3), the rounds alternating between the
+consumers, and each figure is the median round with the range beside it: run to run, this
+shared machine moves one phase by a quarter within minutes.
+
+    .venv/bin/python benchmarks/workers.py [--quick] [--events N] [--rounds N] [--plain]
+        [--profile]
 """
 
 from __future__ import annotations
@@ -202,9 +207,11 @@ async def run_sinks(
     make: SinkFactory | None,
     args: argparse.Namespace,
     profile: Path | None = None,
+    *,
+    round_: int = 0,
 ) -> tuple[Phase, dict[str, int]]:
     """Drain the log into fresh stores with the sinks ``make`` builds (None: build_runner)."""
-    with _stores(root, key) as settings:
+    with _stores(root, f"{key}-{round_}") as settings:
         engine = connect_state(settings.resolved_database_url())
         upgrade_state(engine)
         warehouse = open_warehouse(settings)
@@ -251,10 +258,17 @@ def _offsets(engine: Any, warehouse: Any) -> int:
 
 
 def run_processes(
-    root: Path, key: str, label: str, split: bool, end: int, args: argparse.Namespace
+    root: Path,
+    key: str,
+    label: str,
+    split: bool,
+    end: int,
+    args: argparse.Namespace,
+    *,
+    round_: int = 0,
 ) -> tuple[Phase, dict[str, int]]:
     """Drain the log with `remarket serve`'s worker child(ren) into fresh stores."""
-    with _stores(root, key) as base:
+    with _stores(root, f"{key}-{round_}") as base:
         settings = base.model_copy(update={"worker_split": split})
         engine = connect_state(settings.resolved_database_url())
         upgrade_state(engine)
@@ -343,24 +357,46 @@ async def measure(args: argparse.Namespace, root: Path) -> tuple[list[Phase], di
         ("profiles_no_mirror", "profiles, no warehouse mirror", _profiles_no_mirror),
     ]
     facts: dict[str, Any] = {"events": total}
-    for key, label, make in factories:
-        profile = profile_dir / f"{key}.collapsed" if profile_dir else None
-        phase, counts = await run_sinks(root, key, label, make, args, profile)
-        phases.append(phase)
-        if key == "both_sinks":
-            facts["both_sinks_warehouse_events"] = counts["warehouse_events"]
-            facts["both_sinks_profiles"] = counts["profiles"]
-    for key, label, split in _PROCESS_PHASES.values():
-        phase, counts = run_processes(root, key, label, split, total, args)
-        phases.append(phase)
-        facts[f"{key}_warehouse_events"] = counts["warehouse_events"]
-        facts[f"{key}_profiles"] = counts["profiles"]
+    stores: dict[str, set[tuple[int, int]]] = {}
+    # Rounds alternate the consumers, so that a slow minute of a shared machine falls on
+    # all of them; each figure is the median round.
+    for round_ in range(args.rounds):
+        if args.rounds > 1:
+            common.progress(f"round {round_ + 1} of {args.rounds}")
+        for key, label, make in factories:
+            profile = profile_dir / f"{key}.collapsed" if profile_dir and not round_ else None
+            phase, counts = await run_sinks(root, key, label, make, args, profile, round_=round_)
+            phases.append(phase)
+            stores.setdefault(key, set()).add((counts["warehouse_events"], counts["profiles"]))
+        for key, label, split in _PROCESS_PHASES.values():
+            phase, counts = run_processes(root, key, label, split, total, args, round_=round_)
+            phases.append(phase)
+            stores.setdefault(key, set()).add((counts["warehouse_events"], counts["profiles"]))
+    for key in ("both_sinks", *_PROCESS_PHASES):
+        # What the stores held, if every round left the same (else None: a mismatch).
+        (warehouse_events, profiles), *others = stores[key]
+        facts[f"{key}_warehouse_events"] = None if others else warehouse_events
+        facts[f"{key}_profiles"] = None if others else profiles
     facts["load"] = [round(x, 2) for x in os.getloadavg()]
     return phases, facts
 
 
+def _medians(phases: list[Phase]) -> list[tuple[Phase, float, float]]:
+    """Each consumer's median round (the lower middle one of an even count) with its
+    lowest and highest rate, in the order the consumers first ran."""
+    runs: dict[str, list[Phase]] = {}
+    for phase in phases:
+        runs.setdefault(phase.key, []).append(phase)
+    medians = []
+    for each in runs.values():
+        ranked = sorted(each, key=lambda p: p.rate)
+        medians.append((ranked[(len(ranked) - 1) // 2], ranked[0].rate, ranked[-1].rate))
+    return medians
+
+
 def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    by_key = {p.key: p for p in phases}
+    medians = _medians(phases)
+    by_key = {p.key: p for p, _, _ in medians}
     baseline = by_key["decode"]
     rows = [
         [
@@ -368,12 +404,13 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
             p.events,
             p.seconds,
             p.rate,
+            f"{low:,.0f}-{high:,.0f}" if high > low else "",
             p.cpu_seconds,
             p.cpu_rate,
             p.rate / baseline.rate,
             "yes" if p.complete else "NO (timeout)",
         ]
-        for p in phases
+        for p, low, high in medians
     ]
     print(
         f"\nWorkers: {facts['events']:,} shop events "
@@ -387,6 +424,7 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
                 "events",
                 "seconds",
                 "events/s",
+                f"range of {args.rounds} rounds",
                 "CPU s",
                 "events/CPU s",
                 "vs read+decode",
@@ -397,7 +435,7 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
     )
     if args.profile:
         print("\n(profiled with py-spy: figures above are disturbed by the sampler)")
-        for p in phases[2:]:
+        for p, _, _ in medians[2:]:
             if p.key in _PROCESS_PHASES:
                 continue  # not sampled: the sinks run in child processes
             own, _ = common.top_frames(
@@ -409,8 +447,11 @@ def report(phases: list[Phase], facts: dict[str, Any], args: argparse.Namespace)
     print(f"\nload average (1, 5, 15 min) at the end: {facts['load']}\n")
     figures: dict[str, Any] = {"events": facts["events"], "load_average": facts["load"]}
     figures["sealed"] = not args.plain
-    for p in phases:
+    figures["rounds"] = args.rounds
+    for p, low, high in medians:
         figures[f"{p.key}_events_per_s"] = round(p.rate)
+        figures[f"{p.key}_events_per_s_min"] = round(low)
+        figures[f"{p.key}_events_per_s_max"] = round(high)
         figures[f"{p.key}_seconds"] = round(p.seconds, 2)
         figures[f"{p.key}_cpu_seconds"] = round(p.cpu_seconds, 2)
     both = by_key["both_sinks"]
@@ -434,6 +475,12 @@ def main() -> int:
     parser.add_argument("--events", type=int, help="events to put in the log")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of every consumer, alternated; each figure is the median (--quick: 1)",
+    )
+    parser.add_argument(
         "--phase-timeout", type=float, default=120.0, help="stop a consumer after this"
     )
     parser.add_argument(
@@ -443,6 +490,9 @@ def main() -> int:
     args.events = args.events or (50_000 if args.quick else 500_000)
     if args.quick:
         args.phase_timeout = min(args.phase_timeout, 20.0)
+        args.rounds = 1
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
 
     with common.tmp_dir("workers") as root:
         phases, facts = asyncio.run(measure(args, root))
