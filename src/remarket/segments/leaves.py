@@ -28,7 +28,7 @@ from remarket.schema.segment import (
     duration_seconds,
 )
 from remarket.segments.desugar import CoreNode
-from remarket.segments.matchers import EventTest, EventView, MatcherPool
+from remarket.segments.matchers import EventTest, EventView, Matcher, MatcherPool
 from remarket.segments.values import (
     MICROS,
     compare_number,
@@ -177,7 +177,19 @@ class _Trait(Leaf):
         return a if (a.at, a.message_id) >= (b.at, b.message_id) else b
 
 
-class _Performed(Leaf):
+class _OneEvent(Leaf):
+    """A leaf that reads the events one matcher picks."""
+
+    match: Matcher
+
+    def accepts(self, ev: EventView) -> bool:
+        return self.match(ev)
+
+    def triggers(self) -> list[tuple[str | None, EventTest]]:
+        return [(self.match.name, self.match)]
+
+
+class _Performed(_OneEvent):
     node: PerformedNode
 
     def __init__(self, node: PerformedNode, pool: MatcherPool) -> None:
@@ -189,12 +201,6 @@ class _Performed(Leaf):
 
     def new(self) -> CountState:
         return CountState()
-
-    def accepts(self, ev: EventView) -> bool:
-        return self.match(ev)
-
-    def triggers(self) -> list[tuple[str | None, EventTest]]:
-        return [(self.match.name, self.match)]
 
     def apply(self, state: CountState, ev: EventView, now: int) -> bool:
         if not self.match(ev):
@@ -239,7 +245,7 @@ class _Performed(Leaf):
         return CountState(count=min(a.count + b.count, self.cap), times=times)
 
 
-class _EventTime(Leaf):
+class _EventTime(_OneEvent):
     node: FirstPerformedNode | LastPerformedNode
 
     def __init__(self, node: FirstPerformedNode | LastPerformedNode, pool: MatcherPool) -> None:
@@ -256,12 +262,6 @@ class _EventTime(Leaf):
 
     def new(self) -> TimeState:
         return TimeState()
-
-    def accepts(self, ev: EventView) -> bool:
-        return self.match(ev)
-
-    def triggers(self) -> list[tuple[str | None, EventTest]]:
-        return [(self.match.name, self.match)]
 
     def apply(self, state: TimeState, ev: EventView, now: int) -> bool:
         if not self.match(ev):
@@ -294,7 +294,7 @@ class _EventTime(Leaf):
 _time_of: Final[Callable[[tuple[int, float | str]], int]] = operator.itemgetter(0)
 
 
-class _Aggregate(Leaf):
+class _Aggregate(_OneEvent):
     node: AggregateNode
 
     def __init__(self, node: AggregateNode, pool: MatcherPool) -> None:
@@ -317,12 +317,6 @@ class _Aggregate(Leaf):
         if text is None or not self.numeric:
             return text
         return number_of_text(text)
-
-    def accepts(self, ev: EventView) -> bool:
-        return self.match(ev)
-
-    def triggers(self) -> list[tuple[str | None, EventTest]]:
-        return [(self.match.name, self.match)]
 
     def apply(self, state: AggregateState, ev: EventView, now: int) -> bool:
         if not self.match(ev):
