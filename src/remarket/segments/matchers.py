@@ -10,16 +10,8 @@ from typing import Any, Final
 import msgspec
 
 from remarket.schema.events import Alias, Group, Identify, Message, Page, Screen, Track
-from remarket.schema.segment import (
-    AbsoluteWindow,
-    PropertyFilter,
-    RelativeWindow,
-)
-from remarket.segments.values import (
-    matches,
-    micros_of,
-    text_at,
-)
+from remarket.schema.segment import AbsoluteWindow, PropertyFilter, RelativeWindow
+from remarket.segments.values import matches, micros_of, text_at
 
 __all__ = ["EventTest", "EventView", "Matcher", "MatcherPool", "view_of"]
 
