@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,8 +11,21 @@ from typer.testing import CliRunner
 
 from remarket.cli import app, server_logging
 from remarket.config import Settings
+from remarket.workers import process
+from tests.storage.warehouse.holder import held_elsewhere
 
 runner = CliRunner()
+
+
+@pytest.fixture
+def remarket_log() -> Iterator[None]:
+    """Undoes what `server_logging` (run by the server commands) sets up on the
+    ``remarket`` logger: a handler on a stream that ends with the test."""
+    yield
+    logger = logging.getLogger("remarket")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.setLevel(logging.NOTSET)
 
 
 @pytest.fixture
@@ -78,6 +92,19 @@ def test_worker_refuses_the_people_part_on_the_embedded_warehouse(env: dict[str,
     assert unknown.exit_code == 2
 
 
+def test_worker_says_who_holds_the_warehouse_instead_of_a_traceback(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remarket_log: None
+) -> None:
+    path = tmp_path / "var" / "warehouse.duckdb"
+    monkeypatch.setattr(process, "_OWNER_GONE_WITHIN_S", 0.2)  # it waits a minute otherwise
+    with held_elsewhere(path) as pid:
+        result = runner.invoke(app, ["worker"], env=env)
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())  # as wrapped to the terminal's width
+    assert f"workers: the warehouse {path} is in use by another process (PID {pid})" in said
+    assert "Traceback" not in said
+
+
 def test_db_upgrade_is_idempotent(env: dict[str, str]) -> None:
     assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0
     assert runner.invoke(app, ["db", "upgrade"], env=env).exit_code == 0
@@ -99,16 +126,12 @@ def test_demo_sends_traffic_and_exits_with_no_serve(env: dict[str, str]) -> None
     assert "segment cart-abandoners" in result.output
 
 
-def test_servers_show_remarkets_own_log_once(capsys: pytest.CaptureFixture[str]) -> None:
-    logger = logging.getLogger("remarket")
-    try:
-        server_logging()
-        server_logging()  # a second call adds no second handler
-        logging.getLogger("remarket.privacy.erasers").info("warehouse compacted in 1.0 s")
-        logging.getLogger("remarket.privacy.erasers").debug("not shown")
-        err = capsys.readouterr().err
-        assert err == "INFO:     remarket.privacy.erasers: warehouse compacted in 1.0 s\n"
-    finally:
-        for handler in list(logger.handlers):
-            logger.removeHandler(handler)
-        logger.setLevel(logging.NOTSET)
+def test_servers_show_remarkets_own_log_once(
+    capsys: pytest.CaptureFixture[str], remarket_log: None
+) -> None:
+    server_logging()
+    server_logging()  # a second call adds no second handler
+    logging.getLogger("remarket.privacy.erasers").info("warehouse compacted in 1.0 s")
+    logging.getLogger("remarket.privacy.erasers").debug("not shown")
+    err = capsys.readouterr().err
+    assert err == "INFO:     remarket.privacy.erasers: warehouse compacted in 1.0 s\n"

@@ -608,19 +608,24 @@ def worker(
     spec: Annotated[Path | None, typer.Option(hidden=True, help="Set by `serve`.")] = None,
 ) -> None:
     """Run only the workers (scale-out: the API runs elsewhere)."""
-    if spec is not None:
-        server_logging()
-        run_worker_process(spec)
-        return
-    settings = _settings()
     try:
-        check_part(settings, part)
-    except ValueError as exc:
-        err.print(f"[red]{exc}[/]")
-        raise typer.Exit(2) from exc
-    server_logging()
-    console.print(f"workers ({part}) running; Ctrl+C to stop")
-    run_workers(settings, part=part)
+        if spec is not None:
+            server_logging()
+            run_worker_process(spec)
+            return
+        settings = _settings()
+        try:
+            check_part(settings, part)
+        except ValueError as exc:
+            err.print(f"[red]{exc}[/]")
+            raise typer.Exit(2) from exc
+        server_logging()
+        console.print(f"workers ({part}) running; Ctrl+C to stop")
+        run_workers(settings, part=part)
+    except StorageError as exc:
+        # A store it cannot open (another server's warehouse): the reason, not a traceback.
+        err.print(f"[red]workers: {exc.detail}[/]")
+        raise typer.Exit(1) from exc
 
 
 def server_logging() -> None:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from remarket.cli import app
-from remarket.storage.warehouse.duckdb import DuckDBWarehouse
+from tests.storage.warehouse.holder import held_elsewhere
 
 runner = CliRunner()
 
@@ -68,25 +66,8 @@ def test_preview_while_a_server_holds_the_warehouse_says_what_to_do(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     (tmp_path / "buyers.yaml").write_text(SEGMENTS_YAML)
-    path = tmp_path / "var" / "warehouse.duckdb"
-    DuckDBWarehouse(path).close()
-    # Another process holds the embedded warehouse, as `remarket serve`'s workers do.
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    with held_elsewhere(tmp_path / "var" / "warehouse.duckdb") as pid:
         result = runner.invoke(app, ["segments", "preview", "buyers.yaml"], env=env)
-    finally:
-        holder.communicate(b"")
     assert result.exit_code == 1
-    assert f"in use by another process (PID {holder.pid})" in result.output
+    assert f"in use by another process (PID {pid})" in result.output
     assert "POST /v1/segments/preview" in result.output
-
-
-HOLD = """
-import sys, duckdb
-db = duckdb.connect(sys.argv[1])
-print("locked", flush=True)
-sys.stdin.read()
-"""

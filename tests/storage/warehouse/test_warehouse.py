@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ from remarket.schema.events import Alias, Group, Identify, Message, Page, Screen
 from remarket.storage.warehouse import EVENT_COLUMNS, DuckDBWarehouse, Warehouse
 from remarket.storage.warehouse.base import decode_cursor, encode_cursor
 from remarket.storage.warehouse.postgres import PostgresWarehouse
+from tests.storage.warehouse.holder import held_elsewhere
 from tests.storage.warehouse.served import ServedDuckDB
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -515,26 +514,12 @@ def test_compaction_takes_erased_rows_out_of_the_file(tmp_path: Path) -> None:
     reopened.close()
 
 
-_HOLD = """
-import sys, time, duckdb
-db = duckdb.connect(sys.argv[1])
-print("locked", flush=True)
-time.sleep(float(sys.argv[2]))
-db.close()
-"""
-
-
 def test_opening_waits_for_another_processs_lock_only_when_asked(tmp_path: Path) -> None:
     """A worker process that went down with its server still closes the file for a
     moment: the next one waits for it; anything else (a CLI command) fails at once."""
     path = tmp_path / "warehouse.duckdb"
-    DuckDBWarehouse(path).close()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", _HOLD, str(path), "1.5"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
-        with pytest.raises(StorageError, match=r"in use by another process \(PID \d+\)") as busy:
+    with held_elsewhere(path, seconds=1.5) as pid:
+        with pytest.raises(StorageError, match=rf"in use by another process \(PID {pid}\)") as busy:
             DuckDBWarehouse(path)
         assert busy.value.field == "warehouse_url"
         started = time.monotonic()
@@ -542,6 +527,3 @@ def test_opening_waits_for_another_processs_lock_only_when_asked(tmp_path: Path)
         assert 0.5 < time.monotonic() - started < 30
         assert waited.count_events() == 0
         waited.close()
-    finally:
-        holder.kill()
-        holder.communicate()
