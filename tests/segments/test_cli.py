@@ -69,5 +69,6 @@ def test_preview_while_a_server_holds_the_warehouse_says_what_to_do(
     with held_elsewhere(tmp_path / "var" / "warehouse.duckdb") as pid:
         result = runner.invoke(app, ["segments", "preview", "buyers.yaml"], env=env)
     assert result.exit_code == 1
-    assert f"in use by another process (PID {pid})" in result.output
-    assert "POST /v1/segments/preview" in result.output
+    said = " ".join(result.output.split())  # as folded to the console's width
+    assert f"in use by another process (PID {pid})" in said
+    assert "POST /v1/segments/preview" in said
