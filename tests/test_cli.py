@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from typer.testing import CliRunner
 
 from remarket.cli import app, server_logging
 from remarket.config import Settings
+from remarket.storage.log.owner import LogOwner
 from remarket.workers import process
 from tests.storage.warehouse.holder import held_elsewhere
 
@@ -104,6 +106,20 @@ def test_worker_says_who_holds_the_warehouse_instead_of_a_traceback(
     said = "".join(result.output.split())
     expected = f"workers: the warehouse {path} is in use by another process (PID {pid})"
     assert "".join(expected.split()) in said
+    assert "Traceback" not in said
+
+
+def test_a_second_server_on_the_same_log_is_refused_in_a_line(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    owner = LogOwner(tmp_path / "var" / "log.db")  # as a running server holds it
+    try:
+        result = runner.invoke(app, ["serve", "--port", "1"], env=env)
+    finally:
+        owner.release()
+    assert result.exit_code == 1
+    said = " ".join(result.output.split())  # as folded to the console's width
+    assert f"is collected into by another process (PID {os.getpid()})" in said
     assert "Traceback" not in said
 
 

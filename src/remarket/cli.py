@@ -38,6 +38,7 @@ from remarket.segments.backfill import sql_members
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import MembershipReader
 from remarket.storage.log import open_log
+from remarket.storage.log.owner import LogOwner
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import Warehouse, open_warehouse
 from remarket.workers import WorkerPart, check_part, run_worker_process, run_workers
@@ -584,6 +585,15 @@ def serve(
 ) -> None:
     """Run the API and (by default) the workers."""
     settings = _settings()
+    try:
+        # Asked here too, so that a second server on the same data folder is told why in
+        # a line (the server's own start-up would report it with a traceback).
+        owner = LogOwner.of(settings)
+    except StorageError as exc:
+        err.print(f"[red]{exc.detail}[/]")
+        raise typer.Exit(1) from exc
+    if owner is not None:
+        owner.release()
     server_logging()
     uvicorn.run(
         create_app(settings, workers=workers),

@@ -27,6 +27,7 @@ from remarket.privacy.rights import Rights, build_rights
 from remarket.privacy.seal import Sealer
 from remarket.profiles import ProfileStore
 from remarket.storage.log import EventLog, open_log
+from remarket.storage.log.owner import LogOwner
 from remarket.storage.state import connect_state, upgrade_state
 from remarket.storage.warehouse import Warehouse, open_warehouse
 from remarket.workers import WorkerProcess, WorkerThread
@@ -60,6 +61,8 @@ class Runtime:
     protection: Protection
     users: UserStore
     sessions: SessionStore
+    owner: LogOwner | None
+    """The embedded log's lock: one server collects into it (None with NATS)."""
 
     @classmethod
     async def start(
@@ -69,7 +72,20 @@ class Runtime:
             raise ValueError(
                 "a worker process keeps its own time: use workers='thread' with a clock"
             )
-        clock = clock or SystemClock()
+        # First: a second server on the same embedded log is refused before it starts
+        # anything (its messageId memory would not see this one's events).
+        owner = LogOwner.of(settings)
+        try:
+            return await cls._start(settings, clock or SystemClock(), workers, owner)
+        except BaseException:
+            if owner is not None:
+                owner.release()
+            raise
+
+    @classmethod
+    async def _start(
+        cls, settings: Settings, clock: Clock, workers: WorkersMode, owner: LogOwner | None
+    ) -> Runtime:
         engine = connect_state(settings.resolved_database_url())
         upgrade_state(engine)
         log = await open_log(settings)
@@ -145,6 +161,7 @@ class Runtime:
                 max_age=timedelta(seconds=settings.session_max_age_s),
                 lockout=lockout,
             ),
+            owner=owner,
         )
 
     async def stop(self) -> None:
@@ -155,3 +172,5 @@ class Runtime:
         await self.log.close()
         self.warehouse.close()
         self.engine.dispose()
+        if self.owner is not None:
+            self.owner.release()
