@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,7 +34,8 @@ from remarket.privacy.erasers import compact_after_erasures, needles, scan_log
 from remarket.privacy.export import export_document
 from remarket.privacy.keyring import Keyring
 from remarket.privacy.rights import Rights, build_rights
-from remarket.schema.segment import DefinitionError
+from remarket.schema.journey import parse_journey
+from remarket.schema.segment import DefinitionError, parse_segment
 from remarket.segments.backfill import sql_members
 from remarket.segments.catalog import SegmentCatalog
 from remarket.segments.membership import MembershipReader
@@ -220,6 +222,35 @@ def _definitions(path: Path, key: str = "segments") -> list[Any]:
     return data if isinstance(data, list) else [data]
 
 
+def _places(file: Path, items: list[Any], key: str) -> list[str]:
+    """Where each definition of a file is, for messages: ``file[index] name``."""
+    names = [data.get(key) if isinstance(data, dict) else None for data in items]
+    return [f"{file}[{i}] {name or ''}".strip() for i, name in enumerate(names)]
+
+
+def _all_valid(items: list[Any], places: list[str], parse: Callable[[object], object]) -> None:
+    """Check every definition of a file before any is saved: all the bad ones are
+    reported, and then nothing is applied."""
+    bad = False
+    for data, where in zip(items, places, strict=True):
+        try:
+            parse(data)
+        except DefinitionError as exc:
+            _invalid(where, exc)
+            bad = True
+    if bad:
+        err.print("nothing applied")
+        raise typer.Exit(1)
+
+
+def _stopped(table: Table, where: str, exc: RemarketError) -> typer.Exit:
+    """A definition refused while saving (a reference, a conflict): what was applied
+    before it, then why."""
+    if table.row_count:
+        console.print(table)
+    return _invalid(where, exc)
+
+
 def _invalid(where: str, exc: RemarketError) -> typer.Exit:
     if isinstance(exc, DefinitionError):
         for path, message in exc.errors:
@@ -236,12 +267,14 @@ def segments_apply(
     """Create or update the segments in FILE; unchanged ones make no new version."""
     catalog = SegmentCatalog(_engine(_settings()))
     table = Table("segment", "version", "result")
-    for index, data in enumerate(_definitions(file)):
-        name = data.get("name") if isinstance(data, dict) else None
+    items = _definitions(file)
+    places = _places(file, items, "name")
+    _all_valid(items, places, parse_segment)
+    for data, where in zip(items, places, strict=True):
         try:
             info, changed = catalog.save(data, actor="cli")
         except (DefinitionError, ConflictError) as exc:
-            raise _invalid(f"{file}[{index}] {name or ''}".strip(), exc) from exc
+            raise _stopped(table, where, exc) from exc
         table.add_row(info.name, str(info.version), "new version" if changed else "unchanged")
     console.print(table)
 
@@ -304,14 +337,16 @@ def journeys_apply(
     """
     catalog = JourneyCatalog(_engine(_settings()))
     table = Table("journey", "version", "status", "result")
-    for index, data in enumerate(_definitions(file, "journeys")):
-        journey_id = data.get("id") if isinstance(data, dict) else None
+    items = _definitions(file, "journeys")
+    places = _places(file, items, "id")
+    _all_valid(items, places, parse_journey)
+    for data, where in zip(items, places, strict=True):
         try:
             info, changed = catalog.save(data, actor="cli")
             if activate and info.status in ("draft", "paused"):
                 info = catalog.transition(info.id, "activate", actor="cli")
         except (DefinitionError, ConflictError) as exc:
-            raise _invalid(f"{file}[{index}] {journey_id or ''}".strip(), exc) from exc
+            raise _stopped(table, where, exc) from exc
         result = "new version" if changed else "unchanged"
         table.add_row(info.id, str(info.version), info.status, result)
     console.print(table)

@@ -63,3 +63,6 @@ def test_apply_reports_the_bad_node(env: dict[str, str], tmp_path: Path) -> None
     result = runner.invoke(app, ["journeys", "apply", "bad.yaml"], env=env)
     assert result.exit_code == 1
     assert "nodes[0].channel" in result.output
+    # The valid journey before it is not applied either: a file applies whole or not.
+    assert "nothing applied" in result.output
+    assert "cart-abandonment" not in runner.invoke(app, ["journeys", "list"], env=env).output

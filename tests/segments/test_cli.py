@@ -55,6 +55,21 @@ def test_apply_reports_the_bad_node(env: dict[str, str], tmp_path: Path) -> None
     assert "nodes[0].times" in result.output
 
 
+def test_apply_checks_every_definition_before_saving_any(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = "  - {name: bad, entry: o, nodes: [{id: o, type: performed, event: E, times: -1}]}\n"
+    worse = "  - {name: worse, entry: o, nodes: [{id: o, type: trait, path: 'a b'}]}\n"
+    (tmp_path / "mixed.yaml").write_text(SEGMENTS_YAML + bad + worse)
+    result = runner.invoke(app, ["segments", "apply", "mixed.yaml"], env=env)
+    assert result.exit_code == 1
+    assert "mixed.yaml[2] bad: nodes[0].times" in result.output
+    assert "mixed.yaml[3] worse: nodes[0].path" in result.output  # every bad one, not the first
+    assert "nothing applied" in result.output
+    listed = runner.invoke(app, ["segments", "list"], env=env).output
+    assert "buyers" not in listed and "carts" not in listed
+
+
 def test_preview_counts_members(env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "buyers.yaml").write_text(SEGMENTS_YAML)
     result = runner.invoke(app, ["segments", "preview", "buyers.yaml"], env=env)
