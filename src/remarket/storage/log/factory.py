@@ -8,7 +8,15 @@ from remarket.config import Settings
 from remarket.storage.log.base import EventLog
 from remarket.storage.log.sqlite import SQLiteLog
 
-__all__ = ["open_log"]
+__all__ = ["embedded_log_path", "open_log"]
+
+_EMBEDDED = "sqlite:///"
+
+
+def embedded_log_path(settings: Settings) -> Path | None:
+    """The file of the settings' log if it is the embedded SQLite one (else None)."""
+    url = settings.resolved_log_url()
+    return Path(url.removeprefix(_EMBEDDED)) if url.startswith(_EMBEDDED) else None
 
 
 async def open_log(settings: Settings) -> EventLog:
@@ -16,14 +24,15 @@ async def open_log(settings: Settings) -> EventLog:
 
     Each event loop opens its own log (a NATS connection belongs to one loop).
     """
-    url = settings.resolved_log_url()
-    if url.startswith("sqlite:///"):
+    path = embedded_log_path(settings)
+    if path is not None:
         return SQLiteLog(
-            Path(url.removeprefix("sqlite:///")),
+            path,
             fsync=settings.log_fsync,
             group_commit_max=settings.log_group_commit_max,
             poll_interval=min(settings.worker_poll_interval_s, 0.02),
         )
+    url = settings.resolved_log_url()
     if url.startswith(("nats://", "tls://")):
         from remarket.storage.log.nats import NatsLog
 

@@ -16,10 +16,9 @@ from pathlib import Path
 
 from remarket.config import Settings
 from remarket.errors import StorageError
+from remarket.storage.log.factory import embedded_log_path
 
 __all__ = ["LogOwner"]
-
-_EMBEDDED = "sqlite:///"
 
 
 class LogOwner:
@@ -58,8 +57,8 @@ class LogOwner:
     @classmethod
     def of(cls, settings: Settings) -> LogOwner | None:
         """The lock of the settings' log if it is embedded (None for NATS)."""
-        url = settings.resolved_log_url()
-        return cls(Path(url.removeprefix(_EMBEDDED))) if url.startswith(_EMBEDDED) else None
+        path = embedded_log_path(settings)
+        return cls(path) if path is not None else None
 
     def release(self) -> None:
         if self._fd < 0:
